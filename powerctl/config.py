@@ -1,0 +1,461 @@
+"""Site configuration: one TOML file per site, validated by pydantic.
+
+``load_config(path)`` returns a ``SiteConfig`` or raises ``ConfigError`` whose message names the
+file, the field path and what is wrong, e.g.::
+
+    site.toml: devices[2].limits.max_discharge_kw: must be > 0 (got -5)
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from powerctl.natures import Nature
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the operator (no traceback needed)."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo must not silently drop a setting (EMHASS #943).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Pct = Annotated[float, Field(ge=0, le=100)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# --- transports -------------------------------------------------------------------------------
+
+
+class ModbusTcp(_Model):
+    kind: Literal["modbus_tcp"]
+    host: str
+    port: Port = 502
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    framer: Literal["socket", "rtu"] = "socket"  # "rtu" = RTU-over-TCP gateways
+    timeout_s: PositiveFloat = 1.0
+
+
+class ModbusRtu(_Model):
+    kind: Literal["modbus_rtu"]
+    port: str  # serial device, e.g. /dev/ttyUSB0
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    timeout_s: PositiveFloat = 1.0
+
+
+class MqttTopics(_Model):
+    kind: Literal["mqtt"]
+    # signal name -> topic; the profile says how to parse payloads.
+    topics: dict[str, str] = Field(default_factory=dict)
+    portal_id: str | None = None  # Victron Venus: the portal id used in N/ and R/ topics
+
+
+Transport = Annotated[ModbusTcp | ModbusRtu | MqttTopics, Field(discriminator="kind")]
+
+
+# --- per-nature limits ------------------------------------------------------------------------
+
+
+class PvLimits(_Model):
+    kwp: PositiveFloat
+    max_ac_kw: PositiveFloat | None = None
+    tilt_deg: Annotated[float, Field(ge=0, le=90)] = 20.0
+    azimuth_deg: Annotated[float, Field(ge=0, lt=360)] = 180.0
+
+
+class BatteryLimits(_Model):
+    capacity_kwh: PositiveFloat
+    max_charge_kw: PositiveFloat
+    max_discharge_kw: PositiveFloat
+    soc_min_pct: Pct = 10.0
+    soc_max_pct: Pct = 95.0
+    eta_charge: Annotated[float, Field(gt=0, le=1)] = 0.95
+    eta_discharge: Annotated[float, Field(gt=0, le=1)] = 0.95
+    wear_cost_per_kwh: NonNegFloat = 0.02
+    terminal_value_per_kwh: NonNegFloat = 0.08
+    ramp_kw_per_s: PositiveFloat | None = None  # how fast it can pick up load
+
+    @model_validator(mode="after")
+    def _window(self) -> BatteryLimits:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError(
+                f"soc_min_pct ({self.soc_min_pct:g}) must be below soc_max_pct ({self.soc_max_pct:g})"
+            )
+        return self
+
+
+class FuelPoint(_Model):
+    load_pct: Pct
+    l_per_h: NonNegFloat
+
+
+class GensetLimits(_Model):
+    rating_kw: PositiveFloat
+    min_load_pct: Pct = 30.0
+    # Affine fuel model F [L/h] = f0_l_per_h_per_kw_rated * rating + f1_l_per_kwh * P (HOMER form),
+    # either given directly or fitted from ``fuel_curve`` points.
+    f0_l_per_h_per_kw: NonNegFloat | None = None
+    f1_l_per_kwh: NonNegFloat | None = None
+    fuel_curve: list[FuelPoint] = Field(default_factory=list)
+    fuel_price_per_l: NonNegFloat = 1.2
+    co2_kg_per_l: NonNegFloat = 2.68
+    start_cost: NonNegFloat = 5.0
+    min_up_s: NonNegFloat = 900.0
+    min_down_s: NonNegFloat = 600.0
+    warmup_s: NonNegFloat = 60.0
+    ramp_kw_per_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _fuel(self) -> GensetLimits:
+        have_coeffs = self.f0_l_per_h_per_kw is not None and self.f1_l_per_kwh is not None
+        if not have_coeffs and len(self.fuel_curve) < 2:
+            raise ValueError("give f0_l_per_h_per_kw and f1_l_per_kwh, or a fuel_curve of at least 2 points")
+        if self.fuel_curve:
+            loads = [p.load_pct for p in self.fuel_curve]
+            if len(set(loads)) != len(loads):
+                raise ValueError("fuel_curve has duplicate load_pct values")
+        return self
+
+    def fuel_coeffs(self) -> tuple[float, float]:
+        """(f0 L/h per kW rated, f1 L/kWh): given, or least-squares fit on the curve points."""
+        if self.f0_l_per_h_per_kw is not None and self.f1_l_per_kwh is not None:
+            return self.f0_l_per_h_per_kw, self.f1_l_per_kwh
+        import numpy as np
+
+        p_kw = np.array([pt.load_pct / 100 * self.rating_kw for pt in self.fuel_curve])
+        f = np.array([pt.l_per_h for pt in self.fuel_curve])
+        slope, intercept = np.polyfit(p_kw, f, 1)
+        return max(float(intercept), 0.0) / self.rating_kw, max(float(slope), 0.0)
+
+
+class MeterLimits(_Model):
+    max_import_kw: NonNegFloat = 0.0  # 0 = island: no grid import allowed
+    max_export_kw: NonNegFloat = 0.0
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+class _DeviceBase(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    profile: str
+    transport: Transport
+    poll_period_s: PositiveFloat = 1.0
+    stale_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    max_age_s: PositiveFloat | None = None  # default: 3 poll periods
+
+    @property
+    def signal_max_age_s(self) -> float:
+        return self.max_age_s if self.max_age_s is not None else 3 * self.poll_period_s
+
+
+class PvDevice(_DeviceBase):
+    nature: Literal[Nature.PV]
+    limits: PvLimits
+
+
+class BatteryDevice(_DeviceBase):
+    nature: Literal[Nature.BATTERY]
+    limits: BatteryLimits
+
+
+class GensetDevice(_DeviceBase):
+    nature: Literal[Nature.GENSET]
+    limits: GensetLimits
+
+
+class MeterDevice(_DeviceBase):
+    nature: Literal[Nature.METER]
+    limits: MeterLimits = MeterLimits()
+
+
+Device = Annotated[PvDevice | BatteryDevice | GensetDevice | MeterDevice, Field(discriminator="nature")]
+
+
+# --- GPU pool ---------------------------------------------------------------------------------
+
+
+class WorkloadClass(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    gpus: Annotated[int, Field(ge=0)]
+    priority: Annotated[int, Field(ge=0)] = 0  # 0 = most important; shed last
+    value_per_kwh: NonNegFloat = 0.5  # value of compute at full throughput, per kWh of IT energy
+    curve: str = "infer_llama_8b"  # a workload name in reference gpu-cap-curves, or "linear"
+    floor_pct: Pct = 0.0  # share of the class that must keep running (kW floor = this x max)
+
+
+class ShedHook(_Model):
+    """A command (argv list, run without a shell) or an HTTP call that sheds/restores a class."""
+
+    workload: str
+    shed: list[str] | None = None
+    restore: list[str] | None = None
+    shed_url: str | None = None
+    restore_url: str | None = None
+    timeout_s: PositiveFloat = 10.0
+
+
+class GpuPool(_Model):
+    backend: Literal["simulated", "nvml", "none", "socket"] = "simulated"
+    socket_path: str | None = None  # for backend = "socket" (privileged cap-setter)
+    min_w: PositiveFloat = 100.0
+    max_w: PositiveFloat = 400.0
+    safe_cap_w: PositiveFloat = 150.0
+    idle_w: NonNegFloat = 60.0
+    facility_overhead: Annotated[float, Field(ge=0, le=1)] = 0.08  # cooling etc., share of IT power
+    ramp_up_kw_per_s: PositiveFloat = 20.0
+    ramp_penalty_per_kw: NonNegFloat = 0.001
+    classes: list[WorkloadClass] = Field(min_length=1)
+    shed_hooks: list[ShedHook] = Field(default_factory=list)
+    shed_restore_margin_kw: NonNegFloat = 5.0
+    shed_restore_hold_s: NonNegFloat = 60.0
+
+    @property
+    def count(self) -> int:
+        return sum(c.gpus for c in self.classes)
+
+    @model_validator(mode="after")
+    def _caps(self) -> GpuPool:
+        if self.min_w >= self.max_w:
+            raise ValueError(f"min_w ({self.min_w:g}) must be below max_w ({self.max_w:g})")
+        if not self.min_w <= self.safe_cap_w <= self.max_w:
+            raise ValueError(
+                f"safe_cap_w ({self.safe_cap_w:g}) must lie within [min_w, max_w] = "
+                f"[{self.min_w:g}, {self.max_w:g}]"
+            )
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError("classes: duplicate class names")
+        if self.count == 0:
+            raise ValueError("classes: at least one GPU is needed")
+        for hook in self.shed_hooks:
+            if hook.workload not in names:
+                raise ValueError(f"shed_hooks: workload {hook.workload!r} is not a class ({', '.join(names)})")
+        return self
+
+
+# --- control, telemetry, mqtt -----------------------------------------------------------------
+
+
+class HorizonSegment(_Model):
+    step_s: Annotated[float, Field(ge=10)]
+    count: Annotated[int, Field(ge=1, le=2000)]
+
+
+class Control(_Model):
+    guard_period_s: Annotated[float, Field(gt=0, le=10)] = 0.2
+    dispatch_period_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    mpc_period_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Horizon: segments of equal steps, near term first (e.g. 60 x 60 s then 92 x 900 s).
+    horizon: list[HorizonSegment] = Field(
+        default_factory=lambda: [HorizonSegment(step_s=300, count=288)], min_length=1
+    )
+    solver: Literal["CLARABEL", "OSQP"] = "CLARABEL"
+    solve_deadline_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    supply_margin_kw: NonNegFloat = 2.0
+    supply_margin_pct: Pct = 5.0
+    reserve_load_pct: Pct = 10.0
+    reserve_pv_pct: Pct = 25.0
+    unserved_penalty_per_kwh: PositiveFloat = 50.0
+    spill_penalty_per_kwh: NonNegFloat = 0.0
+    heartbeat_path: str = "run/heartbeat"
+    state_dir: str = "run"
+
+    @model_validator(mode="after")
+    def _periods(self) -> Control:
+        if self.guard_period_s > self.dispatch_period_s:
+            raise ValueError("guard_period_s must not exceed dispatch_period_s")
+        if self.dispatch_period_s > self.mpc_period_s:
+            raise ValueError("dispatch_period_s must not exceed mpc_period_s")
+        return self
+
+    @property
+    def horizon_steps_s(self) -> list[float]:
+        return [seg.step_s for seg in self.horizon for _ in range(seg.count)]
+
+
+class Influx(_Model):
+    url: str
+    org: str
+    bucket: str
+    token: str | None = None
+    token_file: str | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 5000
+    flush_interval_s: PositiveFloat = 1.0
+    spool_dir: str = "run/spool"
+    spool_max_mb: PositiveFloat = 256.0
+
+
+class Telemetry(_Model):
+    period_s: PositiveFloat = 1.0
+    file: str | None = "run/telemetry.lp"  # line protocol, used when no influx is set
+    influx: Influx | None = None
+
+
+class Mqtt(_Model):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    client_id: str | None = None
+    topic_prefix: str = "powerctl"
+    homeassistant_discovery: bool = False
+    command_lease_s: PositiveFloat = 60.0
+    publish_period_s: PositiveFloat = 1.0
+    max_payload_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = 65536
+
+
+class SiteInfo(_Model):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    module: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    latitude: Annotated[float, Field(ge=-90, le=90)] = 36.1
+    longitude: Annotated[float, Field(ge=-180, le=180)] = -79.95
+    altitude_m: float = 0.0
+    timezone: str = "UTC"
+
+
+class SiteConfig(_Model):
+    site: SiteInfo
+    control: Control = Control()
+    devices: list[Device] = Field(min_length=1)
+    gpu: GpuPool
+    telemetry: Telemetry = Telemetry()
+    mqtt: Mqtt | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_names(cls, devices: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for i, d in enumerate(devices):
+            if d.name in seen:
+                raise ValueError(f"devices[{i}].name: {d.name!r} is used twice")
+            seen.add(d.name)
+        return devices
+
+    @model_validator(mode="after")
+    def _one_battery(self) -> SiteConfig:
+        if not any(d.nature is Nature.BATTERY for d in self.devices) and not any(
+            d.nature is Nature.GENSET for d in self.devices
+        ):
+            # PV alone cannot carry a GPU load through a cloud: refuse rather than trip.
+            raise ValueError("devices: a site needs at least one battery or genset")
+        return self
+
+    def by_nature(self, nature: Nature) -> list[Any]:
+        return [d for d in self.devices if d.nature is nature]
+
+    def device(self, name: str) -> Any:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+# --- loading and error messages ---------------------------------------------------------------
+
+_TAGS = {n.value for n in Nature} | {"modbus_tcp", "modbus_rtu", "mqtt"}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        prev = loc[i - 1] if i else None
+        if isinstance(part, str) and part in _TAGS and (isinstance(prev, int) or prev == "transport"):
+            continue  # the discriminator value pydantic inserts for tagged unions: not a real field
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _msg(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    got_s = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+    if kind == "greater_than":
+        return f"must be > {ctx.get('gt')}{got_s}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx.get('ge')}{got_s}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx.get('le')}{got_s}"
+    if kind == "less_than":
+        return f"must be < {ctx.get('lt')}{got_s}"
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "unknown key (typo?)"
+    if kind == "union_tag_invalid":
+        return f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"needs {ctx.get('discriminator')}"
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return msg[0].lower() + msg[1:] + (got_s if kind.endswith(("_type", "_parsing", "literal_error", "pattern_mismatch")) else "")
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {_loc(tuple(e['loc']))}: {_msg(dict(e))}" for e in exc.errors()]
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], path: str | Path = "<config>") -> SiteConfig:
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def load_config(path: str | Path, *, check_secrets: bool = True) -> SiteConfig:
+    """Read and validate a site TOML file. Raises ConfigError with file, field path and problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    cfg = parse_config(data, p)
+    if check_secrets:
+        _refuse_world_readable_secrets(p, cfg)
+    return cfg
+
+
+def _refuse_world_readable_secrets(path: Path, cfg: SiteConfig) -> None:
+    """A config that holds a secret inline must not be readable by everyone."""
+    inline = []
+    if cfg.mqtt and cfg.mqtt.password:
+        inline.append("mqtt.password")
+    if cfg.telemetry.influx and cfg.telemetry.influx.token:
+        inline.append("telemetry.influx.token")
+    if not inline:
+        return
+    mode = os.stat(path).st_mode
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{path}: holds secrets ({', '.join(inline)}) but is world-readable "
+            f"(mode {stat.filemode(mode)}); chmod o-r it or move the secret to a *_file"
+        )
