@@ -142,5 +142,5 @@ def unscaled(value: float, scale: float, sf_exp: int | None, dtype: str) -> int 
     if dtype in INTEGER_TYPES:
         if not math.isfinite(v):
             raise CodecError(f"cannot encode {value!r} as {dtype}")
-        return int(round(v))
+        return round(v)
     return v

@@ -9,6 +9,7 @@ schema shipped in ``device_profiles/profile.schema.json`` and then checks what a
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -286,7 +287,7 @@ def _check_overlaps(points: list[Point], path: Path) -> None:
         by_table.setdefault(p.table, []).append(p)
     for table, pts in by_table.items():
         pts.sort(key=lambda p: p.address)
-        for a, b in zip(pts, pts[1:], strict=False):
+        for a, b in itertools.pairwise(pts):
             if b.address == a.address and b.count == a.count and b.dtype == a.dtype:
                 continue  # an alias: the same register read into another signal (e.g. state code)
             if b.address < a.end:

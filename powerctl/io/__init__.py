@@ -1,0 +1,1 @@
+"""Device I/O: Modbus (pymodbus) and MQTT transports feeding the process image."""
