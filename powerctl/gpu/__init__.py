@@ -1,0 +1,5 @@
+"""GPU backends: NVML (nvidia-ml-py), simulated, none. See ``base.py`` for the protocol."""
+
+from powerctl.gpu.base import CapResult, GpuBackend, GpuError, GpuInfo, make_backend
+
+__all__ = ["CapResult", "GpuBackend", "GpuError", "GpuInfo", "make_backend"]
