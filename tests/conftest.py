@@ -1,0 +1,55 @@
+"""Shared pytest fixtures: real servers on loopback (see tests/servers.py).
+
+A missing server binary skips the test with the reason printed, or fails it when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Mosquitto, ServerMissing, TestPki, VictoriaMetrics, make_test_pki
+
+
+def server_missing(exc: ServerMissing) -> None:
+    """Skip (with the reason on stdout) or, under CI=true, fail: a missing server is never silent."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and a test server is missing: {exc}")
+    print(f"SKIP: {exc}")
+    pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    try:
+        return make_test_pki(tmp_path_factory.mktemp("pki"))
+    except ServerMissing as exc:
+        server_missing(exc)
+        raise
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path, test_pki: TestPki) -> Iterator[Mosquitto]:
+    """A fresh broker: ``.port`` anonymous, ``.auth_port`` password, ``.tls_port`` TLS + password."""
+    try:
+        broker = Mosquitto(tmp_path / "mosquitto", certs=test_pki)
+    except ServerMissing as exc:
+        server_missing(exc)
+        raise
+    with broker:
+        yield broker
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    """A fresh VictoriaMetrics (InfluxDB v2 write API at ``.url``/api/v2/write)."""
+    try:
+        vm = VictoriaMetrics(tmp_path / "victoria")
+    except ServerMissing as exc:
+        server_missing(exc)
+        raise
+    with vm:
+        yield vm
