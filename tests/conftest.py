@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, ServerMissing, TestPki, VictoriaMetrics, make_test_pki
+from tests.servers import Mosquitto, ServerMissing, Pki, VictoriaMetrics, make_test_pki
 
 
 def server_missing(exc: ServerMissing) -> None:
@@ -23,7 +23,7 @@ def server_missing(exc: ServerMissing) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     try:
         return make_test_pki(tmp_path_factory.mktemp("pki"))
     except ServerMissing as exc:
@@ -32,7 +32,7 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path, test_pki: TestPki) -> Iterator[Mosquitto]:
+def mosquitto(tmp_path: Path, test_pki: Pki) -> Iterator[Mosquitto]:
     """A fresh broker: ``.port`` anonymous, ``.auth_port`` password, ``.tls_port`` TLS + password."""
     try:
         broker = Mosquitto(tmp_path / "mosquitto", certs=test_pki)

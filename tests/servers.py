@@ -201,7 +201,7 @@ class VictoriaMetrics(_Process):
 
 
 @dataclass(frozen=True)
-class TestPki:
+class Pki:
     ca_crt: Path  # the CA the broker's certificate is signed by
     server_crt: Path
     server_key: Path
@@ -214,7 +214,7 @@ def _openssl(openssl: str, *args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {res.stderr.strip()}")
 
 
-def make_test_pki(directory: Path) -> TestPki:
+def make_test_pki(directory: Path) -> Pki:
     """A throw-away CA, a server certificate for 127.0.0.1/localhost signed by it, and a second CA."""
     openssl = find_binary(OPENSSL_CANDIDATES, "openssl")
     d = Path(directory)
@@ -229,7 +229,7 @@ def make_test_pki(directory: Path) -> TestPki:
              "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
     for p in d.iterdir():
         p.chmod(0o644)  # mosquitto may drop privileges before reading them
-    return TestPki(d / "ca.crt", d / "server.crt", d / "server.key", d / "other-ca.crt")
+    return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "other-ca.crt")
 
 
 # --- Mosquitto ----------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ class Mosquitto(_Process):
     def __init__(
         self,
         workdir: Path,
-        certs: TestPki | None = None,
+        certs: Pki | None = None,
         users: dict[str, str] | None = None,
     ) -> None:
         super().__init__(workdir)
