@@ -1,0 +1,1 @@
+"""Simulation: plant models, device simulators, traces, replay, KPIs, plots and sweeps."""

@@ -1,0 +1,176 @@
+"""GPU cluster: per-GPU caps, demand per workload class, power = min(cap, demand) with a lag.
+
+Each GPU belongs to one workload class of the config (``gpu.classes``, in order: class 0's GPUs
+first). Each step the demand function says how many watts each GPU *would* draw uncapped; the
+drawn power follows ``min(cap, demand)`` through a first-order lag of ``tau_s`` (the NVML 1 s
+average and the power-management loop; reference/gpu-power.md section 5).
+
+Throughput: relative throughput of a GPU drawing ``p`` W is read from a cap-vs-throughput curve
+(reference/gpu-cap-curves.csv, normalised to the GPU's ``max_w``): the work it does per hour is
+``rel_tput(p)`` times what it does at full power. Value of compute per hour for a GPU =
+``value_per_kwh x max_w/1000 x rel_tput(p)``, i.e. ``value_per_kwh`` is the value of one kWh of IT
+energy at full throughput (config ``WorkloadClass.value_per_kwh``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from powerctl.config import GpuPool
+
+# Normalised curves (cap / 400 W -> relative throughput), A100 rows of reference/gpu-cap-curves.csv:
+# ai-emerald/emerald-ai-demo-may-2025 data/dvfs_sweep.csv, 256-GPU A100 cluster of Colangelo et al.
+# arXiv:2507.00909. Below the lowest measured cap the curve runs straight to (0, 0).
+_A100_W = 400.0
+BUILTIN_CURVES: dict[str, list[tuple[float, float]]] = {
+    "ft_llama_8b_dolly": [(100, 0.241), (200, 0.807), (250, 0.904), (300, 0.951), (350, 0.98), (400, 1.0)],
+    "ft_llama_8b_p3": [(100, 0.228), (200, 0.784), (250, 0.878), (300, 0.937), (350, 0.967), (400, 1.0)],
+    "infer_llama_8b": [(100, 0.225), (200, 0.781), (250, 0.871), (300, 0.931), (350, 0.976), (400, 1.0)],
+    "pt_mpt_13b_lg": [(100, 0.191), (200, 0.624), (250, 0.781), (300, 0.86), (350, 0.921), (400, 1.0)],
+    "pt_mpt_13b_sm": [(100, 0.191), (200, 0.638), (250, 0.783), (300, 0.866), (350, 0.912), (400, 1.0)],
+    "pt_mpt_7b_fast": [(100, 0.175), (200, 0.626), (250, 0.787), (300, 0.874), (350, 0.935), (400, 1.0)],
+}
+
+
+class Curve:
+    """Relative throughput as a function of power as a fraction of the GPU's max (0..1)."""
+
+    def __init__(self, frac: Sequence[float], tput: Sequence[float], name: str = "") -> None:
+        f = np.asarray(frac, dtype=float)
+        t = np.asarray(tput, dtype=float)
+        order = np.argsort(f)
+        f, t = f[order], t[order]
+        if len(f) < 1 or np.any(np.diff(f) <= 0) or np.any(np.diff(t) < 0) or np.any(t < 0):
+            raise ValueError(f"curve {name!r}: needs strictly increasing caps and non-decreasing throughput")
+        if f[0] > 0:
+            f, t = np.concatenate([[0.0], f]), np.concatenate([[0.0], t])
+        self.name, self.frac, self.tput = name, f, t
+
+    def __call__(self, frac: np.ndarray | float) -> np.ndarray:
+        return np.interp(np.clip(frac, 0.0, self.frac[-1]), self.frac, self.tput)
+
+
+def get_curve(name: str, curves_csv: str | Path | None = None) -> Curve:
+    """A curve by workload name: builtin A100 names, "linear", or ``GPU:workload`` from a CSV."""
+    if name == "linear":
+        return Curve([0.0, 1.0], [0.0, 1.0], "linear")
+    if name in BUILTIN_CURVES:
+        pts = BUILTIN_CURVES[name]
+        return Curve([c / _A100_W for c, _ in pts], [t for _, t in pts], name)
+    if curves_csv is not None:
+        return load_curve_csv(curves_csv, name)
+    raise ValueError(f"unknown GPU curve {name!r}; known: linear, {', '.join(BUILTIN_CURVES)}")
+
+
+def load_curve_csv(path: str | Path, key: str) -> Curve:
+    """Read ``GPU:workload-prefix`` (e.g. ``V100:resnet50``) from a gpu-cap-curves.csv file."""
+    gpu, _, wl = key.partition(":")
+    caps: list[float] = []
+    tputs: list[float] = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["gpu"] == gpu and row["workload"].startswith(wl):
+                caps.append(float(row["cap_w"]))
+                tputs.append(float(row["relative_throughput"]))
+    if len(caps) < 2:
+        raise ValueError(f"{path}: no curve with gpu={gpu!r} and workload starting {wl!r}")
+    top = max(caps)
+    return Curve([c / top for c in caps], tputs, key)
+
+
+DemandFn = Callable[[float], "Mapping[str, float] | Sequence[float] | float"]
+
+
+class GpuCluster:
+    """All GPUs of the site. Caps and powers in W per GPU; totals in kW."""
+
+    def __init__(self, pool: GpuPool, demand_fn: DemandFn | None = None, tau_s: float = 1.0) -> None:
+        self.pool = pool
+        self.class_names = [c.name for c in pool.classes]
+        self.class_of = np.concatenate(
+            [np.full(c.gpus, i, dtype=int) for i, c in enumerate(pool.classes)]
+        )
+        self.n = len(self.class_of)
+        self.max_w, self.min_w = pool.max_w, pool.min_w
+        self.caps_w = np.full(self.n, pool.safe_cap_w, dtype=float)
+        self.power_w = np.full(self.n, min(pool.idle_w, pool.safe_cap_w), dtype=float)
+        self.demand_w = np.full(self.n, pool.max_w, dtype=float)
+        self.demand_fn = demand_fn
+        self.tau_s = tau_s
+        self.curves = [get_curve(c.curve) for c in pool.classes]
+        self.value_per_kwh = np.array([c.value_per_kwh for c in pool.classes], dtype=float)
+        # counters
+        self.e_kwh = 0.0
+        self.work_gpu_h = np.zeros(len(pool.classes))  # full-throughput GPU-hours done, per class
+        self.value = 0.0
+
+    def set_caps_w(self, caps_w: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Set per-GPU caps (clamped to [min_w, max_w], like NVML); return the enforced caps."""
+        caps = np.asarray(caps_w, dtype=float)
+        if caps.shape != (self.n,):
+            raise ValueError(f"set_caps_w: expected {self.n} caps, got {caps.shape}")
+        if not np.all(np.isfinite(caps)):
+            raise ValueError("set_caps_w: caps must be finite")
+        self.caps_w = np.clip(caps, self.min_w, self.max_w)
+        return self.caps_w.copy()
+
+    def set_class_caps_w(self, caps_by_class: Mapping[str, float]) -> None:
+        caps = self.caps_w.copy()
+        for name, cap in caps_by_class.items():
+            caps[self.class_of == self.class_names.index(name)] = cap
+        self.set_caps_w(caps)
+
+    def _demand(self, t_s: float) -> np.ndarray:
+        if self.demand_fn is None:
+            return np.full(self.n, self.max_w)
+        d = self.demand_fn(t_s)
+        if isinstance(d, Mapping):
+            per_class = np.array([float(d.get(c, self.max_w)) for c in self.class_names])
+            out = per_class[self.class_of]
+        elif isinstance(d, int | float):
+            out = np.full(self.n, float(d))
+        else:
+            out = np.asarray(d, dtype=float)
+            if out.shape != (self.n,):
+                raise ValueError(f"GPU demand: expected {self.n} values, got {out.shape}")
+        return np.clip(out, 0.0, self.max_w)
+
+    def advance(self, t_s: float, dt_s: float) -> None:
+        """Move powers toward min(cap, demand) over ``dt_s`` and book energy, work and value."""
+        self.demand_w = self._demand(t_s)
+        target = np.minimum(self.caps_w, self.demand_w)
+        if dt_s > 0:
+            a = 1.0 - math.exp(-dt_s / self.tau_s) if self.tau_s > 0 else 1.0
+            self.power_w = self.power_w + (target - self.power_w) * a
+            h = dt_s / 3600.0
+            self.e_kwh += self.power_kw() * h
+            rel = self.rel_throughput()
+            work = np.bincount(self.class_of, weights=rel, minlength=len(self.class_names)) * h
+            self.work_gpu_h += work
+            self.value += float(np.sum(work * self.value_per_kwh) * self.max_w / 1000.0)
+
+    def rel_throughput(self) -> np.ndarray:
+        """Per-GPU relative throughput at the current power (1 = full power)."""
+        frac = self.power_w / self.max_w
+        out = np.empty(self.n)
+        for i, curve in enumerate(self.curves):
+            m = self.class_of == i
+            out[m] = curve(frac[m])
+        return out
+
+    def value_rate_per_h(self) -> float:
+        """Value of compute per hour at the current powers."""
+        rel = self.rel_throughput()
+        return float(np.sum(rel * self.value_per_kwh[self.class_of]) * self.max_w / 1000.0)
+
+    def power_kw(self) -> float:
+        return float(self.power_w.sum()) / 1000.0
+
+    def class_power_kw(self) -> dict[str, float]:
+        sums = np.bincount(self.class_of, weights=self.power_w, minlength=len(self.class_names))
+        return {n: float(s) / 1000.0 for n, s in zip(self.class_names, sums, strict=True)}
