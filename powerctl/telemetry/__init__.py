@@ -365,7 +365,8 @@ class Telemetry:
             self._count("dropped", len(lines))
 
     def close(self) -> None:
-        """Release the HTTP client (after ``run`` ended)."""
+        """After ``run`` ended (or never started): write what is still buffered, release the client."""
         self._pool.shutdown(wait=True)
+        self._flush_sync()
         if self._client is not None:
             self._client.close()
