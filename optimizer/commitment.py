@@ -1,0 +1,108 @@
+"""Genset commitment: candidate on/off schedules, warm-up availability and the costs they fix.
+
+On/off is not convex, so the commitment is decided by enumeration: each candidate schedule fixes
+on/off per genset and step, the convex problem is solved for it (only Parameters change), and the
+cheapest total (convex objective + idle fuel + start costs) wins.
+
+Why a small candidate set is enough for one to three gensets:
+  * The plan is receding-horizon: only its first step is applied, and the whole thing is re-solved
+    every few seconds with fresh forecasts. The only commitment decision that takes effect now is
+    "switch this genset now or not"; every later switch is re-decided when it comes near.
+  * So per genset the candidates need to contain "switch now", "stay as is" and a few "switch
+    later at step k" (to price waiting correctly). Candidate times are spaced geometrically
+    (now, +H/32, +H/16, ... +H/2) because near-term timing matters most and is revisited anyway.
+  * Minimum up/down times only restrict the earliest switch step, so every candidate respects them
+    by construction (a genset that has not yet met its minimum up time is not offered a stop before
+    it has; likewise for starts and minimum down time).
+  * With n gensets we do not enumerate the product of candidates (exponential); we improve one
+    genset at a time holding the others at their incumbent schedule (coordinate search). Gensets
+    on one bus are near-substitutes whose ordering is dominated by their fuel curves, so one pass
+    in merit order finds the sensible schedules; the cost is 1 + n * K convex solves, which for
+    n <= 3 and K ~ 6 stays within the deadline. More gensets would want a MILP or a priority list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.params import BoolArray, FloatArray, GensetParams
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """On/off per genset (n_gen, T) and a label saying how it was built."""
+
+    on: BoolArray
+    label: str
+
+
+def step_starts_s(steps_s: FloatArray) -> FloatArray:
+    """Time of the start of each step relative to now."""
+    return np.concatenate(([0.0], np.cumsum(steps_s)[:-1]))
+
+
+def stay_schedule(on0: BoolArray, T: int) -> Schedule:
+    """Every genset keeps its current state over the whole horizon."""
+    return Schedule(on=np.repeat(np.asarray(on0, dtype=bool)[:, None], T, axis=1), label="stay")
+
+
+def switch_steps(gen: GensetParams, on0: bool, state_s: float, steps_s: FloatArray, k_max: int) -> list[int]:
+    """Candidate steps at which to switch (start if off, stop if on), respecting min up/down times."""
+    t_start = step_starts_s(steps_s)
+    horizon_s = float(np.sum(steps_s))
+    earliest_s = max(0.0, (gen.min_up_s if on0 else gen.min_down_s) - state_s)
+    feasible = np.nonzero(t_start >= earliest_s - 1e-9)[0]
+    if feasible.size == 0 or k_max <= 0:
+        return []
+    first = int(feasible[0])
+    targets = [t_start[first]] + [t_start[first] + horizon_s * 2.0 ** -(k_max - i) for i in range(1, k_max)]
+    ks = {int(np.searchsorted(t_start, tt - 1e-9)) for tt in targets}
+    return sorted(k for k in ks if first <= k < steps_s.shape[0])
+
+
+def switched(base: Schedule, gen_idx: int, on0: bool, k: int) -> Schedule:
+    """`base` with genset `gen_idx` kept in its current state `on0` before step k and flipped from k on."""
+    on = base.on.copy()
+    on[gen_idx, :k] = on0
+    on[gen_idx, k:] = not on0
+    verb = "stop" if on0 else "start"
+    return Schedule(on=on, label=f"g{gen_idx}:{verb}@{k}" if base.label == "stay" else f"{base.label}+g{gen_idx}:{verb}@{k}")
+
+
+def available_fraction(gen: GensetParams, on: BoolArray, on0: bool, state_s: float,
+                       steps_s: FloatArray) -> FloatArray:
+    """Fraction of each step the genset can carry load: 0 when off or warming up, else 1.
+
+    A run that started before now has been on for `state_s`; a run that starts at step k begins
+    its warm-up at the start of step k. A step partly inside the warm-up gets the remaining fraction.
+    """
+    T = steps_s.shape[0]
+    frac = np.zeros(T)
+    elapsed_s = state_s if on0 else 0.0
+    prev_on = on0
+    for t in range(T):
+        if not on[t]:
+            prev_on = False
+            continue
+        if not prev_on:
+            elapsed_s = 0.0
+        elapsed_end = elapsed_s + steps_s[t]
+        frac[t] = min(1.0, max(0.0, (elapsed_end - gen.warmup_s) / steps_s[t]))
+        elapsed_s = elapsed_end
+        prev_on = True
+    return frac
+
+
+def commitment_cost(gens: list[GensetParams], sched: Schedule, on0: BoolArray, steps_s: FloatArray) -> dict[str, float]:
+    """Idle fuel (f0 while on, including warm-up) and start costs: fixed once the schedule is fixed."""
+    dt_h = steps_s / 3600.0
+    idle = 0.0
+    starts = 0.0
+    for i, g in enumerate(gens):
+        row = sched.on[i]
+        idle += g.fuel_price_per_l * g.f0_l_per_h * float(dt_h @ row)
+        prev = np.concatenate(([bool(on0[i])], row[:-1]))
+        starts += g.start_cost * float(np.sum(row & ~prev))
+    return {"fuel_idle": idle, "start_cost": starts}

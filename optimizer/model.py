@@ -1,0 +1,192 @@
+"""The convex dispatch model, built once as a DPP cvxpy problem.
+
+Only the right-hand sides change between solves (forecasts, current SoC, genset availability from
+the commitment candidate, previous GPU budget, extra reserve), so every Parameter enters the
+problem affinely in a constraint's constant side: cvxpy compiles the problem once and the solver
+data's matrices never change. That is what lets `optimizer.direct` skip cvxpy at solve time.
+
+Per step t (length dt_h[t] hours; steps may grow along the horizon):
+  PV        0 <= pv <= forecast                        (curtailment allowed)
+  battery   0 <= ch <= ch_max, 0 <= dis <= dis_max;   e_t = e_{t-1} + dt (eta_c ch - dis / eta_d)
+            e_min <= e_t <= e_max   (e is the energy at the END of step t)
+  genset    min_load * a <= g <= rating * a            a = available fraction of the step (0 off,
+                                                      partial while warming up), a Parameter
+  GPU       p_min <= gpu <= ub (ub = demand clipped to [p_min, p_max]); value hypograph
+            v <= slope_s gpu + icpt_s for each segment s of the concave PWL value curve
+  ramp      r >= |gpu_t - gpu_{t-1}| (L1 penalty), gpu_t - gpu_{t-1} <= ramp_up * dt (hard; only up)
+  balance   pv + (dis - ch) + g + unserved >= (1 + overhead) gpu + other       spill = lhs - rhs
+  reserve   sum(rating a - g) + sum(rb) + short >= r_load (load) + r_pv pv + extra
+            rb <= dis_max - (dis - ch),  rb <= (e - e_min) eta_d / reserve_duration,  rb >= 0
+
+Objective (minimise, currency): variable fuel + wear + ramp + penalties(unserved, spill, reserve
+short) - terminal energy value - value of compute. Idle fuel and start costs depend only on the
+commitment candidate, so they are added outside the convex solve (`costs.commitment_cost`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+from optimizer.params import FloatArray, SiteParams
+
+
+@dataclass
+class Model:
+    """The compiled-once problem and handles to its variables and parameters (None when absent)."""
+
+    problem: cp.Problem
+    dt_h: FloatArray
+    # variables
+    pv: cp.Variable | None
+    ch: cp.Variable | None
+    dis: cp.Variable | None
+    e: cp.Variable | None
+    g: cp.Variable | None
+    gpu: cp.Variable | None
+    unserved: cp.Variable
+    short: cp.Variable
+    # parameters
+    pv_ub: cp.Parameter | None
+    gpu_ub: cp.Parameter | None
+    other: cp.Parameter
+    e0: cp.Parameter | None
+    avail: cp.Parameter | None
+    prev_gpu: cp.Parameter | None
+    extra: cp.Parameter
+    quad: bool
+
+    def parameters(self) -> list[cp.Parameter]:
+        """All Parameters in a fixed order (the order `direct` identifies them in)."""
+        ps = [self.pv_ub, self.gpu_ub, self.other, self.e0, self.avail, self.prev_gpu, self.extra]
+        return [p for p in ps if p is not None]
+
+
+def value_segments(bp_kw: FloatArray, v_per_h: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Slopes and intercepts of a concave PWL curve given by breakpoints: v(p) = min_s slope_s p + icpt_s."""
+    slopes = np.diff(v_per_h) / np.diff(bp_kw)
+    icpts = v_per_h[:-1] - slopes * bp_kw[:-1]
+    return slopes, icpts
+
+
+def build(p: SiteParams) -> Model:
+    """Build the DPP problem for site `p` (validated beforehand by `validate.check_site`)."""
+    steps_s = np.asarray(p.steps_s, dtype=float)
+    T = steps_s.shape[0]
+    dt_h = steps_s / 3600.0
+    n_pv, n_bat, n_gen, n_cls = len(p.pv), len(p.batteries), len(p.gensets), len(p.gpu_classes)
+    cons: list[cp.Constraint] = []
+    cost: list[cp.Expression] = []
+
+    other = cp.Parameter(T, nonneg=True, name="other_load_kw")
+    extra = cp.Parameter(T, nonneg=True, name="reserve_extra_kw")
+    unserved = cp.Variable(T, nonneg=True, name="unserved_kw")
+    short = cp.Variable(T, nonneg=True, name="reserve_short_kw")
+    supply: cp.Expression = unserved
+    reserve_have: cp.Expression = short
+    reserve_need: cp.Expression = extra
+
+    pv = pv_ub = None
+    if n_pv:
+        pv_ub = cp.Parameter((n_pv, T), nonneg=True, name="pv_forecast_kw")
+        pv = cp.Variable((n_pv, T), nonneg=True, name="pv_kw")
+        cons.append(pv <= pv_ub)
+        pv_sum = cp.sum(pv, axis=0)
+        supply = supply + pv_sum
+        reserve_need = reserve_need + (p.reserve_pv_pct / 100.0) * pv_sum
+
+    ch = dis = e = e0 = None
+    if n_bat:
+        bats = p.batteries
+        col = lambda xs: np.array(xs, dtype=float)[:, None]  # noqa: E731 - tiny local helper
+        cap = col([b.capacity_kwh for b in bats])
+        ch = cp.Variable((n_bat, T), nonneg=True, name="charge_kw")
+        dis = cp.Variable((n_bat, T), nonneg=True, name="discharge_kw")
+        e = cp.Variable((n_bat, T), name="energy_kwh")
+        e0 = cp.Parameter(n_bat, nonneg=True, name="energy0_kwh")
+        eta_c, eta_d = col([b.eta_charge for b in bats]), col([b.eta_discharge for b in bats])
+        flow = cp.multiply(eta_c * dt_h[None, :], ch) - cp.multiply(dt_h[None, :] / eta_d, dis)
+        e_min = cap * col([b.soc_min_pct for b in bats]) / 100.0
+        e_max = cap * col([b.soc_max_pct for b in bats]) / 100.0
+        dis_max = col([b.max_discharge_kw for b in bats])
+        cons += [
+            ch <= col([b.max_charge_kw for b in bats]) * np.ones((1, T)),
+            dis <= dis_max * np.ones((1, T)),
+            e[:, 0] == e0 + flow[:, 0],
+            e[:, 1:] == e[:, :-1] + flow[:, 1:],
+            e >= e_min * np.ones((1, T)),
+            e <= e_max * np.ones((1, T)),
+        ]
+        net = dis - ch
+        supply = supply + cp.sum(net, axis=0)
+        rb = cp.Variable((n_bat, T), nonneg=True, name="battery_reserve_kw")
+        dur_h = max(p.reserve_duration_s, 1.0) / 3600.0
+        cons += [rb <= dis_max * np.ones((1, T)) - net,
+                 rb <= cp.multiply(eta_d / dur_h * np.ones((1, T)), e - e_min * np.ones((1, T)))]
+        reserve_have = reserve_have + cp.sum(rb, axis=0)
+        wear = col([b.wear_cost_per_kwh for b in bats]) * dt_h[None, :]
+        cost.append(cp.sum(cp.multiply(wear, ch + dis)))
+        tv = np.array([b.terminal_value_per_kwh for b in bats])
+        cost.append(-(tv @ e[:, T - 1]))
+
+    g = avail = None
+    if n_gen:
+        gens = p.gensets
+        rating = np.array([k.rating_kw for k in gens])[:, None]
+        min_kw = np.array([k.min_load_kw for k in gens])[:, None]
+        g = cp.Variable((n_gen, T), nonneg=True, name="genset_kw")
+        avail = cp.Parameter((n_gen, T), nonneg=True, name="genset_available")
+        cap_kw = cp.multiply(rating * np.ones((1, T)), avail)
+        cons += [g <= cap_kw, g >= cp.multiply(min_kw * np.ones((1, T)), avail)]
+        supply = supply + cp.sum(g, axis=0)
+        reserve_have = reserve_have + cp.sum(cap_kw - g, axis=0)
+        fuel = np.array([k.fuel_price_per_l * k.f1_l_per_kwh for k in gens])[:, None] * dt_h[None, :]
+        cost.append(cp.sum(cp.multiply(fuel, g)))
+
+    gpu = gpu_ub = prev = None
+    load: cp.Expression = other
+    quad = p.ramp_quad_per_kw2 > 0
+    if n_cls:
+        cls = p.gpu_classes
+        gpu = cp.Variable((n_cls, T), name="gpu_kw")
+        gpu_ub = cp.Parameter((n_cls, T), nonneg=True, name="gpu_ub_kw")
+        prev = cp.Parameter(n_cls, nonneg=True, name="prev_gpu_kw")
+        cons += [gpu >= np.array([c.p_min_kw for c in cls])[:, None] * np.ones((1, T)), gpu <= gpu_ub]
+        load = load + (1.0 + p.facility_overhead) * cp.sum(gpu, axis=0)
+        # Budget change per step; the first step changes from the last applied budget.
+        dgpu = cp.hstack([cp.reshape(gpu[:, 0] - prev, (n_cls, 1), order="F"), gpu[:, 1:] - gpu[:, :-1]])
+        pen = np.array([c.ramp_penalty_per_kw for c in cls])
+        if np.any(pen > 0):
+            r = cp.Variable((n_cls, T), nonneg=True, name="gpu_ramp_kw")
+            cons += [r >= dgpu, r >= -dgpu]
+            cost.append(cp.sum(cp.multiply(pen[:, None] * np.ones((1, T)), r)))
+        if quad:
+            cost.append(p.ramp_quad_per_kw2 * cp.sum_squares(dgpu))
+        for j, c in enumerate(cls):
+            if np.isfinite(c.ramp_up_kw_per_s):
+                cons.append(dgpu[j, :] <= c.ramp_up_kw_per_s * steps_s)
+            bp = np.asarray(c.value_breakpoints_kw, dtype=float)
+            if bp.size >= 2:
+                slopes, icpts = value_segments(bp, np.asarray(c.value_per_h, dtype=float))
+                v = cp.Variable(T, name=f"gpu_value_per_h[{c.name}]")
+                # One vectorised hypograph constraint per class: (S, T) rows at once.
+                cons.append(v[None, :] <= slopes[:, None] @ gpu[j:j + 1, :] + icpts[:, None] * np.ones((1, T)))
+                cost.append(-(dt_h @ v))
+
+    cons.append(supply >= load)
+    spill = supply - load
+    reserve_need = reserve_need + (p.reserve_load_pct / 100.0) * load
+    cons.append(reserve_have >= reserve_need)
+    cost.append((p.unserved_penalty_per_kwh * dt_h) @ unserved)
+    if p.spill_penalty_per_kwh > 0:
+        cost.append((p.spill_penalty_per_kwh * dt_h) @ spill)
+    cost.append((p.reserve_penalty_per_kwh * dt_h) @ short)
+    # Unserved load cannot exceed the load itself (otherwise it could hide spill).
+    cons.append(unserved <= load)
+
+    problem = cp.Problem(cp.Minimize(sum(cost, cp.Constant(0.0))), cons)
+    return Model(problem=problem, dt_h=dt_h, pv=pv, ch=ch, dis=dis, e=e, g=g, gpu=gpu, unserved=unserved,
+                 short=short, pv_ub=pv_ub, gpu_ub=gpu_ub, other=other, e0=e0, avail=avail, prev_gpu=prev,
+                 extra=extra, quad=quad)

@@ -1,0 +1,203 @@
+"""DispatchProblem: build once, solve with a deadline, fall down the ladder, explain the result.
+
+Ladder: primary solver -> secondary solver -> rule-based dispatch -> safe plan. `Plan.rung` says
+which produced the plan and `Plan.notes` why the rungs above it did not.
+
+Deadline. A solver call cannot be interrupted from Python, so three things together keep
+`solve(inputs, deadline_s)` from blocking the caller past the deadline:
+  1. the solver work runs on one worker thread; the caller waits for it at most until the deadline
+     minus a small reserve for the rule-based fallback, then abandons it (its late result is
+     discarded) and answers with the rule-based plan;
+  2. each solver call gets the remaining time as its own time limit (Clarabel and OSQP both honour
+     one), so an abandoned solve also ends soon and does not pile up;
+  3. the commitment enumeration checks the clock before each candidate and keeps the best so far.
+While an abandoned solve is still running the compiled problem is busy, so a solve that arrives
+then skips the solver rungs (note says so) rather than queueing behind it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer import fallback, validate
+from optimizer.backend import Backend, CvxpyBackend, SolverFailed
+from optimizer.commitment import Schedule, commitment_cost, stay_schedule, switch_steps, switched
+from optimizer.model import Model, build
+from optimizer.params import DispatchInputs, Plan, SiteParams
+from optimizer.solution import Dispatch, ParamValues, make_plan, param_values
+
+# Time kept back from the deadline for the rule-based fallback and plan assembly.
+FALLBACK_RESERVE_S = 0.01
+# Hard limits must hold within this after a solve (kW, relative to the limit's scale), else the
+# solution is not trusted and the ladder goes on.
+LIMIT_TOL = 1e-4
+
+
+@dataclass
+class _Solved:
+    sched: Schedule
+    values: ParamValues
+    dispatch: Dispatch
+    objective: float
+    status: str
+    solver: str
+    rung: str
+    candidates: int
+
+
+def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMIT_TOL) -> Dispatch:
+    """Clip a solver's powers into their bounds; raise SolverFailed if any was out by more than tol."""
+
+    def clip(name: str, a: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+        lo_a, hi_a = np.broadcast_to(lo, a.shape), np.broadcast_to(hi, a.shape)
+        scale = 1.0 + np.maximum(np.abs(lo_a), np.abs(hi_a))
+        if not np.all(np.isfinite(a)) or np.any(a < lo_a - tol * scale) or np.any(a > hi_a + tol * scale):
+            raise SolverFailed(f"solution out of bounds for {name}")
+        return np.clip(a, lo_a, hi_a)
+
+    cmax = np.array([b.max_charge_kw for b in p.batteries])[:, None]
+    dmax = np.array([b.max_discharge_kw for b in p.batteries])[:, None]
+    rating = np.array([g.rating_kw for g in p.gensets])[:, None]
+    gmin = np.array([g.min_load_kw for g in p.gensets])[:, None]
+    floors = np.array([c.p_min_kw for c in p.gpu_classes])[:, None]
+    return Dispatch(pv=clip("pv", d.pv, 0.0, v.pv_ub), ch=clip("charge", d.ch, 0.0, cmax),
+                    dis=clip("discharge", d.dis, 0.0, dmax), g=clip("genset", d.g, gmin * v.avail, rating * v.avail),
+                    gpu=clip("gpu", d.gpu, floors, v.gpu_ub))
+
+
+class DispatchProblem:
+    """The dispatch optimizer for one site: compiled once, re-solved with new inputs."""
+
+    def __init__(self, params: SiteParams, backend: str = "auto") -> None:
+        validate.check_site(params)
+        self.params = params
+        self.steps_s = np.asarray(params.steps_s, dtype=float)
+        t0 = time.perf_counter()
+        self.model: Model = build(params)
+        self.backend: Backend = self._make_backend(backend)
+        self.compile_time_s = time.perf_counter() - t0
+        primary = params.solver.upper()
+        self.solvers = [primary, "OSQP" if primary == "CLARABEL" else "CLARABEL"]
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-solver")
+        self._busy = threading.Lock()
+        # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule").
+        self.force_fail: set[str] = set()
+
+    def _make_backend(self, kind: str) -> Backend:
+        if kind in ("auto", "direct"):
+            try:
+                from optimizer.direct import DirectBackend
+
+                return DirectBackend(self.model, self.params)
+            except Exception:
+                if kind == "direct":
+                    raise
+        return CvxpyBackend(self.model)
+
+    # -- one convex solve ---------------------------------------------------------------------
+
+    def _solve_one(self, x: DispatchInputs, sched: Schedule, solver: str, time_limit_s: float) -> tuple[
+            ParamValues, Dispatch, float]:
+        v = param_values(self.params, x, sched)
+        d, obj, _status = self.backend.solve(v, solver, time_limit_s)
+        d = clean_dispatch(self.params, v, d)
+        fixed = commitment_cost(self.params.gensets, sched, x.genset_on, self.steps_s)
+        return v, d, obj + fixed["fuel_idle"] + fixed["start_cost"]
+
+    def _enumerate(self, x: DispatchInputs, solver: str, rung: str, deadline_at: float) -> _Solved:
+        """Commitment by coordinate search over candidate schedules (see optimizer.commitment)."""
+        p = self.params
+        T = self.steps_s.shape[0]
+        best_sched = stay_schedule(x.genset_on, T)
+        v, d, obj = self._solve_one(x, best_sched, solver, deadline_at - time.perf_counter())
+        best = _Solved(best_sched, v, d, obj, "optimal", solver, rung, 1)
+        for i, gen in enumerate(p.gensets):
+            incumbent = best.sched
+            ks = switch_steps(gen, bool(x.genset_on[i]), float(x.genset_state_s[i]), self.steps_s,
+                              p.commitment_candidates)
+            for k in ks:
+                left = deadline_at - time.perf_counter()
+                if left <= 0:
+                    best.status = "optimal_commitment_truncated"
+                    return best
+                cand = switched(incumbent, i, bool(x.genset_on[i]), k)
+                try:
+                    v, d, obj = self._solve_one(x, cand, solver, left)
+                except SolverFailed:
+                    continue  # a candidate the solver cannot do is simply not chosen
+                best.candidates += 1
+                if obj < best.objective - 1e-9:
+                    best = _Solved(cand, v, d, obj, "optimal", solver, rung, best.candidates)
+        return best
+
+    def _solver_rungs(self, x: DispatchInputs, deadline_at: float) -> tuple[_Solved | None, list[str]]:
+        notes: list[str] = []
+        for rung, solver in zip(("primary", "secondary"), self.solvers, strict=True):
+            if rung in self.force_fail:
+                notes.append(f"{rung} ({solver}): forced failure")
+                continue
+            if time.perf_counter() >= deadline_at:
+                notes.append(f"{rung} ({solver}): no time left")
+                continue
+            try:
+                return self._enumerate(x, solver, rung, deadline_at), notes
+            except SolverFailed as exc:
+                notes.append(f"{rung} ({solver}): {exc}")
+            except Exception as exc:  # numerics inside a solver must never reach the control loop
+                notes.append(f"{rung} ({solver}): {type(exc).__name__}: {exc}")
+        return None, notes
+
+    def _locked_rungs(self, x: DispatchInputs, deadline_at: float) -> tuple[_Solved | None, list[str]]:
+        try:
+            return self._solver_rungs(x, deadline_at)
+        finally:
+            self._busy.release()
+
+    # -- public -------------------------------------------------------------------------------
+
+    def solve(self, inputs: DispatchInputs, deadline_s: float = 1.0) -> Plan:
+        """Plan for `inputs` within `deadline_s`. Raises only InputError (bad inputs)."""
+        t0 = time.perf_counter()
+        x = validate.check_inputs(self.params, inputs)
+        deadline_at = t0 + max(0.0, deadline_s)
+        solver_deadline = deadline_at - FALLBACK_RESERVE_S
+        solved: _Solved | None = None
+        notes: list[str] = []
+        if not self._busy.acquire(blocking=False):
+            notes.append("solvers: still busy with an abandoned late solve")
+        else:
+            fut = self._pool.submit(self._locked_rungs, x, solver_deadline)
+            try:
+                solved, notes = fut.result(timeout=max(0.0, solver_deadline - time.perf_counter()))
+            except cf.TimeoutError:
+                notes.append(f"solvers: deadline {deadline_s * 1e3:.0f} ms passed, late result abandoned")
+            except Exception as exc:
+                notes.append(f"solvers: {type(exc).__name__}: {exc}")
+        if solved is not None:
+            return make_plan(self.params, x, solved.values, solved.sched, solved.dispatch,
+                             status=solved.status, solver=solved.solver, rung=solved.rung,
+                             solve_time_s=time.perf_counter() - t0, notes=notes)
+        return self._fallback(x, notes, t0)
+
+    def _fallback(self, x: DispatchInputs, notes: list[str], t0: float) -> Plan:
+        if "rule" not in self.force_fail:
+            try:
+                sched, v, d = fallback.rule_dispatch(self.params, x)
+                return make_plan(self.params, x, v, sched, d, status="rule_based", solver="rules", rung="rule",
+                                 solve_time_s=time.perf_counter() - t0, notes=notes)
+            except Exception as exc:
+                notes.append(f"rule: {type(exc).__name__}: {exc}")
+        else:
+            notes.append("rule: forced failure")
+        sched, v, d = fallback.safe_dispatch(self.params, x)
+        return make_plan(self.params, x, v, sched, d, status="safe", solver="none", rung="safe",
+                         solve_time_s=time.perf_counter() - t0, notes=notes)
+
+    def close(self) -> None:
+        """Stop the worker thread (does not wait for an abandoned solve)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
