@@ -1,24 +1,36 @@
 """Register-level device simulators: any profile served as a Modbus device (pymodbus SimDevice).
 
-The simulator keeps the device's register image. A plant (or a test) sets engineering or signal
-values; clients read the encoded registers; writes to a profile's setpoint are decoded and handed
-to ``on_write(signal, value)`` in signal units. Addresses outside the profile's points and
-setpoints do not exist (exception 2), and writes to read-only registers are refused, as a real
-device would.
+``RegisterDevice`` serves a raw register image (e.g. a SunSpec image built from the model JSON).
+``DeviceSimulator`` serves a profile: a plant (or a test) sets engineering or signal values;
+clients read the encoded registers; writes to a profile's setpoint are decoded and handed to
+``on_write(signal, value)`` in signal units. Addresses outside the profile's points and setpoints
+do not exist (exception 2), and writes to read-only registers are refused, as a real device would.
+``SimServer`` runs one pymodbus TCP server (socket or RTU framing) for one or more devices.
 
-Fault modes for tests: no answer, slow answer, exception responses, garbage values, disconnect.
+Fault modes (``device.fault``):
+- ``NO_ANSWER``: the request is swallowed; the client times out.
+- ``SLOW``: the answer comes after ``slow_s``.
+- ``EXCEPTION``: exception response 4 (server device failure).
+- ``GARBAGE``: every register read returns random values.
+- ``DISCONNECT``: the server drops the TCP connection after receiving a request, before answering
+  (needs a ``SimServer``, which owns the connections).
+- ``SHORT``: a well-framed answer with one register fewer than asked (socket framing only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from enum import StrEnum
+from types import TracebackType
+from typing import Self
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from powerctl.profiles.codec import CodecError
@@ -33,97 +45,34 @@ from powerctl.profiles.values import (
 log = logging.getLogger(__name__)
 
 _TABLE_OF_FC = {1: "coil", 5: "coil", 15: "coil", 3: "holding", 6: "holding", 16: "holding", 23: "holding", 4: "input"}
+TABLES = ("holding", "input", "coil")
 
 
 class Fault(StrEnum):
     NONE = "none"
-    NO_ANSWER = "no_answer"  # never replies (client times out)
-    SLOW = "slow"  # replies after ``slow_s``
-    EXCEPTION = "exception"  # exception response 4 (device failure)
-    GARBAGE = "garbage"  # random register values
-    DISCONNECT = "disconnect"  # drops the connection mid-request
+    NO_ANSWER = "no_answer"
+    SLOW = "slow"
+    EXCEPTION = "exception"
+    GARBAGE = "garbage"
+    DISCONNECT = "disconnect"
+    SHORT = "short"
 
 
-@dataclass
-class DeviceSimulator:
-    profile: Profile
-    unit_id: int = 1
-    on_write: Callable[[str, float], None] | None = None
-    fault: Fault = Fault.NONE
-    slow_s: float = 0.5
-    registers: dict[str, dict[int, int]] = field(default_factory=dict)
-    writes: list[tuple[str, float]] = field(default_factory=list)
-    requests: int = 0
-    disconnect_hook: Callable[[], None] | None = None
+class RegisterDevice:
+    """A raw register image served as one Modbus unit, with fault modes."""
 
-    def __post_init__(self) -> None:
-        for table in ("holding", "input", "coil"):
-            self.registers.setdefault(table, {})
-        for p in self.profile.points:
-            tab = self.registers[p.table]
-            for a in range(p.address, p.end):
-                tab.setdefault(a, 0)
-        for sp in self.profile.setpoints:
-            tab = self.registers[sp.table]
-            for a in range(sp.address, sp.address + sp.count):
-                tab.setdefault(a, 0)
-            for addr, regs in sp.after_writes:
-                for a in range(addr, addr + len(regs)):
-                    tab.setdefault(a, 0)
-        hole = self.profile.polling.max_hole
-        if hole > 0:
-            # A device whose profile allows reads across holes answers them (with zeros), as
-            # SunSpec devices do for points a profile leaves out; max_hole 0 devices refuse them.
-            for tab in self.registers.values():
-                addrs = sorted(tab)
-                for a, b in zip(addrs, addrs[1:], strict=False):
-                    if 1 < b - a <= hole + 1:
-                        for x in range(a + 1, b):
-                            tab.setdefault(x, 0)
-        # scale factors first, then values that use them
-        sfs = [p for p in self.profile.points if p.dtype == "sunssf"]
-        for p in sfs:
-            self.set_point(p.name, self.profile.defaults.get(p.name, 0))
-        for p in self.profile.points:
-            if p.dtype != "sunssf" and p.name in self.profile.defaults:
-                self.set_point(p.name, self.profile.defaults[p.name])
-        if "SunS" in {p.name for p in self.profile.points}:
-            self.set_raw("holding", self.profile.point("SunS").address, [0x5375, 0x6E53])
+    def __init__(self, registers: dict[str, dict[int, int]] | None = None, unit_id: int = 1) -> None:
+        self.unit_id = unit_id
+        self.registers: dict[str, dict[int, int]] = {t: dict((registers or {}).get(t, {})) for t in TABLES}
+        self.fault = Fault.NONE
+        self.slow_s = 0.5
+        self.requests = 0
+        self.disconnect_hook: Callable[[], None] | None = None
 
-    # --- values in ----------------------------------------------------------------------------
-
-    def set_raw(self, table: str, address: int, regs: list[int]) -> None:
+    def set_raw(self, table: str, address: int, regs: Sequence[int]) -> None:
         tab = self.registers[table]
         for i, r in enumerate(regs):
-            tab[address + i] = r & 0xFFFF
-
-    def set_point(self, name: str, value: float | str) -> None:
-        """Set a point in its engineering unit, encoded with the current scale factor."""
-        p = self.profile.point(name)
-        sf = None
-        if p.scale_sf:
-            sf = scale_factors(self.profile, self.registers).get(p.scale_sf)
-        if p.dtype == "sunssf":
-            self.set_raw(p.table, p.address, encode_point(p, int(value)))
-            return
-        self.set_raw(p.table, p.address, encode_point(p, value, sf))
-
-    def set_signal(self, signal: str, value: float) -> None:
-        """Set every point feeding ``signal`` from a value in the signal's unit and sign."""
-        for p in self.profile.points:
-            if p.signal == signal:
-                self.set_point(p.name, signal_to_point_value(p, value, self.profile))
-
-    def set_sentinel(self, name: str) -> None:
-        """Put the point's 'not implemented' marker in its registers."""
-        p = self.profile.point(name)
-        if not p.sentinels:
-            raise ValueError(f"{name} has no sentinel")
-        raw = min(p.sentinels)
-        regs = [(raw >> (16 * (p.count - 1 - i))) & 0xFFFF for i in range(p.count)]
-        if p.words == "little":
-            regs.reverse()
-        self.set_raw(p.table, p.address, regs)
+            tab[address + i] = int(r) & (1 if table == "coil" else 0xFFFF)
 
     # --- the pymodbus device ------------------------------------------------------------------
 
@@ -152,15 +101,12 @@ class DeviceSimulator:
             action=self._action,
         )
 
-    def _writable(self, address: int, count: int) -> Setpoint | None | bool:
-        """The setpoint a write targets; True for an accepted side register (after_writes)."""
-        for sp in self.profile.setpoints:
-            if sp.table == "holding" and sp.address <= address < sp.address + sp.count:
-                return sp
-            for addr, regs in sp.after_writes:
-                if addr <= address < addr + len(regs):
-                    return True
-        return None
+    async def _wait_while(self, fault: Fault, limit_s: float = 3600.0) -> None:
+        """Hold the request while the fault lasts (a dead device), bounded so servers can stop."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while self.fault is fault and loop.time() < end:
+            await asyncio.sleep(0.02)
 
     async def _action(
         self,
@@ -172,32 +118,138 @@ class DeviceSimulator:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         self.requests += 1
-        if self.fault is Fault.NO_ANSWER:
-            await asyncio.sleep(3600)
-        if self.fault is Fault.SLOW:
+        fault = self.fault
+        if fault is Fault.NO_ANSWER:
+            await self._wait_while(Fault.NO_ANSWER)
+            return ExcCodes.DEVICE_BUSY  # answered only after the fault cleared: the client left long ago
+        if fault is Fault.SLOW:
             await asyncio.sleep(self.slow_s)
-        if self.fault is Fault.EXCEPTION:
+        if fault is Fault.EXCEPTION:
             return ExcCodes.DEVICE_FAILURE
-        if self.fault is Fault.DISCONNECT and self.disconnect_hook:
+        if fault is Fault.DISCONNECT:
+            if self.disconnect_hook is None:
+                raise RuntimeError("Fault.DISCONNECT needs the device to be served by a SimServer")
             self.disconnect_hook()
-            await asyncio.sleep(3600)
+            return ExcCodes.DEVICE_FAILURE  # never sent: the connection is gone
         table = _TABLE_OF_FC.get(function_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if set_values is None:
-            if table == "coil":
-                return None
-            src = self.registers[table]
-            for a in range(address, address + count):
-                v = src.get(a, 0)
-                if self.fault is Fault.GARBAGE:
-                    v = random.randrange(0x10000)
-                current_registers[a - start_address] = v
+            self._fill_read(table, start_address, address, count, current_registers, fault is Fault.GARBAGE)
             return None
-        return self._handle_write(table, address, list(map(int, set_values)))
+        return self._handle_write(table, address, [int(v) for v in set_values])
+
+    def _fill_read(
+        self, table: str, start: int, address: int, count: int, current: list[int], garbage: bool
+    ) -> None:
+        src = self.registers[table]
+        if table == "coil":
+            # coils are bit-addressed: register index = address // 16, bit = address % 16 (LSB first)
+            for a in range(address, address + count):
+                bit = random.randrange(2) if garbage else src.get(a, 0)
+                idx, pos = a // 16 - start, a % 16
+                current[idx] = (current[idx] | (1 << pos)) if bit else (current[idx] & ~(1 << pos))
+            return
+        for a in range(address, address + count):
+            current[a - start] = random.randrange(0x10000) if garbage else src.get(a, 0)
 
     def _handle_write(self, table: str, address: int, values: list[int]) -> ExcCodes | None:
-        target = self._writable(address, len(values))
+        """A raw device accepts writes to registers it has (profile simulators refine this)."""
+        self.set_raw(table, address, values)
+        return None
+
+
+class DeviceSimulator(RegisterDevice):
+    """A profile served at register level; ``on_write(signal, value)`` gets decoded setpoint writes."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        unit_id: int = 1,
+        on_write: Callable[[str, float], None] | None = None,
+        *,
+        fill_holes: bool | None = None,
+    ) -> None:
+        super().__init__(None, unit_id)
+        self.profile = profile
+        self.on_write = on_write
+        self.writes: list[tuple[str, float]] = []
+        for p in profile.points:
+            for a in range(p.address, p.end):
+                self.registers[p.table].setdefault(a, 0)
+        for sp in profile.setpoints:
+            for a in range(sp.address, sp.address + sp.count):
+                self.registers[sp.table].setdefault(a, 0)
+            for addr, regs in sp.after_writes:
+                for a in range(addr, addr + len(regs)):
+                    self.registers[sp.table].setdefault(a, 0)
+        hole = profile.polling.max_hole
+        if fill_holes if fill_holes is not None else hole > 0:
+            # A device whose profile allows reads across holes answers them (with zeros), as
+            # SunSpec devices do for points a profile leaves out; max_hole 0 devices refuse them.
+            for tab in (self.registers["holding"], self.registers["input"]):
+                addrs = sorted(tab)
+                for a, b in itertools.pairwise(addrs):
+                    if 1 < b - a <= hole + 1:
+                        for x in range(a + 1, b):
+                            tab.setdefault(x, 0)
+        # scale factors first, then values that use them
+        for p in profile.points:
+            if p.dtype == "sunssf":
+                self.set_point(p.name, profile.defaults.get(p.name, 0))
+        for p in profile.points:
+            if p.dtype != "sunssf" and p.name in profile.defaults:
+                self.set_point(p.name, profile.defaults[p.name])
+        if "SunS" in {p.name for p in profile.points}:
+            self.set_raw("holding", profile.point("SunS").address, [0x5375, 0x6E53])
+
+    # --- values in ----------------------------------------------------------------------------
+
+    def set_point(self, name: str, value: float | str) -> None:
+        """Set a point in its engineering unit, encoded with the current scale factor."""
+        p = self.profile.point(name)
+        if p.dtype == "sunssf":
+            self.set_raw(p.table, p.address, encode_point(p, int(value)))
+            return
+        sf = scale_factors(self.profile, self.registers).get(p.scale_sf) if p.scale_sf else None
+        if p.scale_sf and sf is None:
+            raise ValueError(f"{self.profile.key}: set {p.scale_sf} before {name}")
+        self.set_raw(p.table, p.address, encode_point(p, value, sf))
+
+    def set_signal(self, signal: str, value: float) -> None:
+        """Set every point feeding ``signal`` from a value in the signal's unit and sign."""
+        # A signal no point feeds is ignored: a plant pushes every signal of a nature, and a
+        # profile maps only those its device has.
+        for p in self.profile.points:
+            if p.signal == signal:
+                self.set_point(p.name, signal_to_point_value(p, value, self.profile))
+
+    def set_sentinel(self, name: str) -> None:
+        """Put the point's 'not implemented' marker in its registers."""
+        p = self.profile.point(name)
+        if not p.sentinels:
+            raise ValueError(f"{name} has no sentinel")
+        raw = min(p.sentinels)
+        regs = [(raw >> (16 * (p.count - 1 - i))) & 0xFFFF for i in range(p.count)]
+        if p.words == "little":
+            regs.reverse()
+        self.set_raw(p.table, p.address, regs)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def _writable(self, table: str, address: int) -> Setpoint | bool | None:
+        """The setpoint a write targets; True for an accepted side register (after_writes)."""
+        for sp in self.profile.setpoints:
+            if sp.table == table and sp.address <= address < sp.address + sp.count:
+                return sp
+            if sp.table == table:
+                for addr, regs in sp.after_writes:
+                    if addr <= address < addr + len(regs):
+                        return True
+        return None
+
+    def _handle_write(self, table: str, address: int, values: list[int]) -> ExcCodes | None:
+        target = self._writable(table, address)
         if target is None:
             return ExcCodes.ILLEGAL_ADDRESS
         self.set_raw(table, address, values)
@@ -210,9 +262,93 @@ class DeviceSimulator:
             except CodecError as exc:
                 log.info("%s: refused write to %s: %s", self.profile.key, sp.name, exc)
                 return ExcCodes.ILLEGAL_VALUE
-            if not sp.value_map and sp.signal is None and not sp.range_min <= value <= sp.range_max:
-                return ExcCodes.ILLEGAL_VALUE
             self.writes.append((sp.signal or sp.name, value))
             if self.on_write is not None:
                 self.on_write(sp.signal or sp.name, value)
         return None
+
+
+class SimServer:
+    """One pymodbus TCP server on 127.0.0.1 for one or more simulated units.
+
+    ``framer="rtu"`` serves RTU framing over TCP (what RTU-over-TCP gateways speak). Used as an
+    async context manager; ``stop()``/``start()`` take the whole server away and back (same port).
+    """
+
+    def __init__(
+        self, devices: Sequence[RegisterDevice], port: int, host: str = "127.0.0.1", framer: str = "socket"
+    ) -> None:
+        self.devices = list(devices)
+        self.host, self.port = host, port
+        self.framer = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
+        self._server: ModbusTcpServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        for d in self.devices:
+            d.disconnect_hook = self.drop_connections
+
+    def drop_connections(self) -> None:
+        """Close every client connection now (requests in flight get no answer)."""
+        if self._server is None:
+            return
+        for conn in list(self._server.active_connections.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        # SHORT fault: shrink a register read reply by one register, keeping the frame consistent
+        if not sending or self.framer != FramerType.SOCKET or len(data) < 11:
+            return data
+        unit, fc = data[6], data[7]
+        dev = next((d for d in self.devices if d.unit_id == unit), None)
+        if dev is None or dev.fault is not Fault.SHORT or fc not in (3, 4) or data[8] < 4:
+            return data
+        body = data[9:-2]
+        length = int.from_bytes(data[4:6], "big") - 2
+        return data[:4] + length.to_bytes(2, "big") + data[6:8] + bytes([data[8] - 2]) + body
+
+    async def start(self) -> None:
+        devs = [d.sim_device() for d in self.devices]
+        self._server = ModbusTcpServer(
+            devs if len(devs) > 1 else devs[0],
+            address=(self.host, self.port),
+            framer=self.framer,
+            trace_packet=self._trace,
+        )
+        self._task = asyncio.create_task(self._server.serve_forever())
+        await wait_listening(self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self.drop_connections()
+            await self._server.shutdown()
+            self._server = None
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def wait_listening(host: str, port: int, timeout_s: float = 5.0) -> None:
+    """Wait until the server accepts connections (serve_forever binds asynchronously)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while True:
+        try:
+            _r, w = await asyncio.open_connection(host, port)
+            w.close()
+            await w.wait_closed()
+            return
+        except OSError:
+            if loop.time() > end:
+                raise
+            await asyncio.sleep(0.02)
