@@ -9,6 +9,7 @@ file, the field path and what is wrong, e.g.::
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -391,20 +392,25 @@ def _msg(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     got = err.get("input")
     got_s = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+    def num(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, int | float) else str(v)
+
     if kind == "greater_than":
-        return f"must be > {ctx.get('gt')}{got_s}"
+        return f"must be > {num(ctx.get('gt'))}{got_s}"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx.get('ge')}{got_s}"
+        return f"must be >= {num(ctx.get('ge'))}{got_s}"
     if kind == "less_than_equal":
-        return f"must be <= {ctx.get('le')}{got_s}"
+        return f"must be <= {num(ctx.get('le'))}{got_s}"
     if kind == "less_than":
-        return f"must be < {ctx.get('lt')}{got_s}"
+        return f"must be < {num(ctx.get('lt'))}{got_s}"
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
         return "unknown key (typo?)"
     if kind == "union_tag_invalid":
-        return f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        disc = str(ctx.get("discriminator", "kind")).strip("'")
+        tags = re.findall(r"'([^']+)'", str(ctx.get("expected_tags", "")))
+        return f"unknown {disc} {ctx.get('tag')!r}; expected one of {', '.join(tags)}"
     if kind == "union_tag_not_found":
         return f"needs {ctx.get('discriminator')}"
     msg = str(err.get("msg", "invalid"))

@@ -1,0 +1,133 @@
+"""The ``powerctl`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from powerctl.config import ConfigError, SiteConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Microgrid power controller for AI compute sites.")
+sim_app = typer.Typer(no_args_is_help=True, help="Simulated plant: serve, replay, sweep.")
+app.add_typer(sim_app, name="sim")
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _load(path: Path) -> SiteConfig:
+    """Load a config or exit 2 with the message (never a traceback)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+@app.command()
+def check(config: Path) -> None:
+    """Validate a site config and the profiles it names."""
+    from powerctl.profiles import ProfileError, load_profile
+
+    cfg = _load(config)
+    problems = []
+    for i, d in enumerate(cfg.devices):
+        try:
+            prof = load_profile(d.profile)
+        except ProfileError as exc:
+            problems.append(f"{config}: devices[{i}].profile: {exc}")
+            continue
+        if prof.nature != d.nature:
+            problems.append(
+                f"{config}: devices[{i}].profile: {d.profile} is a {prof.nature.value} profile, "
+                f"but the device is a {d.nature.value}"
+            )
+    if problems:
+        err.print("[bold red]config error[/]\n" + "\n".join(problems), highlight=False)
+        raise typer.Exit(2)
+    print(f"{config}: OK ({len(cfg.devices)} devices, {cfg.gpu.count} GPUs in {len(cfg.gpu.classes)} classes)")
+
+
+async def _until_signal(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await coro_factory(stop)
+
+
+@app.command()
+def run(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the controller daemon for a site (SIGTERM/Ctrl-C: GPUs to the safe cap, then exit)."""
+    cfg = _load(config)
+    _logging(verbose)
+    from powerctl.daemon import Daemon
+
+    daemon = Daemon(cfg)
+    asyncio.run(_until_signal(daemon.run))
+
+
+@sim_app.command("serve")
+def sim_serve(
+    config: Path,
+    time_scale: float = typer.Option(20.0, help="simulated PV day speed-up (1 = real time)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the site's devices from a simulated plant over Modbus TCP (hardware in the loop)."""
+    cfg = _load(config)
+    _logging(verbose)
+    import time
+
+    from sim.plant.site import Plant
+    from sim.serve import SimSite
+
+    async def main(stop: asyncio.Event) -> None:
+        site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
+        task = asyncio.create_task(site.run(time.time))
+        print(f"serving {len(site.sims)} simulated devices; Ctrl-C to stop", flush=True)
+        await stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(_until_signal(main))
+
+
+@app.command()
+def demo(
+    config: Path = typer.Argument(Path("examples/demo-site.toml")),
+    seconds: float = typer.Option(180.0, help="how long to run"),
+    time_scale: float = typer.Option(20.0, help="simulated PV day speed-up"),
+    plain: bool = typer.Option(False, help="print status lines instead of the live table"),
+) -> None:
+    """Run the demo: simulated plant over Modbus on 127.0.0.1 + the daemon + a live table."""
+    cfg = _load(config)
+    from powerctl.demo import run_demo
+
+    code = asyncio.run(run_demo(cfg, seconds=seconds, time_scale=time_scale, plain=plain or not sys.stdout.isatty()))
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        from sim.cli_sim import register as _register_sim
+
+        _register_sim(sim_app)
+    except ImportError:
+        pass
+    app()
+
+
+if __name__ == "__main__":
+    main()

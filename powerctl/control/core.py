@@ -1,0 +1,168 @@
+"""The controller core: planner, dispatcher and fallbacks, with no I/O and the clock as an argument.
+
+The daemon wires it to real devices and the simulator to a simulated plant; both call the same
+methods in the same order:
+
+- ``plan(now_s, image)`` every ``mpc_period_s`` (the heavy solve; the daemon runs it in a thread);
+- ``dispatch(now_s, image)`` every ``dispatch_period_s``: the plan's first step turned into
+  device setpoints and per-GPU caps (budget split, slew limit, clamped to what the supply can
+  carry now);
+- the guard (``powerctl.control.guard``) every ``guard_period_s``, independently of both.
+
+When there is no plan, or the plan is older than three planner periods (planner dead or late), the
+dispatcher falls back to the safe cap: GPUs never jump to maximum because the optimizer is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from optimizer import DispatchProblem, Plan
+from powerctl.config import SiteConfig
+from powerctl.control.planner import build_inputs, genset_running, site_params
+from powerctl.control.split import GpuSlot, split_budget
+from powerctl.natures import Nature
+from powerctl.process_image import ProcessImage
+
+log = logging.getLogger(__name__)
+
+# forecaster(now_s, image, steps_s) -> (pv_kw (n_pv, T), gpu_demand_kw (n_class, T), other_load_kw (T,))
+Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Commands:
+    """What one dispatch cycle asks of the devices (all already inside device limits)."""
+
+    t_s: float
+    battery_kw: dict[str, float] = field(default_factory=dict)  # + = discharge
+    genset_run: dict[str, bool] = field(default_factory=dict)
+    gpu_budget_kw: dict[str, float] = field(default_factory=dict)  # per class, GPU power
+    gpu_caps_w: dict[int, float] = field(default_factory=dict)
+    released: tuple[int, ...] = ()
+    mode: str = "plan"  # plan | safe
+    reason: str = ""
+
+
+class ControllerCore:
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        gpu_slots: list[GpuSlot],
+        forecaster: Forecaster,
+        *,
+        problem: DispatchProblem | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.slots = gpu_slots
+        self.forecaster = forecaster
+        self.params = site_params(cfg)
+        self.problem = problem if problem is not None else DispatchProblem(self.params)
+        self.steps_s = np.asarray(self.params.steps_s, dtype=float)
+        self.plan_result: Plan | None = None
+        self.plan_t_s: float | None = None
+        self.class_names = [c.name for c in cfg.gpu.classes]
+        self.prev_gpu_kw = np.array(
+            [c.gpus * cfg.gpu.safe_cap_w / 1000.0 for c in cfg.gpu.classes], dtype=float
+        )
+        self.gensets = [d.name for d in cfg.by_nature(Nature.GENSET)]
+        self.batteries = [d.name for d in cfg.by_nature(Nature.BATTERY)]
+        # when each genset last changed state as we saw it (for min up/down times)
+        self._gen_state: dict[str, tuple[bool, float]] = {}
+        self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
+
+    # --- planning -----------------------------------------------------------------------------
+
+    def genset_state_s(self, now_s: float, running: np.ndarray) -> np.ndarray:
+        out = []
+        for name, on in zip(self.gensets, running.tolist(), strict=True):
+            prev = self._gen_state.get(name)
+            if prev is None or prev[0] != on:
+                # first sight, or a change: a restart must not pretend a long run/rest time,
+                # so we start counting now (min up/down times are respected from here)
+                self._gen_state[name] = (on, now_s)
+                prev = self._gen_state[name]
+            out.append(max(0.0, now_s - prev[1]))
+        return np.array(out, dtype=float)
+
+    def plan(self, now_s: float, image: ProcessImage, deadline_s: float | None = None) -> Plan:
+        """Solve the dispatch problem from the current image and forecasts."""
+        pv_kw, gpu_kw, other_kw = self.forecaster(now_s, image, self.steps_s)
+        running = genset_running(self.cfg, image, now_s)
+        inputs = build_inputs(
+            self.cfg,
+            image,
+            now_s,
+            pv_kw,
+            gpu_kw,
+            self.prev_gpu_kw,
+            self.genset_state_s(now_s, running),
+            other_kw,
+        )
+        plan = self.problem.solve(inputs, deadline_s=deadline_s or self.cfg.control.solve_deadline_s)
+        self.plan_result, self.plan_t_s = plan, now_s
+        return plan
+
+    def plan_is_fresh(self, now_s: float) -> bool:
+        if self.plan_result is None or self.plan_t_s is None:
+            return False
+        age_s = now_s - self.plan_t_s
+        return -1.0 <= age_s <= 3 * self.cfg.control.mpc_period_s and self.plan_result.rung != "safe"
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self, now_s: float, image: ProcessImage) -> Commands:
+        cmd = Commands(t_s=now_s)
+        plan = self.plan_result
+        if plan is None or not self.plan_is_fresh(now_s):
+            cmd.mode = "safe"
+            cmd.reason = "no plan" if plan is None else "plan too old or safe rung"
+            budget = {
+                c.name: c.gpus * self.cfg.gpu.safe_cap_w / 1000.0 for c in self.cfg.gpu.classes
+            }
+            for name in self.batteries:
+                cmd.battery_kw[name] = 0.0  # the grid-forming inverter carries the balance
+        else:
+            idx = self._step_index(now_s)
+            budget = {n: float(plan.gpu_kw[i, idx]) for i, n in enumerate(self.class_names)}
+            for i, name in enumerate(self.batteries):
+                cmd.battery_kw[name] = self._clamp_battery(name, float(plan.battery_kw[i, idx]))
+            for i, name in enumerate(self.gensets):
+                cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
+        split = split_budget(budget, self.slots, idle_w=self.cfg.gpu.idle_w)
+        cmd.gpu_budget_kw = budget
+        cmd.gpu_caps_w = dict(split.caps_w)
+        cmd.released = split.released
+        self.prev_gpu_kw = np.array([split.class_cap_kw.get(n, 0.0) for n in self.class_names])
+        return cmd
+
+    def _step_index(self, now_s: float) -> int:
+        """The plan step that covers ``now_s`` (a plan is used until the next one arrives)."""
+        assert self.plan_t_s is not None
+        elapsed = max(0.0, now_s - self.plan_t_s)
+        edges = np.cumsum(self.steps_s)
+        return int(min(np.searchsorted(edges, elapsed, side="right"), len(edges) - 1))
+
+    def _clamp_battery(self, name: str, p_kw: float) -> float:
+        lim = self.cfg.device(name).limits
+        return float(min(max(p_kw, -lim.max_charge_kw), lim.max_discharge_kw))
+
+    def _genset_decision(self, name: str, want_on: bool, now_s: float, image: ProcessImage) -> bool:
+        """Follow the plan, but never against min up/down times as we observed them."""
+        lim = self.cfg.device(name).limits
+        state = self._gen_state.get(name)
+        if state is None:
+            return want_on
+        on, since_s = state
+        if want_on == on:
+            return want_on
+        held_s = now_s - since_s
+        if on and held_s < lim.min_up_s:
+            return True
+        if not on and held_s < lim.min_down_s:
+            return False
+        return want_on

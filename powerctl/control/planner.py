@@ -1,0 +1,123 @@
+"""Planner glue: site config -> optimizer parameters; process image + forecasts -> optimizer inputs.
+
+Pure functions (no I/O, the clock is an argument). Stale inputs are replaced by their worst case
+before the optimizer sees them: a stale SoC plans from the bottom of the window, a stale PV reading
+forecasts from zero, and an unknown genset state is taken as "off".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer import BatteryParams, DispatchInputs, GensetParams, GpuClassParams, PvParams, SiteParams
+from powerctl.config import SiteConfig
+from powerctl.control.value_curves import class_value_pwl
+from powerctl.natures import Nature
+from powerctl.process_image import ProcessImage
+
+
+def site_params(cfg: SiteConfig) -> SiteParams:
+    """Optimizer parameters for a site (built once at start-up)."""
+    ctl = cfg.control
+    pv = [PvParams(name=d.name, kwp=d.limits.max_ac_kw or d.limits.kwp) for d in cfg.by_nature(Nature.PV)]
+    bats = [
+        BatteryParams(
+            name=d.name,
+            capacity_kwh=d.limits.capacity_kwh,
+            max_charge_kw=d.limits.max_charge_kw,
+            max_discharge_kw=d.limits.max_discharge_kw,
+            soc_min_pct=d.limits.soc_min_pct,
+            soc_max_pct=d.limits.soc_max_pct,
+            eta_charge=d.limits.eta_charge,
+            eta_discharge=d.limits.eta_discharge,
+            wear_cost_per_kwh=d.limits.wear_cost_per_kwh,
+            terminal_value_per_kwh=d.limits.terminal_value_per_kwh,
+        )
+        for d in cfg.by_nature(Nature.BATTERY)
+    ]
+    gens = []
+    for d in cfg.by_nature(Nature.GENSET):
+        g = d.limits
+        f0, f1 = g.fuel_coeffs()
+        gens.append(
+            GensetParams(
+                name=d.name,
+                rating_kw=g.rating_kw,
+                min_load_kw=g.rating_kw * g.min_load_pct / 100.0,
+                f0_l_per_h=f0 * g.rating_kw,
+                f1_l_per_kwh=f1,
+                fuel_price_per_l=g.fuel_price_per_l,
+                start_cost=g.start_cost,
+                min_up_s=g.min_up_s,
+                min_down_s=g.min_down_s,
+                warmup_s=g.warmup_s,
+            )
+        )
+    pool = cfg.gpu
+    classes = []
+    for c in pool.classes:
+        bp_kw, v_per_h = class_value_pwl(c.curve, c.gpus, pool.max_w, c.value_per_kwh)
+        p_max_kw = c.gpus * pool.max_w / 1000.0
+        classes.append(
+            GpuClassParams(
+                name=c.name,
+                p_min_kw=p_max_kw * c.floor_pct / 100.0,
+                p_max_kw=p_max_kw,
+                value_breakpoints_kw=bp_kw,
+                value_per_h=v_per_h,
+                ramp_penalty_per_kw=pool.ramp_penalty_per_kw,
+                ramp_up_kw_per_s=pool.ramp_up_kw_per_s,
+            )
+        )
+    return SiteParams(
+        steps_s=np.asarray(ctl.horizon_steps_s, dtype=float),
+        pv=pv,
+        batteries=bats,
+        gensets=gens,
+        gpu_classes=classes,
+        facility_overhead=pool.facility_overhead,
+        reserve_load_pct=ctl.reserve_load_pct,
+        reserve_pv_pct=ctl.reserve_pv_pct,
+        unserved_penalty_per_kwh=ctl.unserved_penalty_per_kwh,
+        spill_penalty_per_kwh=ctl.spill_penalty_per_kwh,
+        solver=ctl.solver,
+    )
+
+
+def current_soc_pct(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.ndarray:
+    """SoC per battery; stale or invalid reads as the bottom of the window."""
+    out = []
+    for d in cfg.by_nature(Nature.BATTERY):
+        lim = d.limits
+        soc = image.worst(d.name, "soc_pct", now_s, low=lim.soc_min_pct, high=lim.soc_max_pct)
+        out.append(min(max(soc, lim.soc_min_pct), lim.soc_max_pct))
+    return np.array(out, dtype=float)
+
+
+def genset_running(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.ndarray:
+    """Committed gensets as measured; unknown counts as off (no headroom is assumed)."""
+    return np.array(
+        [image.worst(d.name, "running", now_s, high=1.0) >= 0.5 for d in cfg.by_nature(Nature.GENSET)], dtype=bool
+    )
+
+
+def build_inputs(
+    cfg: SiteConfig,
+    image: ProcessImage,
+    now_s: float,
+    pv_forecast_kw: np.ndarray,
+    gpu_demand_kw: np.ndarray,
+    prev_gpu_kw: np.ndarray,
+    genset_state_s: np.ndarray,
+    other_load_kw: np.ndarray | None = None,
+) -> DispatchInputs:
+    steps = len(cfg.control.horizon_steps_s)
+    return DispatchInputs(
+        pv_forecast_kw=np.asarray(pv_forecast_kw, dtype=float),
+        gpu_demand_kw=np.asarray(gpu_demand_kw, dtype=float),
+        other_load_kw=np.zeros(steps) if other_load_kw is None else np.asarray(other_load_kw, dtype=float),
+        soc_pct=current_soc_pct(cfg, image, now_s),
+        genset_on=genset_running(cfg, image, now_s),
+        genset_state_s=np.asarray(genset_state_s, dtype=float),
+        prev_gpu_kw=np.asarray(prev_gpu_kw, dtype=float),
+    )
