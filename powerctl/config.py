@@ -213,6 +213,9 @@ class ShedHook(_Model):
 class GpuPool(_Model):
     backend: Literal["simulated", "nvml", "none", "socket"] = "simulated"
     socket_path: str | None = None  # for backend = "socket" (privileged cap-setter)
+    # backend = "simulated": a JSON file holding the simulated caps, so separate processes (daemon,
+    # watchdog, apply-safe-caps) act on the same simulated GPUs. None = in-memory only.
+    sim_state_file: str | None = None
     min_w: PositiveFloat = 100.0
     max_w: PositiveFloat = 400.0
     safe_cap_w: PositiveFloat = 150.0
