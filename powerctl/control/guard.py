@@ -1,0 +1,341 @@
+"""The guard: every ``guard_period_s``, from the latest measurements alone, keep load within the
+supply that is actually available, and hold every outgoing cap to its device limits.
+
+Supply available (kW) = PV now + battery discharge limit at the current SoC (zero at or below the
+SoC floor) + genset output and headroom to its rating (only while it runs and reads GOOD)
++ grid import limit (only while the meter reads GOOD). Stale means worst case
+(``ProcessImage.worst``): a stale supply reads 0, a stale SoC reads the floor.
+Margin = ``supply_margin_kw`` + ``supply_margin_pct`` of the supply.
+
+The GPU power the supply allows is (available - margin - other load) / (1 + facility overhead).
+Caps are cut at once so that their sum fits it (least important class first); what floors cannot
+absorb is shed (``ShedPolicy``). When any supply signal is stale, caps go to the safe cap and are
+never raised. The guard needs no planner: with the planner dead it works from the safe cap.
+
+``Guard`` is the pure core (no I/O, clock passed in); ``run_guard`` is the asyncio loop around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from powerctl.control.shed import HookResult, HookRunner, ShedAction, ShedPolicy
+from powerctl.control.slew import SlewLimiter
+from powerctl.control.split import GpuSlot, cut_to_total
+from powerctl.natures import Nature
+from powerctl.process_image import ProcessImage
+
+if TYPE_CHECKING:
+    from powerctl.config import SiteConfig
+    from powerctl.gpu.base import CapResult, GpuBackend
+
+log = logging.getLogger("powerctl.guard")
+
+
+@dataclass(frozen=True)
+class SupplyView:
+    pv_kw: float
+    battery_kw: float  # discharge the battery can add now
+    genset_kw: float  # output + headroom of running gensets
+    grid_kw: float
+    available_kw: float
+    margin_kw: float
+    stale: tuple[str, ...]  # "device.signal" of every supply signal that is not GOOD
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    caps_w: dict[int, float]  # caps to send now: clamped to device limits, slew-limited
+    cut: bool  # caps were cut below what was requested to fit the supply
+    safe: bool  # fail-safe: supply stale or planner dead, caps at or below the safe cap
+    available_kw: float
+    margin_kw: float
+    load_kw: float  # measured: GPU power x (1 + overhead) + other load
+    gpu_allowed_kw: float
+    shed: tuple[ShedAction, ...] = ()
+    restore: tuple[ShedAction, ...] = ()
+    deficit_kw: float = 0.0  # GPU power neither caps nor shedding could remove
+    reason: str = ""
+
+
+@dataclass
+class Guard:
+    cfg: SiteConfig
+    gpus: Sequence[GpuSlot]
+    hooked_classes: Sequence[str] = ()
+    last_caps_w: dict[int, float] = field(default_factory=dict)
+    last_t_s: float | None = None
+
+    def __post_init__(self) -> None:
+        g = self.cfg.gpu
+        self.k_overhead = 1.0 + g.facility_overhead
+        self.slew = SlewLimiter(g.ramp_up_kw_per_s, g.facility_overhead)
+        self.shedder = ShedPolicy(
+            self.gpus,
+            self.hooked_classes,
+            idle_w=g.idle_w,
+            restore_margin_w=g.shed_restore_margin_kw * 1000.0 / self.k_overhead,
+            hold_s=g.shed_restore_hold_s,
+        )
+        self._limits = {s.index: (s.min_w, s.max_w) for s in self.gpus}
+
+    # --- supply -------------------------------------------------------------------------------
+
+    def supply(self, image: ProcessImage, now_s: float) -> SupplyView:
+        stale: list[str] = []
+
+        def read(dev: str, sig: str, *, low: float = 0.0, high: float = 0.0, required: bool = True) -> float | None:
+            try:
+                s = image.get(dev, sig, now_s)
+            except KeyError:
+                if required:
+                    stale.append(f"{dev}.{sig}")
+                    return low if sig == "soc_pct" else 0.0
+                return None  # optional and not mapped by the profile
+            if not s.good:
+                stale.append(f"{dev}.{sig}")
+            return image.worst(dev, sig, now_s, low=low, high=high)
+
+        pv = sum(max(0.0, read(d.name, "p_kw") or 0.0) for d in self.cfg.by_nature(Nature.PV))
+        batt = 0.0
+        for d in self.cfg.by_nature(Nature.BATTERY):
+            lim = d.limits
+            soc = read(d.name, "soc_pct", low=lim.soc_min_pct, high=lim.soc_max_pct)
+            dev_max = read(d.name, "max_discharge_kw", required=False)
+            p = lim.max_discharge_kw if dev_max is None else min(lim.max_discharge_kw, max(0.0, dev_max))
+            batt += p if soc is not None and soc > lim.soc_min_pct else 0.0
+        gen = 0.0
+        for d in self.cfg.by_nature(Nature.GENSET):
+            running = read(d.name, "running")
+            out = read(d.name, "p_kw")
+            if running and running >= 0.5 and f"{d.name}.p_kw" not in stale:
+                gen += max(out or 0.0, d.limits.rating_kw)  # output + headroom to rating
+        grid = 0.0
+        for d in self.cfg.by_nature(Nature.METER):
+            if d.limits.max_import_kw > 0:
+                read(d.name, "p_kw", high=math.inf)
+                if f"{d.name}.p_kw" not in stale:
+                    grid += d.limits.max_import_kw
+        available = pv + batt + gen + grid
+        c = self.cfg.control
+        margin = c.supply_margin_kw + c.supply_margin_pct / 100.0 * available
+        return SupplyView(pv, batt, gen, grid, available, margin, tuple(stale))
+
+    # --- decision -----------------------------------------------------------------------------
+
+    def clamp(self, caps_w: Mapping[int, float]) -> dict[int, float]:
+        """Every cap held to its GPU's [min, max]; a missing or NaN cap becomes the safe cap."""
+        out: dict[int, float] = {}
+        safe = self.cfg.gpu.safe_cap_w
+        for s in self.gpus:
+            v = caps_w.get(s.index, safe)
+            v = safe if v != v else v
+            out[s.index] = max(s.min_w, min(s.max_w, v))
+        return out
+
+    def safe_caps(self) -> dict[int, float]:
+        """The safe cap, but never above the caps in force (a safe cap must not raise load)."""
+        safe = self.cfg.gpu.safe_cap_w
+        return self.clamp({s.index: min(safe, self.last_caps_w.get(s.index, safe)) for s in self.gpus})
+
+    def evaluate(
+        self,
+        image: ProcessImage,
+        now_s: float,
+        *,
+        requested_caps_w: Mapping[int, float] | None,
+        gpu_power_w: float | None,
+        other_load_kw: float = 0.0,
+    ) -> GuardDecision:
+        """Caps to send now. ``requested_caps_w`` None means no plan (planner dead): safe caps.
+
+        ``gpu_power_w`` is the measured GPU power (None when unreadable: the caps in force are then
+        taken as the worst case).
+        """
+        sv = self.supply(image, now_s)
+        reasons: list[str] = []
+        safe = False
+        if requested_caps_w is None:
+            want = self.safe_caps()
+            safe = True
+            reasons.append("no plan: safe cap")
+        else:
+            want = self.clamp(requested_caps_w)
+        if sv.stale:
+            # Stale supply: safe cap, and nothing goes up until the data is back.
+            held = self.safe_caps()
+            want = {i: min(want[i], held[i]) for i in want}
+            safe = True
+            reasons.append("stale supply (" + ", ".join(sv.stale) + "): safe cap, no rise")
+
+        in_force_w = sum(self.last_caps_w.values()) if self.last_caps_w else sum(want.values())
+        if gpu_power_w is None or gpu_power_w != gpu_power_w:
+            gpu_power_w = in_force_w  # unknown load reads as its maximum
+        other_kw = max(0.0, other_load_kw)
+        load_kw = gpu_power_w / 1000.0 * self.k_overhead + other_kw
+        usable_kw = sv.available_kw - sv.margin_kw
+        allowed_w = max(0.0, (usable_kw - other_kw) / self.k_overhead * 1000.0)
+        if load_kw > usable_kw and self.last_caps_w:
+            # GPUs draw more than their caps (floor overshoot, lag): cut that much deeper.
+            allowed_w = max(0.0, allowed_w - max(0.0, gpu_power_w - in_force_w))
+            reasons.append(f"load {load_kw:.1f} kW > supply {sv.available_kw:.1f} - margin {sv.margin_kw:.1f} kW")
+
+        shed_now = self.shedder.update(allowed_w, now_s)
+        cut = cut_to_total(want, allowed_w, self.gpus, shed_classes=self.shedder.shed,
+                           idle_w=self.cfg.gpu.idle_w)
+        is_cut = any(cut.caps_w[i] < want[i] - 1e-9 for i in want)
+        if is_cut:
+            reasons.append(f"caps cut to {sum(cut.caps_w.values()) / 1000:.1f} kW (allowed {allowed_w / 1000:.1f} kW)")
+        if cut.deficit_w > 0:
+            reasons.append(f"{cut.deficit_w / 1000:.1f} kW over even at floors: shed needed")
+        dt_s = 0.0 if self.last_t_s is None else max(0.0, now_s - self.last_t_s)
+        caps = self.slew.limit(self.last_caps_w, cut.caps_w, dt_s, self.gpus) if self.last_caps_w else cut.caps_w
+        caps = self.clamp(caps)
+        if sv.stale or requested_caps_w is None:
+            caps = {i: min(c, self.last_caps_w.get(i, c)) for i, c in caps.items()}
+        self.last_caps_w, self.last_t_s = dict(caps), now_s
+        return GuardDecision(
+            caps_w=caps,
+            cut=is_cut,
+            safe=safe,
+            available_kw=sv.available_kw,
+            margin_kw=sv.margin_kw,
+            load_kw=load_kw,
+            gpu_allowed_kw=allowed_w / 1000.0,
+            shed=tuple(a for a in shed_now if a.action == "shed"),
+            restore=tuple(a for a in shed_now if a.action == "restore"),
+            deficit_kw=cut.deficit_w / 1000.0,
+            reason="; ".join(reasons),
+        )
+
+    def note_applied(self, caps_w: Mapping[int, float]) -> None:
+        """What the backend actually holds (read-back), if it differs from what was decided."""
+        self.last_caps_w.update(caps_w)
+
+
+# --- I/O around the core ------------------------------------------------------------------------
+
+
+def read_gpu_power_w(backend: GpuBackend, indices: Sequence[int]) -> float | None:
+    """Total measured GPU power, or None when any GPU cannot be read (worst case applies)."""
+    total = 0.0
+    for i in indices:
+        try:
+            p = backend.read_power_w(i)
+        except Exception as exc:  # a backend read failing must not stop the guard
+            log.warning("GPU %d power unreadable: %s", i, exc)
+            return None
+        if p != p:
+            return None
+        total += p
+    return total
+
+
+def read_caps_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float] | None:
+    """The requested limits the GPUs hold now, or None when any cannot be read."""
+    try:
+        return {i: backend.read_limits_w(i)[0] for i in indices}
+    except Exception as exc:
+        log.warning("GPU limits unreadable: %s", exc)
+        return None
+
+
+def apply_caps(backend: GpuBackend, caps_w: Mapping[int, float], only_changed_from: Mapping[int, float] | None = None
+               ) -> list[CapResult]:
+    """Send caps (all, or those differing from ``only_changed_from``); failures are logged, not raised."""
+    results = []
+    for i, cap in caps_w.items():
+        if only_changed_from is not None and abs(only_changed_from.get(i, math.nan) - cap) < 1e-6:
+            continue
+        try:
+            r = backend.set_cap_w(i, cap)
+        except Exception as exc:
+            log.error("GPU %d: setting %.0f W failed: %s", i, cap, exc)
+            continue
+        if not r.ok:
+            log.error("%s", r.message)
+        results.append(r)
+    return results
+
+
+async def run_guard(
+    guard: Guard,
+    backend: GpuBackend,
+    image: ProcessImage,
+    *,
+    requested_caps: Callable[[], Mapping[int, float] | None],
+    planner: asyncio.Task[object] | None = None,
+    other_load_kw: Callable[[], float] = lambda: 0.0,
+    clock: Callable[[], float],
+    period_s: float | None = None,
+    wake: asyncio.Event | None = None,
+    hooks: HookRunner | None = None,
+    on_decision: Callable[[GuardDecision], None] | None = None,
+    reassert_s: float = 5.0,
+) -> None:
+    """The guard loop. Runs until cancelled; on the way out it puts every GPU at the safe cap.
+
+    ``requested_caps()`` returns the dispatcher's latest caps (None = no plan). If ``planner`` is
+    given and has finished (crashed or was cancelled), the guard uses safe caps instead.
+    ``wake`` lets acquisition trigger an immediate evaluation when new supply data arrives.
+    """
+    period = period_s if period_s is not None else guard.cfg.control.guard_period_s
+    indices = [s.index for s in guard.gpus]
+    sent: dict[int, float] = {}
+    last_full = -math.inf
+    planner_reported = False
+    hook_task: asyncio.Task[None] | None = None
+    if not guard.last_caps_w:
+        # Start from what the GPUs hold now, so the first rise is slew-limited too.
+        held = read_caps_w(backend, indices)
+        if held is not None:
+            guard.last_caps_w, guard.last_t_s = guard.clamp(held), clock()
+    if hooks is not None:
+        def failed(result: HookResult) -> None:
+            guard.shedder.hook_failed(result.action, clock())
+        hook_task = asyncio.create_task(hooks.serve(failed), name="shed-hooks")
+    try:
+        while True:
+            now = clock()
+            req: Mapping[int, float] | None
+            if planner is not None and planner.done():
+                if not planner_reported:
+                    exc = None if planner.cancelled() else planner.exception()
+                    log.error("planner task stopped (%s): guard holds GPUs at the safe cap", exc or "cancelled")
+                    planner_reported = True
+                req = None
+            else:
+                req = requested_caps()
+            d = guard.evaluate(image, now, requested_caps_w=req,
+                               gpu_power_w=read_gpu_power_w(backend, indices), other_load_kw=other_load_kw())
+            full = now - last_full >= reassert_s  # re-assert everything now and then: others may overwrite
+            results = apply_caps(backend, d.caps_w, None if full else sent)
+            if full:
+                last_full = now
+            sent.update({r.index: r.requested_w for r in results if r.ok})
+            sent.update({i: math.nan for i in (r.index for r in results if not r.ok)})  # retry next time
+            if hooks is not None:
+                for a in (*d.shed, *d.restore):
+                    hooks.submit(a)
+            if on_decision is not None:
+                on_decision(d)
+            if wake is None:
+                await asyncio.sleep(period)
+            else:
+                try:
+                    await asyncio.wait_for(wake.wait(), period)
+                except TimeoutError:
+                    pass
+                wake.clear()
+    finally:
+        caps = guard.safe_caps()
+        log.warning("guard stopping: GPUs to the safe cap (%.0f W max)", guard.cfg.gpu.safe_cap_w)
+        apply_caps(backend, caps)
+        guard.last_caps_w = dict(caps)
+        if hook_task is not None:
+            hook_task.cancel()
