@@ -8,6 +8,9 @@ SoC floor) + genset output and headroom to its rating (only while it runs and re
 Margin = ``supply_margin_kw`` + ``supply_margin_pct`` of the supply.
 
 The GPU power the supply allows is (available - margin - other load) / (1 + facility overhead).
+A falling supply is projected ahead by ``lookahead_s`` (the time until a cut shows in GPU power:
+measurement age + guard period + the GPUs' power lag), because GPU power trails a cap by ~0.5 s and a
+cloud edge can take 60 % of the PV in one second.
 Caps are cut at once so that their sum fits it (least important class first); what floors cannot
 absorb is shed (``ShedPolicy``). When any supply signal is stale, caps go to the safe cap and are
 never raised. The guard needs no planner: with the planner dead it works from the safe cap.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -70,6 +74,9 @@ class Guard:
     hooked_classes: Sequence[str] = ()
     last_caps_w: dict[int, float] = field(default_factory=dict)
     last_t_s: float | None = None
+    gpu_lag_s: float = 0.5  # GPU power time constant after a cap change (gpu-power.md §10.6)
+    trend_window_s: float = 0.6
+    lookahead_s: float | None = None  # None: guard period + slowest supply poll + gpu_lag_s
 
     def __post_init__(self) -> None:
         g = self.cfg.gpu
@@ -82,7 +89,24 @@ class Guard:
             restore_margin_w=g.shed_restore_margin_kw * 1000.0 / self.k_overhead,
             hold_s=g.shed_restore_hold_s,
         )
-        self._limits = {s.index: (s.min_w, s.max_w) for s in self.gpus}
+        if self.lookahead_s is None:
+            polls = [d.poll_period_s for d in self.cfg.devices if d.nature in (Nature.PV, Nature.BATTERY)]
+            self.lookahead_s = self.cfg.control.guard_period_s + max(polls, default=1.0) + self.gpu_lag_s
+        self._hist: deque[tuple[float, float]] = deque()
+        self._last_cut_s: float | None = None
+
+    def projected_kw(self, available_kw: float, now_s: float) -> float:
+        """Supply projected ``lookahead_s`` ahead when it is falling (never above the supply now)."""
+        hist = self._hist
+        hist.append((now_s, available_kw))
+        while hist and now_s - hist[0][0] > self.trend_window_s:
+            hist.popleft()
+        t0, a0 = hist[0]
+        if now_s - t0 <= 0 or available_kw >= a0:
+            return available_kw
+        rate_kw_per_s = (available_kw - a0) / (now_s - t0)
+        assert self.lookahead_s is not None
+        return max(0.0, available_kw + rate_kw_per_s * self.lookahead_s)
 
     # --- supply -------------------------------------------------------------------------------
 
@@ -178,12 +202,19 @@ class Guard:
             gpu_power_w = in_force_w  # unknown load reads as its maximum
         other_kw = max(0.0, other_load_kw)
         load_kw = gpu_power_w / 1000.0 * self.k_overhead + other_kw
-        usable_kw = sv.available_kw - sv.margin_kw
+        projected_kw = self.projected_kw(sv.available_kw, now_s)
+        if projected_kw < sv.available_kw - 1e-9:
+            reasons.append(f"supply falling: {sv.available_kw:.1f} kW now, {projected_kw:.1f} kW projected "
+                           f"in {self.lookahead_s:g} s")
+        usable_kw = projected_kw - sv.margin_kw
         allowed_w = max(0.0, (usable_kw - other_kw) / self.k_overhead * 1000.0)
-        if load_kw > usable_kw and self.last_caps_w:
-            # GPUs draw more than their caps (floor overshoot, lag): cut that much deeper.
-            allowed_w = max(0.0, allowed_w - max(0.0, gpu_power_w - in_force_w))
+        if load_kw > usable_kw:
             reasons.append(f"load {load_kw:.1f} kW > supply {sv.available_kw:.1f} - margin {sv.margin_kw:.1f} kW")
+            settled = self._last_cut_s is None or now_s - self._last_cut_s > 3 * self.gpu_lag_s
+            if settled and self.last_caps_w:
+                # GPUs settled above their caps (floor overshoot, outside load): cut that much deeper.
+                # Right after a cut the excess is only lag, which decays by itself.
+                allowed_w = max(0.0, allowed_w - max(0.0, gpu_power_w - in_force_w))
 
         shed_now = self.shedder.update(allowed_w, now_s)
         cut = cut_to_total(want, allowed_w, self.gpus, shed_classes=self.shedder.shed,
@@ -196,6 +227,8 @@ class Guard:
         dt_s = 0.0 if self.last_t_s is None else max(0.0, now_s - self.last_t_s)
         caps = self.slew.limit(self.last_caps_w, cut.caps_w, dt_s, self.gpus) if self.last_caps_w else cut.caps_w
         caps = self.clamp(caps)
+        if any(caps[i] < self.last_caps_w.get(i, math.inf) - 1e-9 for i in caps):
+            self._last_cut_s = now_s
         if sv.stale or requested_caps_w is None:
             caps = {i: min(c, self.last_caps_w.get(i, c)) for i, c in caps.items()}
         self.last_caps_w, self.last_t_s = dict(caps), now_s
