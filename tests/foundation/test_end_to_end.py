@@ -93,6 +93,6 @@ async def test_loop_writes_setpoints_and_caps_within_limits(tmp_path: Path) -> N
     # the supply carried the load: nothing unserved in the plant
     assert plant.e["unserved"] == pytest.approx(0.0, abs=1e-3)
     # telemetry went to the line-protocol file
-    lp = Path(cfg.telemetry.file or "").read_text()
+    lp = Path(cfg.telemetry.file or "").read_text()  # noqa: ASYNC240 (test, after the loop)
     assert "battery,device=bess,module=m1,site=demo " in lp and "soc_pct=" in lp
     assert "\nplan," in lp or lp.startswith("plan,")
