@@ -216,7 +216,9 @@ class Guard:
                 # Right after a cut the excess is only lag, which decays by itself.
                 allowed_w = max(0.0, allowed_w - max(0.0, gpu_power_w - in_force_w))
 
-        shed_now = self.shedder.update(allowed_w, now_s)
+        # Shedding is slow and drastic: decide it on the supply now, not on the projection.
+        allowed_now_w = max(0.0, (sv.available_kw - sv.margin_kw - other_kw) / self.k_overhead * 1000.0)
+        shed_now = self.shedder.update(allowed_now_w, now_s)
         cut = cut_to_total(want, allowed_w, self.gpus, shed_classes=self.shedder.shed,
                            idle_w=self.cfg.gpu.idle_w)
         is_cut = any(cut.caps_w[i] < want[i] - 1e-9 for i in want)
