@@ -1,10 +1,20 @@
 """Async Modbus driver: polls one device per its profile into the process image, writes setpoints.
 
 One ``ModbusDevice`` per configured device, one task each (a dead device never blocks another).
-Reads are planned once at start-up (``plan_blocks``). A failed poll counts towards
-``stale_after_failures``; at that count every signal of the device is marked STALE and polling
-backs off (growing delay, capped) while the client reconnects by itself. Writes are refused outside
-the profile's range, then read back where the profile names a read-back point.
+Reads are planned once (``plan_blocks``: adjacent points merged up to the device's limits). A
+SunSpec profile is moved to where discovery finds its models on the first connection.
+
+Failures, in order of severity:
+- a register value we do not trust (sentinel, NaN, out of its valid range, scale factor missing):
+  that signal becomes INVALID with the reason; the others stay GOOD;
+- an exception response to one block: the signals in that block become INVALID;
+- no usable answer (timeout, connection lost, short reply, every block refused): the poll fails;
+  after ``stale_after_failures`` failed polls in a row every signal of the device is STALE, and
+  polling backs off (growing delay, capped) while the client reconnects by itself.
+
+Writes are refused outside the profile's range before anything is sent, then read back where the
+profile names a read-back point; a mismatch is reported in the WriteResult (and logged).
+Setpoints with ``keepalive_s`` are rewritten at 80 % of that period while the device runs.
 """
 
 from __future__ import annotations
@@ -13,8 +23,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -22,9 +33,11 @@ from pymodbus.exceptions import ModbusException
 
 from powerctl.config import ModbusRtu, ModbusTcp
 from powerctl.io.blocks import Block, plan_blocks
+from powerctl.natures import signal_spec
 from powerctl.process_image import ProcessImage, Quality
-from powerctl.profiles.model import Profile
+from powerctl.profiles.model import Profile, Setpoint, signal_factor
 from powerctl.profiles.values import (
+    Reading,
     RegisterImage,
     SetpointRangeError,
     decode_points,
@@ -37,10 +50,15 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
+KEEPALIVE_FRACTION = 0.8  # rewrite a leased setpoint at 80 % of its timeout: jitter cannot let it lapse
 
 
 class DeviceError(Exception):
     """A read or write that did not complete (timeout, exception response, short reply)."""
+
+
+class ExceptionResponse(DeviceError):
+    """The device answered with a Modbus exception (it is alive, but refused this request)."""
 
 
 @dataclass(slots=True)
@@ -63,22 +81,23 @@ class DeviceStats:
     writes: int = 0
     write_errors: int = 0
     reconnects: int = 0
+    keepalive_writes: int = 0
     last_poll_s: float = 0.0
     last_error: str = ""
+    poll_times_s: list[float] = field(default_factory=list)  # monotonic end of each good poll (last 100)
 
 
 def make_client(transport: ModbusTcp | ModbusRtu) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-    # reconnect_delay=0 turns pymodbus' own reconnect off: we reconnect with our own backoff so a
-    # dead device is visible (stale) rather than hidden inside the client.
+    """A pymodbus client for the transport: TCP, RTU framing over TCP, or serial RTU.
+
+    ``reconnect_delay=0`` turns pymodbus' own reconnect off: we reconnect with our own backoff so
+    a dead device is visible (stale) rather than hidden inside the client. A serial ``port`` may
+    be a pyserial URL (``socket://host:port``, ``rfc2217://...``).
+    """
     if isinstance(transport, ModbusTcp):
         framer = FramerType.RTU if transport.framer == "rtu" else FramerType.SOCKET
         return AsyncModbusTcpClient(
-            transport.host,
-            port=transport.port,
-            framer=framer,
-            timeout=transport.timeout_s,
-            retries=0,
-            reconnect_delay=0,
+            transport.host, port=transport.port, framer=framer, timeout=transport.timeout_s, retries=0, reconnect_delay=0
         )
     return AsyncModbusSerialClient(
         transport.port,
@@ -113,16 +132,20 @@ class ModbusDevice:
         self.poll_period_s = poll_period_s
         self.stale_after_failures = stale_after_failures
         self.clock = clock
-        self.blocks: list[Block] = plan_blocks(
-            profile.points, profile.polling.max_registers, profile.polling.max_hole
-        )
+        self.blocks: list[Block] = self._plan()
         self.stats = DeviceStats()
         self._client = make_client(transport)
         self._lock = asyncio.Lock()  # one request at a time per device (RS-485 and picky firmware)
         self._last_request_s = 0.0
         self._timeout_s = transport.timeout_s
-        self._keepalive: dict[str, tuple[float, float]] = {}  # signal -> (value, last write time)
+        self._keepalive: dict[str, tuple[float, float]] = {}  # signal -> (value, last write, monotonic)
+        self._located = not profile.sunspec_models  # SunSpec profiles are located by discovery once
+        self._reasons: dict[str, str] = {}  # signal -> last logged reason (log transitions, not every poll)
         self.last_image: RegisterImage = {}
+        self.readings: dict[str, Reading] = {}  # every point of the last good poll, engineering units
+
+    def _plan(self) -> list[Block]:
+        return plan_blocks(self.profile.points, self.profile.polling.max_registers, self.profile.polling.max_hole)
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -136,12 +159,14 @@ class ModbusDevice:
             raise DeviceError(f"connect failed: {exc or type(exc).__name__}") from None
         if not ok:
             raise DeviceError("connect failed")
+        if self.profile.polling.connect_delay_ms:
+            await asyncio.sleep(self.profile.polling.connect_delay_ms / 1000.0)
 
     def close(self) -> None:
         self._client.close()
 
-    async def _request(self, make_call: Callable[[], object]) -> object:
-        """One request with gap, timeout and error mapping."""
+    async def _request(self, make_call: Callable[[], Awaitable[Any]]) -> Any:
+        """One request with connect, gap, timeout and error mapping."""
         await self._ensure_connected()
         gap_s = self.profile.polling.min_gap_ms / 1000.0
         if gap_s:
@@ -150,33 +175,64 @@ class ModbusDevice:
                 await asyncio.sleep(wait)
         self.stats.requests += 1
         try:
-            rr = await asyncio.wait_for(make_call(), self._timeout_s + 0.5)  # type: ignore[arg-type]
+            rr = await asyncio.wait_for(make_call(), self._timeout_s + 0.5)
         except TimeoutError:
-            self._client.close()
+            self._client.close()  # a late answer must not be taken for the next request's
             raise DeviceError("timeout") from None
         except (ModbusException, OSError) as exc:
             self._client.close()
             raise DeviceError(f"{type(exc).__name__}: {exc}") from None
         finally:
             self._last_request_s = time.monotonic()
-        if rr.isError():  # type: ignore[attr-defined]
-            raise DeviceError(f"exception response: {rr}")
+        if rr.isError():
+            raise ExceptionResponse(f"exception response {getattr(rr, 'exception_code', '?')}")
         return rr
 
     async def read_block(self, block: Block) -> list[int]:
         c = self._client
         if block.table == "holding":
             rr = await self._request(lambda: c.read_holding_registers(block.address, count=block.count, device_id=self.unit_id))
-            regs = list(rr.registers)  # type: ignore[attr-defined]
+            regs = list(rr.registers)
         elif block.table == "input":
             rr = await self._request(lambda: c.read_input_registers(block.address, count=block.count, device_id=self.unit_id))
-            regs = list(rr.registers)  # type: ignore[attr-defined]
+            regs = list(rr.registers)
         else:
             rr = await self._request(lambda: c.read_coils(block.address, count=block.count, device_id=self.unit_id))
-            regs = [int(b) for b in rr.bits[: block.count]]  # type: ignore[attr-defined]
+            regs = [int(b) for b in rr.bits[: block.count]]
         if len(regs) != block.count:
+            self._client.close()  # framing may be off: start clean
             raise DeviceError(f"short reply: {len(regs)} of {block.count} registers at {block.table} {block.address}")
         return regs
+
+    # --- SunSpec location ---------------------------------------------------------------------
+
+    async def _locate_sunspec(self) -> None:
+        """Move SunSpec points to where discovery finds their models (once per device)."""
+        from powerctl.sunspec.discovery import DiscoveryError, discover
+
+        async def read(address: int, count: int) -> list[int]:
+            return await self.read_block(Block("holding", address, count))
+
+        try:
+            chain = await discover(read)
+        except ExceptionResponse as exc:
+            log.warning("%s: SunSpec discovery refused (%s); using the profile's fixed addresses", self.name, exc)
+            self._located = True
+            return
+        except DiscoveryError as exc:
+            log.warning("%s: %s; using the profile's fixed addresses", self.name, exc)
+            self._located = True
+            return
+        bases = chain.bases()
+        missing = [m for m in self.profile.sunspec_models if m not in bases]
+        if missing:
+            log.warning("%s: SunSpec models %s not found on the device", self.name, missing)
+        moved = self.profile.relocated(bases)
+        if moved != self.profile:
+            log.info("%s: SunSpec models found at %s; points moved from the standard layout", self.name, bases)
+            self.profile = moved
+            self.blocks = self._plan()
+        self._located = True
 
     # --- polling ------------------------------------------------------------------------------
 
@@ -184,31 +240,51 @@ class ModbusDevice:
         """Read every block, decode, update the process image. Returns True on success."""
         async with self._lock:
             image: RegisterImage = {}
+            refused: list[tuple[Block, str]] = []
             try:
+                if not self._located:
+                    await self._locate_sunspec()
                 for block in self.blocks:
-                    regs = await self.read_block(block)
+                    try:
+                        regs = await self.read_block(block)
+                    except ExceptionResponse as exc:
+                        refused.append((block, str(exc)))
+                        continue
                     tab = image.setdefault(block.table, {})
                     for i, r in enumerate(regs):
                         tab[block.address + i] = r
             except DeviceError as exc:
                 self._on_failure(str(exc))
                 return False
+            if len(refused) == len(self.blocks):
+                self._on_failure(f"every request refused ({refused[0][1]})")
+                return False
+        self._publish(image, refused)
+        self.stats.polls += 1
+        self.stats.consecutive_failures = 0
+        self.stats.last_poll_s = self.clock()
+        self.stats.poll_times_s = [*self.stats.poll_times_s[-99:], time.monotonic()]
+        return True
+
+    def _publish(self, image: RegisterImage, refused: list[tuple[Block, str]]) -> None:
         now = self.clock()
         self.last_image = image
-        readings = decode_points(self.profile, image)
+        self.readings = decode_points(self.profile, image)
         for p in self.profile.points:
             if not p.signal:
                 continue
-            r = to_signal(p, readings[p.name], self.profile)
-            if r.value is None:
-                self.image.mark(self.name, p.signal, Quality.INVALID, now, f"{p.name}: {r.reason}")
-                log.debug("%s.%s invalid: %s", self.name, p.signal, r.reason)
+            reading = to_signal(p, self.readings[p.name], self.profile)
+            if reading.value is None:
+                why = next((m for b, m in refused if b.table == p.table and b.address <= p.address < b.end), None)
+                reason = f"{p.name}: {why or reading.reason}"
+                self.image.mark(self.name, p.signal, Quality.INVALID, now, reason)
+                if self._reasons.get(p.signal) != reason:
+                    log.warning("%s.%s invalid: %s", self.name, p.signal, reason)
+                    self._reasons[p.signal] = reason
             else:
-                self.image.update(self.name, p.signal, float(r.value), now)
-        self.stats.polls += 1
-        self.stats.consecutive_failures = 0
-        self.stats.last_poll_s = now
-        return True
+                self.image.update(self.name, p.signal, float(reading.value), now)
+                if self._reasons.pop(p.signal, None):
+                    log.info("%s.%s valid again", self.name, p.signal)
 
     def _on_failure(self, reason: str) -> None:
         self.stats.failures += 1
@@ -218,6 +294,7 @@ class ModbusDevice:
             log.warning("%s: %d failed reads (%s): signals stale", self.name, self.stale_after_failures, reason)
         if self.stats.consecutive_failures >= self.stale_after_failures:
             self.image.mark_device(self.name, Quality.STALE, self.clock(), f"device not answering: {reason}")
+            self._reasons = {s.signal: "stale" for s in self.profile.points if s.signal}
 
     def next_delay_s(self) -> float:
         """Poll period while healthy; growing, capped delay while failing."""
@@ -226,22 +303,34 @@ class ModbusDevice:
             return self.poll_period_s
         return min(BACKOFF_MAX_S, max(self.poll_period_s, BACKOFF_BASE_S * 2 ** (n - self.stale_after_failures)))
 
+    def _keepalive_due_in_s(self) -> float:
+        """Seconds until the next keep-alive rewrite is due (inf when none is leased)."""
+        now = time.monotonic()
+        due = [
+            t_s + KEEPALIVE_FRACTION * (self.profile.setpoint(sig).keepalive_s or math.inf) - now
+            for sig, (_v, t_s) in self._keepalive.items()
+        ]
+        return max(0.0, min(due, default=math.inf))
+
     async def run(self) -> None:
-        """Poll forever at the device's own cadence; rewrite keep-alive setpoints."""
+        """Poll forever at the device's own cadence; rewrite keep-alive setpoints in time."""
         try:
+            next_poll = time.monotonic()
             while True:
-                t0 = time.monotonic()
-                await self.poll_once()
+                if time.monotonic() >= next_poll:
+                    await self.poll_once()
+                    next_poll = time.monotonic() + self.next_delay_s()
                 await self._refresh_keepalive()
-                delay = self.next_delay_s() - (time.monotonic() - t0)
-                await asyncio.sleep(max(0.0, delay))
+                wait = min(next_poll - time.monotonic(), self._keepalive_due_in_s())
+                await asyncio.sleep(max(0.0, wait))
         finally:
             self.close()
 
     # --- writing ------------------------------------------------------------------------------
 
     async def write_signal(self, signal: str, value: float) -> WriteResult:
-        """Write a setpoint given in its signal's unit: range-checked, written, read back.
+        """Write a setpoint (by signal or setpoint name) in its signal's unit: range-checked,
+        written, read back.
 
         Raises SetpointRangeError (nothing is sent) for a value outside the profile's range;
         raises DeviceError when the device does not take the write.
@@ -251,6 +340,8 @@ class ModbusDevice:
         if sp.scale_sf:
             sf_exp = scale_factors(self.profile, self.last_image).get(sp.scale_sf)
             if sf_exp is None:
+                # the range check needs no scale factor: refuse a bad value before asking for one
+                setpoint_registers(sp, self.profile, value, 0)
                 raise DeviceError(f"{self.name}: scale factor {sp.scale_sf} unknown; poll first")
         regs = setpoint_registers(sp, self.profile, value, sf_exp)  # raises SetpointRangeError
         c = self._client
@@ -258,7 +349,7 @@ class ModbusDevice:
             try:
                 if sp.write == "fc5":
                     await self._request(lambda: c.write_coil(sp.address, bool(regs[0]), device_id=self.unit_id))
-                elif sp.write == "fc6" and len(regs) == 1:
+                elif sp.write == "fc6":
                     await self._request(lambda: c.write_register(sp.address, regs[0], device_id=self.unit_id))
                 else:
                     await self._request(lambda: c.write_registers(sp.address, regs, device_id=self.unit_id))
@@ -272,39 +363,49 @@ class ModbusDevice:
             self._keepalive[signal] = (value, time.monotonic())
         result = WriteResult(self.name, signal, value, regs)
         if sp.readback and sp.value_map is None:
-            await self._verify(sp.readback, value, result)
+            await self._verify(sp, value, result)
         return result
 
-    async def _verify(self, point_name: str, value: float, result: WriteResult) -> None:
-        point = self.profile.point(point_name)
-        block = Block(point.table, point.address, point.count)
+    def _native(self, sp: Setpoint, value: float) -> float:
+        """A setpoint value in the setpoint's own unit (what its read-back point reports)."""
+        if not sp.signal:
+            return value
+        spec = signal_spec(self.profile.nature, sp.signal)
+        return value / (signal_factor(sp.unit, spec.unit, sp.name) * sp.sign)
+
+    async def _verify(self, sp: Setpoint, value: float, result: WriteResult) -> None:
+        assert sp.readback is not None
+        point = self.profile.point(sp.readback)
         try:
             async with self._lock:
-                regs = await self.read_block(block)
+                regs = await self.read_block(Block(point.table, point.address, point.count))
         except DeviceError as exc:
             result.ok, result.message = False, f"read-back failed: {exc}"
+            log.warning("%s: %s %s", self.name, sp.name, result.message)
             return
-        image: RegisterImage = {point.table: {point.address + i: r for i, r in enumerate(regs)}}
         # scale factors for the read-back come from the last poll
-        for tab, vals in self.last_image.items():
-            image.setdefault(tab, {}).update({a: v for a, v in vals.items() if a not in image.get(tab, {})})
+        image: RegisterImage = {t: dict(v) for t, v in self.last_image.items()}
+        image.setdefault(point.table, {}).update({point.address + i: r for i, r in enumerate(regs)})
         reading = decode_points(self.profile, image)[point.name]
-        if point.signal:
-            reading = to_signal(point, reading, self.profile)
-        result.readback = float(reading.value) if isinstance(reading.value, int | float) else None
-        tol = max(1e-6, abs(value) * 1e-3)
-        if result.readback is None or not math.isclose(result.readback, value, abs_tol=tol):
+        got = float(reading.value) if isinstance(reading.value, int | float) else None
+        want = self._native(sp, value)
+        if got is not None:
+            result.readback = got / self._native(sp, 1.0)  # back into the signal's unit and sign
+        step = sp.scale * (10.0 ** (scale_factors(self.profile, image).get(sp.scale_sf) or 0) if sp.scale_sf else 1.0)
+        if got is None or not math.isclose(got, want, abs_tol=max(step / 2, abs(want) * 1e-6)):
             result.ok = False
-            result.message = f"read-back mismatch: wrote {value:g}, device reports {result.readback}"
-            log.warning("%s: %s", self.name, result.message)
+            result.message = f"read-back mismatch: wrote {want:g} {sp.unit}, device reports {got if got is not None else reading.reason} {sp.unit}"
+            log.warning("%s: %s: %s", self.name, sp.name, result.message)
 
     async def _refresh_keepalive(self) -> None:
         for signal, (value, t_s) in list(self._keepalive.items()):
             sp = self.profile.setpoint(signal)
             assert sp.keepalive_s is not None
-            # rewrite at 80% of the device's timeout, so jitter cannot let it lapse
-            if time.monotonic() - t_s >= 0.8 * sp.keepalive_s:
+            if time.monotonic() - t_s >= KEEPALIVE_FRACTION * sp.keepalive_s:
                 try:
                     await self.write_signal(signal, value)
+                    self.stats.keepalive_writes += 1
                 except (DeviceError, SetpointRangeError) as exc:
+                    # retry on the next loop turn, not in a tight loop
+                    self._keepalive[signal] = (value, time.monotonic() - KEEPALIVE_FRACTION * sp.keepalive_s + 1.0)
                     log.warning("%s: keep-alive rewrite of %s failed: %s", self.name, signal, exc)
