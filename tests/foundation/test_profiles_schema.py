@@ -36,7 +36,7 @@ def test_all_shipped_profiles_load() -> None:
         (lambda d: d["points"][0].update(unit="kWh"), "does not convert to the signal's unit '%'"),
         (lambda d: d.update(colour="red"), "Additional properties are not allowed ('colour'"),
         (lambda d: d["points"].append({"name": "X", "address": 10, "type": "uint32"}), "overlap"),
-        (lambda d: d["points"][0].update(scale_sf="SF"), "scale_sf 'SF' is not a point"),
+        (lambda d: d["points"][0].update(scale_sf="SF"), "scale_sf 'SF' is not a sunssf point"),
         (lambda d: d["points"].append({"name": "S", "address": 20, "type": "string"}), "'length' is a required property"),
     ],
 )
