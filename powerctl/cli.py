@@ -119,6 +119,33 @@ def demo(
     raise typer.Exit(code)
 
 
+# --- GPU fail-safe commands (issue 5; logic in powerctl.watchdog and powerctl.gpu.failsafe) ---
+
+
+@app.command()
+def watchdog(
+    config: Path,
+    stale_after_s: float = typer.Option(None, help="heartbeat silence before safe caps (default: max(3, 5 x dispatch period))"),
+    poll_s: float = typer.Option(0.5, help="how often to look at the heartbeat file"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Separate process: apply the safe GPU cap when the daemon's heartbeat stops."""
+    _load(config)
+    _logging(verbose)
+    from powerctl.watchdog import main_watchdog
+
+    raise typer.Exit(main_watchdog(config, stale_after_s=stale_after_s, poll_s=poll_s))
+
+
+@app.command("apply-safe-caps")
+def apply_safe_caps_cmd(config: Path) -> None:
+    """Boot time: put every GPU at the safe cap (never raises a cap) before jobs start."""
+    cfg = _load(config)
+    from powerctl.gpu.failsafe import apply_safe_caps
+
+    raise typer.Exit(apply_safe_caps(cfg))
+
+
 def main() -> None:
     try:
         from sim.cli_sim import register as _register_sim
