@@ -67,6 +67,7 @@ class RegisterDevice:
         self.fault = Fault.NONE
         self.slow_s = 0.5
         self.requests = 0
+        self.request_log: list[tuple[int, int, int, list[int] | None]] = []  # (fc, address, count, written), last 1000
         self.disconnect_hook: Callable[[], None] | None = None
 
     def set_raw(self, table: str, address: int, regs: Sequence[int]) -> None:
@@ -119,6 +120,8 @@ class RegisterDevice:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         self.requests += 1
+        written = None if set_values is None else [int(v) for v in set_values]
+        self.request_log = [*self.request_log[-999:], (function_code, address, count, written)]
         fault = self.fault
         if fault is Fault.NO_ANSWER:
             await self._wait_while(Fault.NO_ANSWER)
@@ -184,6 +187,8 @@ class DeviceSimulator(RegisterDevice):
             for addr, regs in sp.after_writes:
                 for a in range(addr, addr + len(regs)):
                     self.registers[sp.table].setdefault(a, 0)
+        if profile.sunspec_models and "SunS" in {p.name for p in profile.points}:
+            self._fill_sunspec_chain()
         hole = profile.polling.max_hole
         if fill_holes if fill_holes is not None else hole > 0:
             # A device whose profile allows reads across holes answers them (with zeros), as
@@ -203,6 +208,21 @@ class DeviceSimulator(RegisterDevice):
                 self.set_point(p.name, profile.defaults[p.name])
         if "SunS" in {p.name for p in profile.points}:
             self.set_raw("holding", profile.point("SunS").address, [0x5375, 0x6E53])
+
+    def _fill_sunspec_chain(self) -> None:
+        """Serve every register of each SunSpec model (ID, L, body) and the end model, as a device does."""
+        from powerctl.sunspec.models import END_MODEL_ID, load_model
+
+        tab = self.registers["holding"]
+        addr = self.profile.point("SunS").address + 2
+        for mid in self.profile.sunspec_models:
+            md = load_model(mid)
+            assert md is not None  # load_profile checked it
+            for a in range(addr, addr + md.length + 2):
+                tab.setdefault(a, 0)
+            tab[addr], tab[addr + 1] = mid, md.length
+            addr += md.length + 2
+        tab[addr], tab[addr + 1] = END_MODEL_ID, 0
 
     # --- values in ----------------------------------------------------------------------------
 
