@@ -133,7 +133,9 @@ class Genset:
         self.e_kwh += self.p_kw * h
         if self.status in _TURNING:
             self.run_time_s += dt_s
-            used = min((self.f0_l_per_h_per_kw * self.rating_kw + self.f1_l_per_kwh * self.p_kw) * h, self.fuel_l)
+            used = min(
+                (self.f0_l_per_h_per_kw * self.rating_kw + self.f1_l_per_kwh * self.p_kw) * h, self.fuel_l
+            )
             self.fuel_l -= used
             self.fuel_used_l += used
 

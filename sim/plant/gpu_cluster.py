@@ -92,15 +92,16 @@ class GpuCluster:
     def __init__(self, pool: GpuPool, demand_fn: DemandFn | None = None, tau_s: float = 1.0) -> None:
         self.pool = pool
         self.class_names = [c.name for c in pool.classes]
-        self.class_of = np.concatenate(
-            [np.full(c.gpus, i, dtype=int) for i, c in enumerate(pool.classes)]
-        )
+        self.class_of = np.concatenate([np.full(c.gpus, i, dtype=int) for i, c in enumerate(pool.classes)])
         self.n = len(self.class_of)
         self.max_w, self.min_w = pool.max_w, pool.min_w
         self.caps_w = np.full(self.n, pool.safe_cap_w, dtype=float)
         self.power_w = np.full(self.n, min(pool.idle_w, pool.safe_cap_w), dtype=float)
         self.demand_w = np.full(self.n, pool.max_w, dtype=float)
         self.demand_fn = demand_fn
+        self.idle_w = pool.idle_w
+        # GPUs whose work is shed (paused by a hook): they idle and do no work until released again
+        self.released = np.zeros(self.n, dtype=bool)
         self.tau_s = tau_s
         self.curves = [get_curve(c.curve) for c in pool.classes]
         self.value_per_kwh = np.array([c.value_per_kwh for c in pool.classes], dtype=float)
@@ -125,6 +126,12 @@ class GpuCluster:
             caps[self.class_of == self.class_names.index(name)] = cap
         self.set_caps_w(caps)
 
+    def set_released(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Mark GPUs whose workload is shed (paused): they draw idle power and do no work."""
+        mask = np.zeros(self.n, dtype=bool)
+        mask[np.asarray(list(indices), dtype=int)] = True
+        self.released = mask
+
     def _demand(self, t_s: float) -> np.ndarray:
         if self.demand_fn is None:
             return np.full(self.n, self.max_w)
@@ -138,21 +145,28 @@ class GpuCluster:
             out = np.asarray(d, dtype=float)
             if out.shape != (self.n,):
                 raise ValueError(f"GPU demand: expected {self.n} values, got {out.shape}")
-        return np.clip(out, 0.0, self.max_w)
+        out = np.clip(out, 0.0, self.max_w)
+        if self.released.any():
+            out = np.where(self.released, np.minimum(out, self.idle_w), out)
+        return out
 
     def advance(self, t_s: float, dt_s: float) -> None:
-        """Move powers toward min(cap, demand) over ``dt_s`` and book energy, work and value."""
+        """Move powers toward min(cap, demand) over ``dt_s`` (the step's held power)."""
         self.demand_w = self._demand(t_s)
         target = np.minimum(self.caps_w, self.demand_w)
         if dt_s > 0:
             a = 1.0 - math.exp(-dt_s / self.tau_s) if self.tau_s > 0 else 1.0
             self.power_w = self.power_w + (target - self.power_w) * a
-            h = dt_s / 3600.0
-            self.e_kwh += self.power_kw() * h
-            rel = self.rel_throughput()
-            work = np.bincount(self.class_of, weights=rel, minlength=len(self.class_names)) * h
-            self.work_gpu_h += work
-            self.value += float(np.sum(work * self.value_per_kwh) * self.max_w / 1000.0)
+
+    def book(self, dt_s: float, served_frac: float = 1.0) -> None:
+        """Count energy, work and value of the last ``dt_s``; only the ``served_frac`` of the
+        load that the supply carried did useful work (an unserved share means a tripped bus)."""
+        h = dt_s / 3600.0
+        self.e_kwh += self.power_kw() * h * served_frac
+        rel = self.rel_throughput()
+        work = np.bincount(self.class_of, weights=rel, minlength=len(self.class_names)) * h * served_frac
+        self.work_gpu_h += work
+        self.value += float(np.sum(work * self.value_per_kwh) * self.max_w / 1000.0)
 
     def rel_throughput(self) -> np.ndarray:
         """Per-GPU relative throughput at the current power (1 = full power)."""
@@ -161,6 +175,7 @@ class GpuCluster:
         for i, curve in enumerate(self.curves):
             m = self.class_of == i
             out[m] = curve(frac[m])
+        out[self.released] = 0.0
         return out
 
     def value_rate_per_h(self) -> float:

@@ -83,17 +83,35 @@ class Plant:
         for d in cfg.by_nature(Nature.BATTERY):
             b = d.limits
             self.batteries[d.name] = Battery(
-                d.name, b.capacity_kwh, b.max_charge_kw, b.max_discharge_kw, b.soc_min_pct, b.soc_max_pct,
-                b.eta_charge, b.eta_discharge, soc_pct=min(max(soc0_pct, b.soc_min_pct), b.soc_max_pct),
+                d.name,
+                b.capacity_kwh,
+                b.max_charge_kw,
+                b.max_discharge_kw,
+                b.soc_min_pct,
+                b.soc_max_pct,
+                b.eta_charge,
+                b.eta_discharge,
+                soc_pct=min(max(soc0_pct, b.soc_min_pct), b.soc_max_pct),
             )
         self.gensets: dict[str, Genset] = {}
         for d in cfg.by_nature(Nature.GENSET):
             g = d.limits
             f0, f1 = g.fuel_coeffs()
-            tank = genset_tank_l if genset_tank_l is not None else 24.0 * (f0 * g.rating_kw + f1 * g.rating_kw)
+            tank = (
+                genset_tank_l if genset_tank_l is not None else 24.0 * (f0 * g.rating_kw + f1 * g.rating_kw)
+            )
             self.gensets[d.name] = Genset(
-                d.name, g.rating_kw, g.min_load_pct, f0, f1, genset_start_delay_s, g.warmup_s,
-                genset_cooldown_s, tank_l=tank, fuel_l=tank, ramp_kw_per_s=g.ramp_kw_per_s,
+                d.name,
+                g.rating_kw,
+                g.min_load_pct,
+                f0,
+                f1,
+                genset_start_delay_s,
+                g.warmup_s,
+                genset_cooldown_s,
+                tank_l=tank,
+                fuel_l=tank,
+                ramp_kw_per_s=g.ramp_kw_per_s,
             )
         meters = cfg.by_nature(Nature.METER)
         self.grid_import_max_kw = sum(m.limits.max_import_kw for m in meters)
@@ -110,8 +128,22 @@ class Plant:
         self.spill_kw = 0.0
         # energy counters (kWh)
         self.e = dict.fromkeys(
-            ("pv", "pv_available", "pv_curtailed", "battery_discharge", "battery_charge", "genset",
-             "grid_import", "grid_export", "load", "gpu", "overhead", "other", "unserved", "spill"),
+            (
+                "pv",
+                "pv_available",
+                "pv_curtailed",
+                "battery_discharge",
+                "battery_charge",
+                "genset",
+                "grid_import",
+                "grid_export",
+                "load",
+                "gpu",
+                "overhead",
+                "other",
+                "unserved",
+                "spill",
+            ),
             0.0,
         )
 
@@ -189,6 +221,7 @@ class Plant:
         for n, g in self.gensets.items():
             g.deliver(gen_kw[n], dt)
 
+        self.gpu.book(dt, 1.0 - unserved / load if load > _EPS else 1.0)
         self.load_kw, self.grid_kw, self.unserved_kw_now, self.spill_kw = load, grid, unserved, spill
         self._book(dt, pv_total, gpu_kw, load, bat_kw, gen_total, grid, unserved, spill)
         self.t_s = float(t_s)
@@ -215,8 +248,16 @@ class Plant:
         return {n: sign * lim[n] * frac for n in self.batteries}
 
     def _book(
-        self, dt: float, pv_avail: float, gpu_kw: float, load: float, bat_kw: dict[str, float],
-        gen_kw: float, grid: float, unserved: float, spill: float,
+        self,
+        dt: float,
+        pv_avail: float,
+        gpu_kw: float,
+        load: float,
+        bat_kw: dict[str, float],
+        gen_kw: float,
+        grid: float,
+        unserved: float,
+        spill: float,
     ) -> None:
         h = dt / 3600.0
         e = self.e

@@ -16,7 +16,14 @@ from tests.sim.conftest import make_cfg
 
 def _balance_residual_kwh(p: Plant) -> float:
     e = p.e
-    supply = e["pv"] + e["battery_discharge"] - e["battery_charge"] + e["genset"] + e["grid_import"] - e["grid_export"]
+    supply = (
+        e["pv"]
+        + e["battery_discharge"]
+        - e["battery_charge"]
+        + e["genset"]
+        + e["grid_import"]
+        - e["grid_export"]
+    )
     return supply + e["unserved"] - e["load"] - e["spill"]
 
 
@@ -38,7 +45,9 @@ def test_step_balance_identity_each_step() -> None:
     bat_set=st.floats(-150, 150),
     soc0=st.floats(0, 100),
 )
-def test_energy_balance_and_limits_property(pv: list[float], caps: float, run_gen: bool, bat_set: float, soc0: float) -> None:
+def test_energy_balance_and_limits_property(
+    pv: list[float], caps: float, run_gen: bool, bat_set: float, soc0: float
+) -> None:
     p = Plant(make_cfg(), pv_kw_fn=lambda t: pv[int(t // 60) % len(pv)], soc0_pct=soc0)
     p.set_gpu_caps_w([caps] * 64)
     p.set_genset_run("gen1", run_gen)
@@ -57,7 +66,9 @@ def test_energy_balance_and_limits_property(pv: list[float], caps: float, run_ge
     # cells: what went in minus what came out minus losses = stored change
     e = p.e
     d_stored = p.stored_kwh() - stored0
-    assert d_stored == pytest.approx(e["battery_charge"] - e["battery_discharge"] - p.battery_loss_kwh(), abs=1e-6)
+    assert d_stored == pytest.approx(
+        e["battery_charge"] - e["battery_discharge"] - p.battery_loss_kwh(), abs=1e-6
+    )
 
 
 def test_battery_full_curtails_pv_and_empty_leaves_unserved() -> None:
@@ -88,7 +99,9 @@ def test_battery_taper_near_soc_ends() -> None:
 
 
 def test_genset_sequence_timing_fuel_and_runtime() -> None:
-    g = Genset("g", 150, 30, 0.015, 0.25, start_delay_s=10, warmup_s=60, cooldown_s=60, tank_l=100, fuel_l=100)
+    g = Genset(
+        "g", 150, 30, 0.015, 0.25, start_delay_s=10, warmup_s=60, cooldown_s=60, tank_l=100, fuel_l=100
+    )
     g.command(True)
     g.advance_state(5)
     assert g.status is GensetStatus.PRE_START and g.starts == 1

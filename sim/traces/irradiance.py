@@ -1,0 +1,120 @@
+"""Readers for the public irradiance files (TMY3, NSRDB PSM3, NREL RMIS 5-min) -> weather frames.
+
+Every reader returns a DataFrame with a tz-aware index whose stamps label the **start** of each
+interval, columns ``ghi``, ``dni``, ``dhi`` (W/m²), ``temp_air`` (°C), ``wind_speed`` (m/s) and,
+when the file has them, ``ghi_clear`` etc. It is validated by ``sim.traces.loaders.validate``
+(sorted, no duplicates, gaps filled or refused, plausible ranges).
+
+- TMY3 stamps mark the **end** of the hour (01:00 ... 24:00 local standard time): shifted back 1 h.
+- NSRDB PSM3 values are instantaneous at the stamp: treated as the mean of the interval centred on
+  it, so the start label is the stamp minus half a step.
+- RMIS stamps have no zone; the README infers UTC-7 (Etc/GMT+7) from the clear-sky columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from sim.traces.loaders import TraceError, unit, validate
+
+log = logging.getLogger(__name__)
+
+_W = unit("W/m2")
+_UNITS = {
+    "ghi": _W,
+    "dni": _W,
+    "dhi": _W,
+    "ghi_clear": _W,
+    "dni_clear": _W,
+    "dhi_clear": _W,
+    "temp_air": unit("C"),
+    "wind_speed": unit("m/s"),
+}
+WEATHER_COLUMNS = ["ghi", "dni", "dhi", "temp_air", "wind_speed"]
+
+
+def _finish(df: pd.DataFrame, source: str, max_gap_s: float = 3 * 3600.0) -> pd.DataFrame:
+    keep = [c for c in [*WEATHER_COLUMNS, "ghi_clear", "dni_clear", "dhi_clear"] if c in df.columns]
+    out = df[keep].astype(float)
+    return validate(out, source, {c: _UNITS[c] for c in keep}, max_gap_s=max_gap_s)
+
+
+def read_tmy3(path: str | Path, year: int = 2021) -> tuple[pd.DataFrame, dict]:
+    """TMY3 CSV (e.g. pvlib's 723170TYA.CSV) -> (weather, metadata). ``year`` is forced on every row."""
+    import pvlib
+
+    try:
+        df, meta = pvlib.iotools.read_tmy3(str(path), coerce_year=year, map_variables=True)
+    except Exception as exc:
+        raise TraceError(f"{path}: not a readable TMY3 file: {exc}") from None
+    df = df.copy()
+    df.index = df.index - pd.Timedelta(hours=1)  # end-of-hour -> start-of-hour labels
+    df = df.sort_index()
+    return _finish(df, str(path)), dict(meta)
+
+
+def read_psm3(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """NSRDB PSM3 CSV (pvlib >= 0.14 reads it with ``read_nsrdb_psm4``) -> (weather, metadata)."""
+    import pvlib
+
+    try:
+        df, meta = pvlib.iotools.read_nsrdb_psm4(str(path), map_variables=True)
+    except Exception as exc:
+        raise TraceError(f"{path}: not a readable NSRDB PSM3/PSM4 file: {exc}") from None
+    df = df.copy()
+    if len(df.index) > 1:
+        df.index = df.index - (df.index[1] - df.index[0]) / 2
+    return _finish(df, str(path)), dict(meta)
+
+
+def read_rmis(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """pvanalytics NREL RMIS 5-min irradiance (Golden CO, Feb 2019) -> (weather, metadata).
+
+    Blank measured rows are gaps (interpolated when short, refused when long; a whole blank night
+    is filled from the clear-sky columns, which are 0 there). No temperature: 5 °C assumed (February,
+    documented guess), wind 2 m/s.
+    """
+    try:
+        raw = pd.read_csv(path)
+    except Exception as exc:
+        raise TraceError(f"{path}: cannot read: {exc}") from None
+    idx = pd.to_datetime(raw["measured_on"], format="%m/%d/%Y %H:%M").dt.tz_localize("Etc/GMT+7")
+    pick = {}
+    for c in raw.columns:
+        for k in ("ghi", "dni", "dhi"):
+            if c.startswith(f"irradiance_{k}__"):
+                pick[k] = raw[c].to_numpy(float)
+            if c == f"pvlib_clearsky_{k}":
+                pick[f"{k}_clear"] = raw[c].to_numpy(float)
+    missing = [k for k in ("ghi", "dni", "dhi") if k not in pick]
+    if missing:
+        raise TraceError(f"{path}: column irradiance_{missing[0]}__*: missing")
+    df = pd.DataFrame(pick, index=pd.DatetimeIndex(idx) - pd.Timedelta(minutes=5))
+    # night-time blanks: measured = clear-sky = 0 there is the honest fill (the sun is down)
+    for k in ("ghi", "dni", "dhi"):
+        night = df[k].isna() & (df[f"{k}_clear"] <= 0)
+        if night.any():
+            log.info("%s: %s: %d blank night rows set to 0 (clear-sky is 0)", path, k, int(night.sum()))
+            df.loc[night, k] = 0.0
+    df["temp_air"] = 5.0
+    df["wind_speed"] = 2.0
+    return _finish(df, str(path)), {"latitude": 39.742, "longitude": -105.18, "altitude": 1829.0}
+
+
+def read_irradiance(path: str | Path, year: int = 2021) -> tuple[pd.DataFrame, dict]:
+    """Pick the reader by looking at the first line of the file."""
+    p = Path(path)
+    try:
+        first = p.open(encoding="utf-8", errors="replace").readline()
+    except OSError as exc:
+        raise TraceError(f"{p}: cannot read: {exc}") from None
+    if first.startswith("Source,Location ID"):
+        return read_psm3(p)
+    if first.startswith("measured_on"):
+        return read_rmis(p)
+    if first.count(",") == 6 and first.split(",")[0].strip().isdigit():
+        return read_tmy3(p, year)
+    raise TraceError(f"{p}: unknown irradiance format (expected TMY3, NSRDB PSM3 or RMIS CSV)")

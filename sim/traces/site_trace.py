@@ -1,0 +1,199 @@
+"""A site trace: everything a replay needs on one regular time grid, built from public data.
+
+Columns (index tz-aware, regular ``step_s``, labels = interval start):
+
+- ``pv_kw``: available AC power of all PV arrays (pvlib model of each array on the weather);
+- ``pv_clear_kw``: the same arrays under a clear sky (pvlib Ineichen), for the forecaster;
+- ``gpu_w.<class>``: uncapped demand per GPU of each class (W);
+- ``other_load_kw``: auxiliary site load besides the facility overhead.
+
+Hourly weather is brought to the fine grid through the clear-sky index: ``k = pv / pv_clear`` per
+native interval, linearly interpolated, times the fine-grid clear-sky power. That keeps sunrise and
+sunset where the sun puts them instead of smearing hourly blocks.
+
+The trace also holds ``history_days`` before ``t0`` (weather only matters there): honest
+forecasters need a recent clear-sky index at the first step. The plant runs from ``t0``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from powerctl.config import SiteConfig
+from powerctl.natures import Nature
+from sim.plant.pv import clear_sky_ac_kw, pv_ac_kw_from_weather
+from sim.traces.gpu_load import azure_demand_series
+from sim.traces.irradiance import read_irradiance
+from sim.traces.loaders import TraceError, interp_to
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path("/work/shared/data")
+
+
+@dataclass
+class SiteTrace:
+    df: pd.DataFrame
+    t0: pd.Timestamp  # plant start; rows before it are history
+    step_s: float
+    class_names: list[str]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self._t_s = (self.df.index - self.t0).total_seconds().to_numpy(float)
+        self._pv = self.df["pv_kw"].to_numpy(float)
+        self._clear = self.df["pv_clear_kw"].to_numpy(float)
+        self._gpu = np.vstack([self.df[f"gpu_w.{c}"].to_numpy(float) for c in self.class_names])
+        self._other = self.df["other_load_kw"].to_numpy(float)
+        self._cum_pv = _cum(self._pv, self.step_s)
+        self._cum_clear = _cum(self._clear, self.step_s)
+        self._cum_gpu = np.vstack([_cum(g, self.step_s) for g in self._gpu])
+        self._cum_other = _cum(self._other, self.step_s)
+
+    @property
+    def t_s(self) -> np.ndarray:
+        """Seconds from the plant start for each row (negative in the history)."""
+        return self._t_s
+
+    @property
+    def end_s(self) -> float:
+        return float(self._t_s[-1] + self.step_s)
+
+    def _row(self, t_s: float) -> int:
+        i = int((t_s - self._t_s[0]) // self.step_s)
+        return min(max(i, 0), len(self._t_s) - 1)
+
+    # plant inputs: value of the interval containing t_s (the plant steps on the same grid)
+    def pv_kw_at(self, t_s: float) -> float:
+        return float(self._pv[self._row(t_s - 1e-9)])
+
+    def gpu_demand_w_at(self, t_s: float) -> dict[str, float]:
+        i = self._row(t_s - 1e-9)
+        return {c: float(self._gpu[k, i]) for k, c in enumerate(self.class_names)}
+
+    def other_load_kw_at(self, t_s: float) -> float:
+        return float(self._other[self._row(t_s - 1e-9)])
+
+    # interval means for forecasters (exact integrals of the step-wise series)
+    def mean_between(self, what: str, a_s: np.ndarray, b_s: np.ndarray) -> np.ndarray:
+        cum = {"pv": self._cum_pv, "clear": self._cum_clear, "other": self._cum_other}.get(what)
+        if cum is not None:
+            return _mean(cum, self._t_s[0], self.step_s, a_s, b_s)
+        if what == "gpu":
+            return np.vstack([_mean(c, self._t_s[0], self.step_s, a_s, b_s) for c in self._cum_gpu])
+        raise KeyError(what)
+
+    def window(self, days: float) -> SiteTrace:
+        """The first ``days`` after t0 (history kept)."""
+        end = self.t0 + pd.Timedelta(days=days)
+        if end > self.df.index[-1] + pd.Timedelta(seconds=self.step_s):
+            raise TraceError(f"{self.source}: trace ends at {self.df.index[-1]}, before {end}")
+        return SiteTrace(self.df[self.df.index < end], self.t0, self.step_s, self.class_names, self.source)
+
+
+def _cum(v: np.ndarray, step_s: float) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(v) * step_s])
+
+
+def _mean(cum: np.ndarray, t_first: float, step_s: float, a_s: np.ndarray, b_s: np.ndarray) -> np.ndarray:
+    """Mean of a step-wise series over [a, b] from its cumulative integral (linear inside steps)."""
+    grid = t_first + step_s * np.arange(len(cum))
+    ia = np.interp(a_s, grid, cum)
+    ib = np.interp(b_s, grid, cum)
+    width = np.maximum(np.asarray(b_s) - np.asarray(a_s), 1e-9)
+    return (ib - ia) / width
+
+
+def pv_trace_kw(
+    cfg: SiteConfig, weather: pd.DataFrame, index: pd.DatetimeIndex
+) -> tuple[pd.Series, pd.Series]:
+    """(available AC kW, clear-sky AC kW) of all PV arrays on the fine ``index``."""
+    site = cfg.site
+    native_step = weather.index[1] - weather.index[0]
+    fine_step = index[1] - index[0]
+    pv = pd.Series(0.0, index=index)
+    clear = pd.Series(0.0, index=index)
+    for d in cfg.by_nature(Nature.PV):
+        lim = d.limits
+        kw = {
+            "latitude": site.latitude,
+            "longitude": site.longitude,
+            "altitude_m": site.altitude_m,
+            "kwp": lim.kwp,
+            "tilt_deg": lim.tilt_deg,
+            "azimuth_deg": lim.azimuth_deg,
+            "max_ac_kw": lim.max_ac_kw,
+        }
+        native = pv_ac_kw_from_weather(weather, **kw)
+        clear_fine = clear_sky_ac_kw(index, **kw)
+        if native_step <= fine_step:
+            p_fine = native.resample(fine_step).mean().reindex(index).interpolate().bfill().ffill()
+        else:
+            # clear-sky index per native interval, interpolated at interval middles
+            clear_native = clear_fine.resample(native_step, origin=weather.index[0]).mean()
+            clear_native = clear_native.reindex(native.index).fillna(0.0)
+            k = (native / clear_native.where(clear_native > 0.02 * lim.kwp)).clip(0.0, 1.3).fillna(1.0)
+            k.index = k.index + native_step / 2
+            p_fine = clear_fine * interp_to(k, index).to_numpy()
+        pv = pv + p_fine.clip(lower=0.0)
+        clear = clear + clear_fine
+    return pv.rename("pv_kw"), clear.rename("pv_clear_kw")
+
+
+def inference_class(cfg: SiteConfig) -> str | None:
+    """The class the request trace drives: the first whose name or curve says inference."""
+    for c in cfg.gpu.classes:
+        if "infer" in c.name.lower() or c.curve.startswith("infer"):
+            return c.name
+    return None
+
+
+def build_site_trace(
+    cfg: SiteConfig,
+    irradiance: str | Path = DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv",
+    gpu_trace: str | Path | None = DATA_DIR / "gpu_load/azure_llm_inference_trace_2023_code.csv",
+    *,
+    start: str = "06-01",
+    days: float = 7.0,
+    step_s: float = 60.0,
+    history_days: float = 1.0,
+    year: int = 2021,
+    mean_util: float = 0.6,
+    other_load_kw: float = 0.0,
+) -> SiteTrace:
+    """Build a replay trace for ``cfg``: ``days`` from ``start`` ("MM-DD" in the weather year, or an ISO
+    time), plus ``history_days`` before it. The GPU trace drives the inference class; other classes
+    always want ``max_w`` (a training queue that never empties)."""
+    weather, _meta = read_irradiance(irradiance, year=year)
+    tz = weather.index.tz
+    t0 = pd.Timestamp(f"{weather.index[0].year}-{start}" if len(start) == 5 else start)
+    t0 = t0.tz_localize(tz) if t0.tzinfo is None else t0.tz_convert(tz)
+    lo = t0 - pd.Timedelta(days=history_days)
+    hi = t0 + pd.Timedelta(days=days)
+    if lo < weather.index[0] or hi > weather.index[-1] + (weather.index[1] - weather.index[0]):
+        raise TraceError(
+            f"{irradiance}: covers {weather.index[0]} to {weather.index[-1]}; need {lo} to {hi} "
+            f"(start {start}, {days:g} days, {history_days:g} days of history)"
+        )
+    pad = pd.Timedelta(hours=3)
+    w = weather[(weather.index >= lo - pad) & (weather.index < hi + pad)]
+    index = pd.date_range(lo, hi, freq=pd.Timedelta(seconds=step_s), inclusive="left")
+    pv, clear = pv_trace_kw(cfg, w, index)
+    df = pd.DataFrame({"pv_kw": pv, "pv_clear_kw": clear}, index=index)
+    pool = cfg.gpu
+    infer = inference_class(cfg) if gpu_trace is not None else None
+    for c in pool.classes:
+        if c.name == infer and gpu_trace is not None:
+            df[f"gpu_w.{c.name}"] = azure_demand_series(
+                gpu_trace, index, idle_w=pool.idle_w, max_w=pool.max_w, mean_util=mean_util
+            ).to_numpy()
+        else:
+            df[f"gpu_w.{c.name}"] = pool.max_w
+    df["other_load_kw"] = other_load_kw
+    src = f"{Path(irradiance).name} + {Path(gpu_trace).name if gpu_trace else 'constant GPU demand'}"
+    return SiteTrace(df, t0, step_s, [c.name for c in pool.classes], src)
