@@ -146,6 +146,23 @@ def apply_safe_caps_cmd(config: Path) -> None:
     raise typer.Exit(apply_safe_caps(cfg))
 
 
+@app.command("scan")
+def scan_cmd(
+    target: str = typer.Argument(..., help="HOST[:PORT] of a SunSpec Modbus TCP device"),
+    unit: int = typer.Option(1, "--unit", help="Modbus unit id"),
+    timeout_s: float = typer.Option(2.0, "--timeout", help="seconds per request"),
+) -> None:
+    """Discover a SunSpec device: print its models and key points with units."""
+    from powerctl.sunspec.scan import ScanError, format_scan, parse_target, scan
+
+    try:
+        host, port = parse_target(target)
+        print(format_scan(scan(host, port, unit, timeout_s)))
+    except (ScanError, ValueError) as exc:
+        err.print(f"[bold red]scan failed[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     try:
         from sim.cli_sim import register as _register_sim
