@@ -15,8 +15,8 @@ Per step t (length dt_h[t] hours; steps may grow along the horizon):
             v <= slope_s gpu + icpt_s for each segment s of the concave PWL value curve
   ramp      r >= |gpu_t - gpu_{t-1}| (L1 penalty), gpu_t - gpu_{t-1} <= ramp_up * dt (hard; only up)
   balance   pv + (dis - ch) + g + unserved >= (1 + overhead) gpu + other       spill = lhs - rhs
-  reserve   sum(rating a - g) + sum(rb) + short >= r_load (load) + r_pv pv + extra
-            rb <= dis_max - (dis - ch),  rb <= (e - e_min) eta_d / reserve_duration,  rb >= 0
+  reserve   sum(rating a - g) + sum_b min(dis_max - (dis - ch), (e - e_min) eta_d / duration) + short
+              >= r_load (load) + r_pv pv + extra                  (see _reserve_rows)
 
 Objective (minimise, currency): variable fuel + wear + ramp + penalties(unserved, spill, reserve
 short) - terminal energy value - value of compute. Idle fuel and start costs depend only on the
@@ -25,6 +25,7 @@ commitment candidate, so they are added outside the convex solve (`costs.commitm
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -71,19 +72,44 @@ def value_segments(bp_kw: FloatArray, v_per_h: FloatArray) -> tuple[FloatArray, 
     return slopes, icpts
 
 
+def _reserve_rows(have: cp.Expression, need: cp.Expression,
+                  bat: list[tuple[cp.Expression, cp.Expression]], T: int) -> list[cp.Constraint]:
+    """have + sum_b min(power_b, energy_b) >= need, without auxiliary variables for <= 2 batteries.
+
+    A sum of minima is >= need iff every choice of one term per battery is (2^n rows per step);
+    that is smaller than a variable plus two rows per battery for n <= 2. Both terms are >= 0 on
+    the feasible set (net <= dis_max, e >= e_min), so no clamp at zero is needed.
+    """
+    if len(bat) <= 2:
+        rows: list[cp.Constraint] = []
+        for choice in itertools.product((0, 1), repeat=len(bat)):
+            total = have
+            for (pw, en), c in zip(bat, choice, strict=True):
+                total = total + (pw if c == 0 else en)
+            rows.append(total >= need)
+        return rows
+    rb = cp.Variable((len(bat), T), name="battery_reserve_kw")
+    rows = [rb[i, :] <= pw for i, (pw, _en) in enumerate(bat)]
+    rows += [rb[i, :] <= en for i, (_pw, en) in enumerate(bat)]
+    return [*rows, have + cp.sum(rb, axis=0) >= need]
+
+
 def build(p: SiteParams) -> Model:
     """Build the DPP problem for site `p` (validated beforehand by `validate.check_site`)."""
     steps_s = np.asarray(p.steps_s, dtype=float)
     T = steps_s.shape[0]
     dt_h = steps_s / 3600.0
     n_pv, n_bat, n_gen, n_cls = len(p.pv), len(p.batteries), len(p.gensets), len(p.gpu_classes)
+    # Variables carry no attributes (nonneg=...): cvxpy would substitute them with new variables,
+    # and `optimizer.direct` maps solver columns back by the original variable ids.
     cons: list[cp.Constraint] = []
     cost: list[cp.Expression] = []
 
     other = cp.Parameter(T, nonneg=True, name="other_load_kw")
     extra = cp.Parameter(T, nonneg=True, name="reserve_extra_kw")
-    unserved = cp.Variable(T, nonneg=True, name="unserved_kw")
-    short = cp.Variable(T, nonneg=True, name="reserve_short_kw")
+    unserved = cp.Variable(T, name="unserved_kw")
+    short = cp.Variable(T, name="reserve_short_kw")
+    cons += [unserved >= 0, short >= 0]
     supply: cp.Expression = unserved
     reserve_have: cp.Expression = short
     reserve_need: cp.Expression = extra
@@ -91,19 +117,20 @@ def build(p: SiteParams) -> Model:
     pv = pv_ub = None
     if n_pv:
         pv_ub = cp.Parameter((n_pv, T), nonneg=True, name="pv_forecast_kw")
-        pv = cp.Variable((n_pv, T), nonneg=True, name="pv_kw")
-        cons.append(pv <= pv_ub)
+        pv = cp.Variable((n_pv, T), name="pv_kw")
+        cons += [pv >= 0, pv <= pv_ub]
         pv_sum = cp.sum(pv, axis=0)
         supply = supply + pv_sum
         reserve_need = reserve_need + (p.reserve_pv_pct / 100.0) * pv_sum
 
     ch = dis = e = e0 = None
+    bat_reserve: list[tuple[cp.Expression, cp.Expression]] = []
     if n_bat:
         bats = p.batteries
         col = lambda xs: np.array(xs, dtype=float)[:, None]  # noqa: E731 - tiny local helper
         cap = col([b.capacity_kwh for b in bats])
-        ch = cp.Variable((n_bat, T), nonneg=True, name="charge_kw")
-        dis = cp.Variable((n_bat, T), nonneg=True, name="discharge_kw")
+        ch = cp.Variable((n_bat, T), name="charge_kw")
+        dis = cp.Variable((n_bat, T), name="discharge_kw")
         e = cp.Variable((n_bat, T), name="energy_kwh")
         e0 = cp.Parameter(n_bat, nonneg=True, name="energy0_kwh")
         eta_c, eta_d = col([b.eta_charge for b in bats]), col([b.eta_discharge for b in bats])
@@ -112,6 +139,8 @@ def build(p: SiteParams) -> Model:
         e_max = cap * col([b.soc_max_pct for b in bats]) / 100.0
         dis_max = col([b.max_discharge_kw for b in bats])
         cons += [
+            ch >= 0,
+            dis >= 0,
             ch <= col([b.max_charge_kw for b in bats]) * np.ones((1, T)),
             dis <= dis_max * np.ones((1, T)),
             e[:, 0] == e0 + flow[:, 0],
@@ -121,11 +150,10 @@ def build(p: SiteParams) -> Model:
         ]
         net = dis - ch
         supply = supply + cp.sum(net, axis=0)
-        rb = cp.Variable((n_bat, T), nonneg=True, name="battery_reserve_kw")
         dur_h = max(p.reserve_duration_s, 1.0) / 3600.0
-        cons += [rb <= dis_max * np.ones((1, T)) - net,
-                 rb <= cp.multiply(eta_d / dur_h * np.ones((1, T)), e - e_min * np.ones((1, T)))]
-        reserve_have = reserve_have + cp.sum(rb, axis=0)
+        # Reserve a battery can give: min(power headroom, energy above the floor over the duration).
+        bat_reserve = [(dis_max[i, 0] - net[i, :], (eta_d[i, 0] / dur_h) * (e[i, :] - e_min[i, 0]))
+                       for i in range(n_bat)]
         wear = col([b.wear_cost_per_kwh for b in bats]) * dt_h[None, :]
         cost.append(cp.sum(cp.multiply(wear, ch + dis)))
         tv = np.array([b.terminal_value_per_kwh for b in bats])
@@ -136,7 +164,8 @@ def build(p: SiteParams) -> Model:
         gens = p.gensets
         rating = np.array([k.rating_kw for k in gens])[:, None]
         min_kw = np.array([k.min_load_kw for k in gens])[:, None]
-        g = cp.Variable((n_gen, T), nonneg=True, name="genset_kw")
+        # g >= 0 follows from g >= min_load * a (both >= 0).
+        g = cp.Variable((n_gen, T), name="genset_kw")
         avail = cp.Parameter((n_gen, T), nonneg=True, name="genset_available")
         cap_kw = cp.multiply(rating * np.ones((1, T)), avail)
         cons += [g <= cap_kw, g >= cp.multiply(min_kw * np.ones((1, T)), avail)]
@@ -159,7 +188,7 @@ def build(p: SiteParams) -> Model:
         dgpu = cp.hstack([cp.reshape(gpu[:, 0] - prev, (n_cls, 1), order="F"), gpu[:, 1:] - gpu[:, :-1]])
         pen = np.array([c.ramp_penalty_per_kw for c in cls])
         if np.any(pen > 0):
-            r = cp.Variable((n_cls, T), nonneg=True, name="gpu_ramp_kw")
+            r = cp.Variable((n_cls, T), name="gpu_ramp_kw")  # r >= 0 follows from r >= |d|
             cons += [r >= dgpu, r >= -dgpu]
             cost.append(cp.sum(cp.multiply(pen[:, None] * np.ones((1, T)), r)))
         if quad:
@@ -178,13 +207,11 @@ def build(p: SiteParams) -> Model:
     cons.append(supply >= load)
     spill = supply - load
     reserve_need = reserve_need + (p.reserve_load_pct / 100.0) * load
-    cons.append(reserve_have >= reserve_need)
+    cons += _reserve_rows(reserve_have, reserve_need, bat_reserve, T)
     cost.append((p.unserved_penalty_per_kwh * dt_h) @ unserved)
     if p.spill_penalty_per_kwh > 0:
         cost.append((p.spill_penalty_per_kwh * dt_h) @ spill)
     cost.append((p.reserve_penalty_per_kwh * dt_h) @ short)
-    # Unserved load cannot exceed the load itself (otherwise it could hide spill).
-    cons.append(unserved <= load)
 
     problem = cp.Problem(cp.Minimize(sum(cost, cp.Constant(0.0))), cons)
     return Model(problem=problem, dt_h=dt_h, pv=pv, ch=ch, dis=dis, e=e, g=g, gpu=gpu, unserved=unserved,

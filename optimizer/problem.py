@@ -82,7 +82,7 @@ class DispatchProblem:
         self.backend: Backend = self._make_backend(backend)
         self.compile_time_s = time.perf_counter() - t0
         primary = params.solver.upper()
-        self.solvers = [primary, "OSQP" if primary == "CLARABEL" else "CLARABEL"]
+        self.solvers = [primary, validate.SOLVERS[primary]]
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-solver")
         self._busy = threading.Lock()
         # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule").

@@ -6,6 +6,9 @@ import numpy as np
 
 from optimizer.params import DispatchInputs, FloatArray, InputError, SiteParams
 
+# Supported solvers and the second rung each one falls back to.
+SOLVERS = {"CLARABEL": "OSQP", "OSQP": "CLARABEL", "HIGHS": "CLARABEL"}
+
 
 def _finite(name: str, a: FloatArray) -> None:
     if not np.all(np.isfinite(a)):
@@ -76,8 +79,10 @@ def check_site(p: SiteParams) -> None:
                  "reserve_load_pct", "reserve_pv_pct", "ramp_quad_per_kw2"):
         if getattr(p, name) < 0:
             raise InputError(f"{name}: must be >= 0")
-    if p.solver.upper() not in ("CLARABEL", "OSQP"):
-        raise InputError(f"solver: {p.solver!r} is not one of CLARABEL, OSQP")
+    if p.solver.upper() not in SOLVERS:
+        raise InputError(f"solver: {p.solver!r} is not one of {', '.join(SOLVERS)}")
+    if p.solver.upper() == "HIGHS" and p.ramp_quad_per_kw2 > 0:
+        raise InputError("solver: HIGHS solves the linear model only; set ramp_quad_per_kw2 = 0 or pick CLARABEL")
 
 
 def check_inputs(p: SiteParams, x: DispatchInputs) -> DispatchInputs:
