@@ -139,6 +139,7 @@ class ModbusDevice:
         self._last_request_s = 0.0
         self._timeout_s = transport.timeout_s
         self._keepalive: dict[str, tuple[float, float]] = {}  # signal -> (value, last write, monotonic)
+        self._wake = asyncio.Event()  # a new keep-alive lease wakes the run loop early
         self._located = not profile.sunspec_models  # SunSpec profiles are located by discovery once
         self._reasons: dict[str, str] = {}  # signal -> last logged reason (log transitions, not every poll)
         self.last_image: RegisterImage = {}
@@ -181,7 +182,8 @@ class ModbusDevice:
             raise DeviceError("timeout") from None
         except (ModbusException, OSError) as exc:
             self._client.close()
-            raise DeviceError(f"{type(exc).__name__}: {exc}") from None
+            what = "timeout (no answer)" if "No response" in str(exc) else type(exc).__name__
+            raise DeviceError(f"{what}: {exc}") from None
         finally:
             self._last_request_s = time.monotonic()
         if rr.isError():
@@ -318,11 +320,17 @@ class ModbusDevice:
             next_poll = time.monotonic()
             while True:
                 if time.monotonic() >= next_poll:
+                    started = time.monotonic()
                     await self.poll_once()
-                    next_poll = time.monotonic() + self.next_delay_s()
+                    # cadence counts from the start of a poll; a poll longer than the period runs back to back
+                    next_poll = max(started + self.next_delay_s(), time.monotonic())
                 await self._refresh_keepalive()
                 wait = min(next_poll - time.monotonic(), self._keepalive_due_in_s())
-                await asyncio.sleep(max(0.0, wait))
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+                except TimeoutError:
+                    pass
         finally:
             self.close()
 
@@ -361,6 +369,7 @@ class ModbusDevice:
         self.stats.writes += 1
         if sp.keepalive_s:
             self._keepalive[signal] = (value, time.monotonic())
+            self._wake.set()
         result = WriteResult(self.name, signal, value, regs)
         if sp.readback and sp.value_map is None:
             await self._verify(sp, value, result)
