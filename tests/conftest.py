@@ -5,21 +5,13 @@ A missing server binary skips the test with the reason printed, or fails it when
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, ServerMissing, Pki, VictoriaMetrics, make_test_pki
-
-
-def server_missing(exc: ServerMissing) -> None:
-    """Skip (with the reason on stdout) or, under CI=true, fail: a missing server is never silent."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and a test server is missing: {exc}")
-    print(f"SKIP: {exc}")
-    pytest.skip(str(exc))
+from tests.servers import Mosquitto, Pki, ServerMissing, VictoriaMetrics, make_test_pki
+from tests.servers import skip_or_fail as server_missing
 
 
 @pytest.fixture(scope="session")

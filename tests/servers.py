@@ -40,6 +40,16 @@ class ServerMissing(RuntimeError):
     """A server binary (or a tool to set it up) is not installed here."""
 
 
+def skip_or_fail(exc: ServerMissing) -> None:
+    """For pytest: skip (reason printed) or, when CI=true, fail. A missing server is never silent."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and a test server is missing: {exc}")
+    print(f"SKIP: {exc}")
+    pytest.skip(str(exc))
+
+
 def find_binary(candidates: tuple[str, ...], package: str) -> str:
     for c in candidates:
         found = c if os.path.isabs(c) and os.access(c, os.X_OK) else shutil.which(c)

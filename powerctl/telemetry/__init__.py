@@ -97,6 +97,7 @@ class Telemetry:
         self._retry_at = 0.0
         self._outage = False
         self._wake: asyncio.Event | None = None
+        self._flush_lock: asyncio.Lock | None = None  # run() and flush() must not drain the spool twice
         self._lock = threading.Lock()  # counters touched by the worker thread and the loop thread
         self._counts = dict.fromkeys(
             ("emitted", "written", "spooled", "dropped", "dropped_fields", "rejected", "write_errors"), 0
@@ -204,8 +205,11 @@ class Telemetry:
         self._wake = asyncio.Event()
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races
+                # with the event being set, and run() would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                    async with asyncio.timeout(self.flush_interval_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._flush(force=False)
         except asyncio.CancelledError:
@@ -232,6 +236,12 @@ class Telemetry:
         return await loop.run_in_executor(self._pool, fn, *args)
 
     async def _flush(self, *, force: bool) -> None:
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        async with self._flush_lock:
+            await self._flush_locked(force=force)
+
+    async def _flush_locked(self, *, force: bool) -> None:
         if self.spool is None:
             if self._buf and self.file is not None:
                 await self._in_worker(self._append_file, self._take())
