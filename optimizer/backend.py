@@ -37,7 +37,7 @@ def solver_options(solver: str, time_limit_s: float) -> dict[str, Any]:
         return {"time_limit": tl}
     if solver == "OSQP":
         # OSQP is first-order: tighter tolerances and polishing to get LP vertices right.
-        return {"time_limit": tl, "eps_abs": 1e-5, "eps_rel": 1e-5, "max_iter": 20000, "polishing": True}
+        return {"time_limit": tl, "eps_abs": 1e-4, "eps_rel": 1e-4, "max_iter": 20000, "polishing": True}
     if solver == "HIGHS":
         return {"time_limit": tl}
     raise SolverFailed(f"unknown solver {solver}")

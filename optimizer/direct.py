@@ -154,12 +154,12 @@ class DirectBackend:
         lo[: self.n_zero] = b[: self.n_zero]
         if self._osqp is None:
             self._osqp = osqp.OSQP()
-            self._osqp.setup(self.P, self.c, self.A, lo, b, verbose=False, eps_abs=1e-5, eps_rel=1e-5,
+            self._osqp.setup(self.P, self.c, self.A, lo, b, verbose=False, eps_abs=1e-4, eps_rel=1e-4,
                              max_iter=20000, polishing=True, warm_starting=True, time_limit=time_limit_s)
         else:
             self._osqp.update(l=lo, u=b)
             self._osqp.update_settings(time_limit=time_limit_s)
-        res = self._osqp.solve()
+        res = self._osqp.solve(raise_error=False)
         status = str(res.info.status)
         if status not in ("solved", "solved inaccurate"):
             raise SolverFailed(f"OSQP: status {status}")

@@ -110,8 +110,8 @@ def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule,
     steps = np.asarray(p.steps_s, dtype=float)
     dt_h = steps / 3600.0
     soc = soc_trajectory_pct(p, v.e0, d.ch, d.dis)
-    e_end = np.array([soc[i, 1:] * b.capacity_kwh / 100.0 for i, b in enumerate(p.batteries)]).reshape(
-        len(p.batteries), -1)
+    cap_kwh = np.array([b.capacity_kwh for b in p.batteries]).reshape(-1, 1)
+    e_end = soc[:, 1:] * cap_kwh / 100.0
     load = v.other + (1.0 + p.facility_overhead) * d.gpu.sum(axis=0)
     supply = d.pv.sum(axis=0) + (d.dis - d.ch).sum(axis=0) + d.g.sum(axis=0)
     unserved = np.maximum(0.0, load - supply)
