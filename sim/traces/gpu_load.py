@@ -95,7 +95,15 @@ def inference_demand_w(
     mean = float(np.mean(rate))
     if mean <= 0:
         raise TraceError("GPU trace: no work in the trace")
-    util = np.minimum(rate / mean * mean_util, 1.0)
+    # capacity such that the mean of the *clipped* utilisation is mean_util (bursts above 100 %
+    # are lost work, so the scale is found by bisection, not by dividing by the mean)
+    lo, hi = mean_util / mean, mean_util / mean * 1e3
+    if np.mean(np.minimum(rate * hi, 1.0)) < mean_util:
+        raise TraceError(f"GPU trace: too bursty for a mean utilisation of {mean_util:g}")
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.mean(np.minimum(rate * mid, 1.0)) < mean_util else (lo, mid)
+    util = np.minimum(rate * hi, 1.0)
     return idle_w + (max_w - idle_w) * util
 
 

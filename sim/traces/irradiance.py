@@ -70,11 +70,12 @@ def read_psm3(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return _finish(df, str(path)), dict(meta)
 
 
-def read_rmis(path: str | Path) -> tuple[pd.DataFrame, dict]:
+def read_rmis(path: str | Path, max_gap_s: float = 3 * 3600.0) -> tuple[pd.DataFrame, dict]:
     """pvanalytics NREL RMIS 5-min irradiance (Golden CO, Feb 2019) -> (weather, metadata).
 
-    Blank measured rows are gaps (interpolated when short, refused when long; a whole blank night
-    is filled from the clear-sky columns, which are 0 there). No temperature: 5 °C assumed (February,
+    Blank measured rows are gaps: at night (clear-sky 0) they are set to 0; in daylight they are
+    interpolated up to ``max_gap_s`` and refused beyond (this file has a multi-hour daytime gap on
+    Feb 3, so the default refuses it; pass a larger ``max_gap_s`` to accept the interpolation). No temperature: 5 °C assumed (February,
     documented guess), wind 2 m/s.
     """
     try:
@@ -101,7 +102,7 @@ def read_rmis(path: str | Path) -> tuple[pd.DataFrame, dict]:
             df.loc[night, k] = 0.0
     df["temp_air"] = 5.0
     df["wind_speed"] = 2.0
-    return _finish(df, str(path)), {"latitude": 39.742, "longitude": -105.18, "altitude": 1829.0}
+    return _finish(df, str(path), max_gap_s), {"latitude": 39.742, "longitude": -105.18, "altitude": 1829.0}
 
 
 def read_irradiance(path: str | Path, year: int = 2021) -> tuple[pd.DataFrame, dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,12 @@ def pv_trace_kw(
     return pv.rename("pv_kw"), clear.rename("pv_clear_kw")
 
 
+@lru_cache(maxsize=4)
+def _weather(path: str, year: int) -> pd.DataFrame:
+    """Weather files are read once per process (sweeps build many traces from one file)."""
+    return read_irradiance(path, year=year)[0]
+
+
 def inference_class(cfg: SiteConfig) -> str | None:
     """The class the request trace drives: the first whose name or curve says inference."""
     for c in cfg.gpu.classes:
@@ -169,7 +176,7 @@ def build_site_trace(
     """Build a replay trace for ``cfg``: ``days`` from ``start`` ("MM-DD" in the weather year, or an ISO
     time), plus ``history_days`` before it. The GPU trace drives the inference class; other classes
     always want ``max_w`` (a training queue that never empties)."""
-    weather, _meta = read_irradiance(irradiance, year=year)
+    weather = _weather(str(irradiance), year)
     tz = weather.index.tz
     t0 = pd.Timestamp(f"{weather.index[0].year}-{start}" if len(start) == 5 else start)
     t0 = t0.tz_localize(tz) if t0.tzinfo is None else t0.tz_convert(tz)

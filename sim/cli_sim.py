@@ -1,0 +1,153 @@
+"""``powerctl sim replay`` and ``powerctl sim sweep``: a typer sub-app the main CLI mounts.
+
+``register(sim_app)`` adds the two commands to the lead's ``sim`` Typer group. Bad input (config,
+trace, grid file) exits 2 with a message naming the file, field and problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from powerctl.config import ConfigError
+from sim.sweep import SweepError
+from sim.traces.loaders import TraceError
+from sim.traces.site_trace import DATA_DIR
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+_TMY3 = DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
+_AZURE = DATA_DIR / "gpu_load/azure_llm_inference_trace_2023_code.csv"
+
+
+def _fail(kind: str, exc: Exception) -> None:
+    err.print(f"[bold red]{kind}[/]\n{exc}", highlight=False)
+    raise typer.Exit(2) from None
+
+
+def replay(
+    config: Path = typer.Argument(..., help="site TOML"),
+    trace: Path = typer.Option(_TMY3, help="irradiance file: TMY3, NSRDB PSM3 or RMIS CSV"),
+    gpu_trace: str = typer.Option(
+        str(_AZURE), help="Azure LLM request trace for the inference class, or 'none'"
+    ),
+    days: float = typer.Option(7.0, help="simulated days"),
+    start: str = typer.Option("06-01", help="first day (MM-DD in the weather year, or ISO time)"),
+    out_dir: Path = typer.Option(Path("replay-out"), "--out", help="output folder"),
+    controller: str = typer.Option(
+        "ours", help="ours | rule | static | compare (all three + perfect foresight)"
+    ),
+    perfect_foresight: bool = typer.Option(
+        False, "--perfect-foresight", help="forecasts = the future (upper bound)"
+    ),
+    pv_forecast: str = typer.Option("clearsky", help="clearsky | persistence | provided"),
+    step_s: float = typer.Option(60.0, help="plant step, simulated seconds"),
+    plan_every_s: float = typer.Option(300.0, help="planner period, simulated seconds"),
+    soc0_pct: float = typer.Option(50.0, help="initial state of charge"),
+    static_cap_w: float = typer.Option(None, help="per-GPU cap of the static controller (default: safe cap)"),
+    solve_deadline_s: float = typer.Option(None, help="planner deadline in wall seconds (default: config)"),
+    no_plots: bool = typer.Option(False, "--no-plots"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Replay the controller against the simulated plant on a trace; write KPIs, Parquet and plots."""
+    from sim.kpi import compare_table, format_kpis
+    from sim.replay import CONTROLLERS, run_replay
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    runs: list[tuple[str, str, bool]]
+    if controller == "compare":
+        runs = [(c, c, False) for c in CONTROLLERS] + [("ours_perfect", "ours", True)]
+    elif controller in CONTROLLERS:
+        runs = [(controller, controller, perfect_foresight)]
+    else:
+        err.print(
+            f"[bold red]bad option[/] --controller {controller!r}: choose ours, rule, static or compare"
+        )
+        raise typer.Exit(2)
+    results = {}
+    for name, ctrl, pf in runs:
+        dest = out_dir / name if len(runs) > 1 else out_dir
+        try:
+            k = run_replay(
+                config,
+                trace,
+                days,
+                dest,
+                ctrl,
+                pf,
+                gpu_trace=None if gpu_trace.lower() == "none" else gpu_trace,
+                start=start,
+                step_s=step_s,
+                plan_every_s=plan_every_s,
+                pv_forecast=pv_forecast,
+                soc0_pct=soc0_pct,
+                static_cap_w=static_cap_w,
+                solve_deadline_s=solve_deadline_s,
+                show_progress=not quiet,
+                plots=not no_plots,
+            )
+        except ConfigError as exc:
+            _fail("config error", exc)
+        except TraceError as exc:
+            _fail("trace error", exc)
+        except ValueError as exc:
+            _fail("bad option", exc)
+        results[name] = k
+        out.print(format_kpis(k), highlight=False)
+        out.print(f"  written to {dest}/ (kpi.json, kpi.txt, series.parquet, *.png)", highlight=False)
+    if len(results) > 1:
+        table = compare_table(results)
+        (out_dir / "compare.txt").write_text(table + "\n")
+        (out_dir / "compare.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        out.print(table, highlight=False)
+
+
+def sweep(
+    config: Path = typer.Argument(..., help="site TOML (the base the grid varies)"),
+    grid: Path = typer.Option(..., "--grid", help="grid TOML (see examples/sweep.toml)"),
+    out_dir: Path = typer.Option(Path("sweep-out"), "--out"),
+    scheduler: str = typer.Option(
+        None, help="existing dask scheduler, e.g. tcp://127.0.0.1:8786 (default: local cluster)"
+    ),
+    workers: int = typer.Option(2, help="local cluster worker processes"),
+    days: float = typer.Option(None, help="override sweep.days"),
+) -> None:
+    """Replay a grid of sizes x controllers on Dask and rank them by a KPI."""
+    from rich.progress import Progress
+
+    from sim.sweep import run_sweep
+
+    try:
+        with Progress(transient=True) as prog:
+            task = prog.add_task("sweep", total=None)
+
+            def tick(i: int, n: int) -> None:
+                prog.update(task, completed=i, total=n)
+
+            df = run_sweep(
+                config, grid, out_dir, scheduler=scheduler, workers=workers, days=days, on_result=tick
+            )
+    except ConfigError as exc:
+        _fail("config error", exc)
+    except (SweepError, TraceError) as exc:
+        _fail("sweep error", exc)
+    cols = [
+        c for c in ["rank", "label", "net_value", "value_minus_fuel", "fuel_cost", "unserved_kwh"] if c in df
+    ]
+    out.print(df[cols].head(20).to_string(index=False), highlight=False)
+    out.print(f"{len(df)} configurations -> {out_dir}/sweep.parquet, sweep.csv, sweep.png", highlight=False)
+
+
+def register(sim_app: typer.Typer) -> None:
+    """Add ``replay`` and ``sweep`` to the ``powerctl sim`` group."""
+    sim_app.command("replay")(replay)
+    sim_app.command("sweep")(sweep)
+
+
+app = typer.Typer(no_args_is_help=True, help="Replay and sweeps (also mounted as `powerctl sim`).")
+register(app)
