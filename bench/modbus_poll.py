@@ -22,13 +22,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from powerctl.config import ModbusTcp  # noqa: E402
-from powerctl.io.blocks import plan_blocks  # noqa: E402
-from powerctl.io.modbus import ModbusDevice  # noqa: E402
-from powerctl.natures import SIGNALS  # noqa: E402
-from powerctl.process_image import ProcessImage  # noqa: E402
-from powerctl.profiles import list_profiles, load_profile  # noqa: E402
-from powerctl.profiles.model import Profile, parse_profile  # noqa: E402
+from powerctl.config import ModbusTcp
+from powerctl.io.blocks import plan_blocks
+from powerctl.io.modbus import ModbusDevice
+from powerctl.natures import SIGNALS
+from powerctl.process_image import ProcessImage
+from powerctl.profiles import list_profiles, load_profile
+from powerctl.profiles.model import Profile, parse_profile
 
 
 def synthetic_profile(n_points: int) -> Profile:
