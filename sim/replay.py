@@ -284,6 +284,10 @@ class ReplayResult:
     wall_s: float
     sim_s: float
     forecaster: ReplayForecaster
+    plan_wall_s: np.ndarray  # wall time of each planner call (forecast + solve)
+    step_wall_s: (
+        np.ndarray
+    )  # wall time of each step without the planner (image, dispatch, guard, plant, record)
 
 
 def simulate(
@@ -329,11 +333,17 @@ def simulate(
     stored0_kwh = plant.stored_kwh()
     last_caps = plant.gpu.caps_w.copy()
     caps_clamped = 0
+    plan_wall = []
+    step_wall = np.zeros(n)
     for k in range(n):
+        t_a = time.perf_counter()
         now = k * step_s
         fill_image(image, rcfg, plant, now)
         if k % plan_every_k == 0:
+            t_p = time.perf_counter()
             ctrl.plan(now, image)
+            plan_wall.append(time.perf_counter() - t_p)
+        t_b = time.perf_counter()
         cmd = ctrl.step(now, image)
         for b, p in cmd.battery_kw.items():
             plant.set_battery_kw(b, p)
@@ -359,6 +369,7 @@ def simulate(
         row["value_cum"] = plant.gpu.value
         row["fuel_l_cum"] = sum(g.fuel_used_l for g in plant.gensets.values())
         rows.append(row)
+        step_wall[k] = time.perf_counter() - t_b + (t_b - t_a if k % plan_every_k else 0.0)
         if progress is not None and (k % 60 == 0 or k == n - 1):
             progress(now + step_s, end_s)
     wall = time.perf_counter() - t_wall
@@ -367,7 +378,9 @@ def simulate(
     series.index.name = "time"
     series.attrs["stored0_kwh"] = stored0_kwh
     series.attrs["caps_clamped"] = caps_clamped
-    return ReplayResult(series, plant, ctrl, trace, wall, n * step_s, forecaster)
+    return ReplayResult(
+        series, plant, ctrl, trace, wall, n * step_s, forecaster, np.array(plan_wall), step_wall
+    )
 
 
 def _progress_bar(label: str, enabled: bool) -> tuple[Callable[[float, float], None] | None, Any]:

@@ -1,0 +1,69 @@
+"""Replay speed: simulated seconds per wall second for a multi-day replay.
+
+    .venv/bin/python bench/replay.py                  # 7 days, 1-min plant steps, planner every 5 min, ours
+    .venv/bin/python bench/replay.py --days 1 --controller rule
+
+Prints the overall speed (goal: 7 days in < 60 s, i.e. >= 10,000x real time), and p50/p99 of the
+planner call (forecast + optimizer solve, fallback ladder included) and of one plant step without the
+planner (process image, dispatch, GPU split, guard, plant physics, recording), so a slow run says
+which part to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "examples/demo-site.toml"))
+    ap.add_argument("--days", type=float, default=7.0)
+    ap.add_argument("--controller", default="ours", choices=["ours", "rule", "static"])
+    ap.add_argument("--step-s", type=float, default=60.0)
+    ap.add_argument("--plan-every-s", type=float, default=300.0)
+    ap.add_argument("--start", default="06-01")
+    a = ap.parse_args()
+
+    from powerctl.config import load_config
+    from sim.kpi import compute_kpis
+    from sim.replay import simulate
+    from sim.traces.site_trace import build_site_trace
+
+    cfg = load_config(a.config, check_secrets=False)
+    t0 = time.perf_counter()
+    tr = build_site_trace(cfg, start=a.start, days=a.days, step_s=a.step_s)
+    t_trace = time.perf_counter() - t0
+    res = simulate(cfg, tr, controller=a.controller, step_s=a.step_s, plan_every_s=a.plan_every_s)
+    k = compute_kpis(res)
+    pw, sw = res.plan_wall_s, res.step_wall_s
+    pct = (lambda x, q: float(np.percentile(x, q)) * 1e3) if len(pw) else (lambda x, q: 0.0)
+    print(
+        f"replay bench: {a.days:g} days, controller {a.controller}, plant step {a.step_s:g} s, "
+        f"planner every {a.plan_every_s:g} s, config {Path(a.config).name}"
+    )
+    print(f"  trace build                 {t_trace:8.2f} s (weather + pvlib + GPU trace, once)")
+    print(f"  replay wall                 {res.wall_s:8.2f} s for {res.sim_s / 86400:.2f} simulated days")
+    print(
+        f"  speed                       {res.sim_s / res.wall_s:10,.0f} simulated s per wall s "
+        f"(goal >= 10,000; 7 days in {7 * 86400 / (res.sim_s / res.wall_s):.1f} s at this speed)"
+    )
+    print(
+        f"  planner calls               {len(pw):8d}   p50 {pct(pw, 50):7.1f} ms   p99 {pct(pw, 99):7.1f} ms   "
+        f"total {pw.sum():7.1f} s ({100 * pw.sum() / res.wall_s:.0f} % of wall)"
+    )
+    print(
+        f"  steps without planner       {len(sw):8d}   p50 {np.percentile(sw, 50) * 1e3:7.2f} ms   "
+        f"p99 {np.percentile(sw, 99) * 1e3:7.2f} ms   total {sw.sum():7.1f} s"
+    )
+    print(f"  plan rungs                  {k['controller'].get('plan_rungs')}")
+    print(f"  ratio planner/step p50      {pct(pw, 50) / max(np.percentile(sw, 50) * 1e3, 1e-9):8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
