@@ -1,0 +1,80 @@
+"""Value-curve fitting from the measured CSV, and the commitment candidate rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optimizer import GensetParams, InputError
+from optimizer.commitment import available_fraction, stay_schedule, switch_steps, switched
+from optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
+
+CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gpu-cap-curves.csv"
+
+
+def test_hull_is_concave_and_above_points() -> None:
+    x = np.array([0, 1, 2, 3, 4.0])
+    y = np.array([0, 3, 4, 4.2, 5.0])  # the last point makes (3, 4.2) a dip
+    hx, hy = upper_concave_hull(x, y)
+    np.testing.assert_allclose(hx, [0, 1, 2, 4])
+    assert np.all(np.diff(np.diff(hy) / np.diff(hx)) <= 0)
+    assert np.all(np.interp(x, hx, hy) >= y - 1e-12)
+
+
+def test_fit_reduces_segments_keeping_concavity_and_ends() -> None:
+    p = np.linspace(1, 10, 10)
+    v = np.sqrt(p)
+    bp, val = fit_concave_pwl(p, v, max_segments=3)
+    assert bp.size == 4 and bp[0] == 0.0 and bp[-1] == 10.0
+    assert val[-1] == pytest.approx(np.sqrt(10))
+    slopes = np.diff(val) / np.diff(bp)
+    assert np.all(np.diff(slopes) <= 1e-12)
+
+
+def test_fit_from_measured_a100_curves() -> None:
+    if not CSV.exists():
+        pytest.fail(f"reference data missing: {CSV}")
+    rows = load_curve_rows(CSV)
+    bp, val = fit_class_value(rows, "A100", "infer", n_gpus=64, value_full_per_h=100.0, max_segments=3)
+    # 64 GPUs at 400 W = 25.6 kW at full throughput (relative 1.0).
+    assert bp[-1] == pytest.approx(25.6) and val[-1] == pytest.approx(100.0)
+    # At a 200 W cap (12.8 kW) the CSV says 0.781 of full throughput; the hull keeps that vertex.
+    assert np.interp(12.8, bp, val) == pytest.approx(78.1, abs=0.5)
+    assert np.all(np.diff(np.diff(val) / np.diff(bp)) <= 1e-12)
+
+
+def test_fit_errors_name_the_problem() -> None:
+    with pytest.raises(InputError, match="no rows for gpu='H100'"):
+        fit_class_value([{"gpu": "A100", "workload": "x", "cap_w": "1", "relative_throughput": "1"}], "H100", "x", 1, 1)
+    with pytest.raises(InputError, match="row 1: bad cap_w"):
+        fit_class_value([{"gpu": "A100", "workload": "x", "cap_w": "n/a", "relative_throughput": "1"}], "A100", "x", 1, 1)
+    with pytest.raises(InputError, match="finite"):
+        fit_concave_pwl(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+
+
+GEN = GensetParams("g", 100, 30, 1.0, 0.25, min_up_s=1800, min_down_s=900, warmup_s=120)
+
+
+def test_switch_candidates_respect_min_up_and_down() -> None:
+    steps = np.full(48, 300.0)  # 4 h
+    # On for 600 s: may stop only after 1800 s, i.e. from step 4 (t = 1200 s from now).
+    ks = switch_steps(GEN, True, 600.0, steps, 6)
+    assert ks[0] == 4 and all(k >= 4 for k in ks)
+    # Off for 100 s: may start only after 900 s -> step 3 (800 s from now rounds up to the 900 s step).
+    ks = switch_steps(GEN, False, 100.0, steps, 6)
+    assert ks[0] == 3
+    # Candidates thin out geometrically towards the horizon's end.
+    assert len(ks) <= 6 and ks == sorted(set(ks))
+
+
+def test_warmup_availability_and_switched_schedule() -> None:
+    steps = np.full(4, 60.0)
+    base = stay_schedule(np.array([False]), 4)
+    s = switched(base, 0, False, 1)
+    np.testing.assert_array_equal(s.on[0], [False, True, True, True])
+    # Starts at step 1; 120 s warm-up covers steps 1 and 2.
+    np.testing.assert_allclose(available_fraction(GEN, s.on[0], False, 0.0, steps), [0, 0, 0, 1])
+    # Already on for 90 s: 30 s of warm-up left in step 0 -> half the step available.
+    np.testing.assert_allclose(available_fraction(GEN, np.ones(4, bool), True, 90.0, steps), [0.5, 1, 1, 1])
