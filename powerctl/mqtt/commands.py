@@ -1,0 +1,203 @@
+"""Operator commands received over MQTT, held as leases.
+
+A command (mode, GPU budget ceiling, battery reserve) holds only while its lease runs: it expires
+``lease_s`` after it was last set unless renewed by sending it again, and the controller falls back
+to its own defaults. This is pure logic with an injected clock, so the controller and tests can ask
+"what is active now" without any broker.
+
+Payloads: a bare value (``hold``, ``120``) or JSON ``{"value": 120, "lease_s": 30}``; ``lease_s`` may
+shorten the configured lease, never extend it. ``{"value": null}``, ``clear`` or an empty payload
+ends the lease now. Every result says whether it was accepted and, if not, why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from powerctl.config import SiteConfig
+from powerctl.natures import Nature
+
+MODES = ("auto", "hold", "manual")
+COMMANDS = ("mode", "gpu_budget_max_kw", "battery_reserve_pct")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLimits:
+    """What an operator may ask for; derived from the site's physical limits."""
+
+    gpu_budget_min_kw: float
+    gpu_budget_max_kw: float
+    reserve_min_pct: float | None  # None: the site has no battery, reserve commands are refused
+    reserve_max_pct: float | None
+
+    @classmethod
+    def from_site(cls, cfg: SiteConfig) -> CommandLimits:
+        """GPU ceiling within [all GPUs at min_w, all at max_w]; reserve within the battery SoC window
+        (the tightest window when there are several batteries)."""
+        n = cfg.gpu.count
+        bats = cfg.by_nature(Nature.BATTERY)
+        lo = max((b.limits.soc_min_pct for b in bats), default=None)
+        hi = min((b.limits.soc_max_pct for b in bats), default=None)
+        return cls(n * cfg.gpu.min_w / 1000.0, n * cfg.gpu.max_w / 1000.0, lo, hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    value: str | float
+    set_at_s: float
+    expires_at_s: float
+
+    def as_dict(self, now_s: float) -> dict[str, Any]:
+        return {"value": self.value, "set_at_s": self.set_at_s, "expires_at_s": self.expires_at_s,
+                "remaining_s": max(0.0, self.expires_at_s - now_s)}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    name: str
+    accepted: bool
+    reason: str  # why refused, or what happened ("set", "renewed", "cleared")
+    value: str | float | None = None
+    expires_at_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"command": self.name, "accepted": self.accepted, "reason": self.reason,
+                "value": self.value, "expires_at_s": self.expires_at_s}
+
+
+class CommandError(ValueError):
+    """A command that is refused; the message is published back to the operator."""
+
+
+def parse_command_payload(payload: bytes) -> tuple[Any, float | None]:
+    """(value, lease_s or None). Raises CommandError for malformed payloads."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CommandError("payload is not UTF-8") from None
+    if text == "" or text.lower() == "clear":
+        return None, None
+    if text[0] in "{[":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise CommandError("not JSON: nested too deeply") from None
+        if not isinstance(doc, dict) or "value" not in doc:
+            raise CommandError('JSON command needs a "value" key')
+        unknown = set(doc) - {"value", "lease_s", "id"}
+        if unknown:
+            raise CommandError(f"unknown key(s) {sorted(unknown)} (allowed: value, lease_s, id)")
+        lease = doc.get("lease_s")
+        if lease is not None and (isinstance(lease, bool) or not isinstance(lease, int | float)):
+            raise CommandError("lease_s must be a number of seconds")
+        return doc["value"], None if lease is None else float(lease)
+    try:
+        return json.loads(text), None  # bare numbers, "null", quoted strings
+    except ValueError:
+        return text, None  # bare words: hold, auto
+
+
+class CommandState:
+    """Active command leases; every query ages them against ``clock``."""
+
+    def __init__(self, limits: CommandLimits, lease_s: float = 60.0, clock: Callable[[], float] | None = None) -> None:
+        if lease_s <= 0:
+            raise ValueError("lease_s must be > 0")
+        import time
+
+        self.limits = limits
+        self.lease_s = lease_s
+        self.clock = clock or time.monotonic
+        self._leases: dict[str, Lease] = {}
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def apply(self, name: str, payload: bytes) -> CommandResult:
+        """Parse, validate and apply one command payload; never raises."""
+        try:
+            value, lease_s = parse_command_payload(payload)
+        except CommandError as exc:
+            return CommandResult(name, False, str(exc))
+        return self.set(name, value, lease_s)
+
+    def set(self, name: str, value: Any, lease_s: float | None = None) -> CommandResult:
+        """Validate and set (or renew) a lease; ``value=None`` clears it."""
+        if name not in COMMANDS:
+            return CommandResult(name, False, f"unknown command (allowed: {', '.join(COMMANDS)})")
+        if value is None:
+            had = self._leases.pop(name, None)
+            return CommandResult(name, True, "cleared" if had else "was not active")
+        if lease_s is not None and not 0 < lease_s <= self.lease_s:  # NaN fails the comparison too
+            return CommandResult(name, False, f"lease_s {lease_s:g} out of range (0, {self.lease_s:g}] s")
+        try:
+            checked = self._validate(name, value)
+        except CommandError as exc:
+            return CommandResult(name, False, str(exc), value if isinstance(value, str | float | int) else None)
+        now = self.clock()
+        renewed = name in self.active(now) and self._leases[name].value == checked
+        lease = Lease(name, checked, now, now + (lease_s if lease_s is not None else self.lease_s))
+        self._leases[name] = lease
+        return CommandResult(name, True, "renewed" if renewed else "set", checked, lease.expires_at_s)
+
+    def clear_all(self) -> None:
+        self._leases.clear()
+
+    def _validate(self, name: str, value: Any) -> str | float:
+        lim = self.limits
+        if name == "mode":
+            if not isinstance(value, str) or value.lower() not in MODES:
+                raise CommandError(f"mode {value!r} is not one of {', '.join(MODES)}")
+            return value.lower()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CommandError(f"{name} must be a finite number (got {value!r})")
+        v = float(value)
+        if name == "gpu_budget_max_kw":
+            if not lim.gpu_budget_min_kw <= v <= lim.gpu_budget_max_kw:
+                raise CommandError(
+                    f"gpu_budget_max_kw {v:g} out of range [{lim.gpu_budget_min_kw:g}, {lim.gpu_budget_max_kw:g}] kW "
+                    "(all GPUs at min_w .. all at max_w)"
+                )
+            return v
+        if lim.reserve_min_pct is None or lim.reserve_max_pct is None:
+            raise CommandError("battery_reserve_pct: the site has no battery")
+        if not lim.reserve_min_pct <= v <= lim.reserve_max_pct:
+            raise CommandError(
+                f"battery_reserve_pct {v:g} out of range [{lim.reserve_min_pct:g}, {lim.reserve_max_pct:g}] % "
+                "(the battery SoC window)"
+            )
+        return v
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def active(self, now: float | None = None) -> dict[str, Lease]:
+        """Leases still running at ``now`` (expired ones are forgotten)."""
+        t = self.clock() if now is None else now
+        for name in [n for n, lease in self._leases.items() if lease.expires_at_s <= t]:
+            del self._leases[name]
+        return dict(self._leases)
+
+    def mode(self, now: float | None = None) -> str:
+        """``auto`` unless an operator lease says otherwise."""
+        lease = self.active(now).get("mode")
+        return str(lease.value) if lease else "auto"
+
+    def gpu_budget_ceiling_kw(self, now: float | None = None) -> float | None:
+        lease = self.active(now).get("gpu_budget_max_kw")
+        return float(lease.value) if lease else None
+
+    def battery_reserve_pct(self, now: float | None = None) -> float | None:
+        lease = self.active(now).get("battery_reserve_pct")
+        return float(lease.value) if lease else None
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """JSON-ready view for the ``commands/state`` topic."""
+        t = self.clock() if now is None else now
+        active = self.active(t)
+        return {name: (active[name].as_dict(t) if name in active else None) for name in COMMANDS}

@@ -1,0 +1,336 @@
+"""The daemon's MQTT connection (aiomqtt >= 2, the maintained continuation of asyncio-mqtt).
+
+One ``MqttLink`` per daemon:
+
+- subscribes to the MQTT devices' topics (``powerctl.mqtt.sources``) and writes decoded values into
+  the process image, sending Victron Venus keep-alives where a profile asks for them;
+- subscribes to exactly the configured command topics and applies them to a ``CommandState``
+  (leases), publishing accepted/refused with the reason;
+- publishes state, plan, caps and alarms as JSON under ``<prefix>/<site>/<module>/`` (see
+  ``powerctl.mqtt.topics``), a retained availability topic with a last will, and optionally Home
+  Assistant discovery.
+
+The control loop only calls ``publish_*``: they put the message in a bounded queue and return
+(oldest dropped and counted when full; a newer retained message replaces an unsent older one on
+the same topic). A broker outage therefore never stalls the loop: ``run`` reconnects with a growing
+backoff and sends what is queued once connected again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from powerctl.config import ConfigError, Mqtt, SiteConfig
+from powerctl.mqtt.commands import CommandLimits, CommandState
+from powerctl.mqtt.sources import MqttSources, build_sources, declare_signals
+from powerctl.mqtt.topics import TopicTree, homeassistant_discovery, to_json
+from powerctl.process_image import ProcessImage
+
+log = logging.getLogger("powerctl.mqtt")
+
+_AUTH_CODES = {4, 5, 134, 135}  # 3.1.1 bad user/password, not authorised; 5.0 equivalents
+
+
+def _password(cfg: Mqtt) -> str | None:
+    if cfg.password is not None:
+        return cfg.password
+    if cfg.password_file:
+        try:
+            return Path(cfg.password_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_file {cfg.password_file}: cannot read: {exc.strerror or exc}") from None
+    return None
+
+
+def _tls_context(cfg: Mqtt) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cfg.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt.ca_file {cfg.ca_file}: cannot load CA certificates: {exc}") from None
+
+
+def explain_error(exc: BaseException, cfg: Mqtt) -> str:
+    """An operator-facing sentence for a connection failure."""
+    where = f"MQTT broker {cfg.host}:{cfg.port}"
+    text = str(exc)
+    rc = getattr(exc, "rc", None)
+    rc_val = getattr(rc, "value", rc)
+    if isinstance(rc_val, int) and rc_val in _AUTH_CODES:
+        who = f"user {cfg.username!r}" if cfg.username else "anonymous login"
+        return (f"{where} refused the login ({text}) for {who}: check mqtt.username and "
+                "mqtt.password / mqtt.password_file")
+    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+        return (f"{where}: TLS certificate verification failed ({text}): the broker's certificate must be "
+                f"signed by a CA in mqtt.ca_file ({cfg.ca_file or 'system CAs'}) and name the host")
+    if "SSL" in text or "TLS" in text:
+        return f"{where}: TLS handshake failed ({text}): is mqtt.port a TLS listener and mqtt.tls right?"
+    if "Connection refused" in text or "Errno 111" in text:
+        return f"{where}: connection refused (broker down or wrong port): {text}"
+    return f"{where}: {type(exc).__name__}: {text}"
+
+
+def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _first_error(e)
+        if not isinstance(e, asyncio.CancelledError):
+            return e
+    return eg
+
+
+class MqttLink:
+    """See the module docstring. ``clock`` is the daemon's clock (Unix seconds) for signal timestamps."""
+
+    def __init__(
+        self,
+        cfg: Mqtt,
+        site_cfg: SiteConfig,
+        image: ProcessImage,
+        commands: CommandState,
+        clock: Callable[[], float],
+        *,
+        sources: MqttSources | None = None,
+        queue_max: int = 1000,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        timeout_s: float = 5.0,
+        keepalive_period_s: float | None = None,
+        lease_check_s: float = 0.5,
+        discovery_prefix: str = "homeassistant",
+    ) -> None:
+        self.cfg = cfg
+        self.site = site_cfg
+        self.image = image
+        self.commands = commands
+        self.clock = clock
+        self.tree = TopicTree(cfg.topic_prefix, site_cfg.site.id, site_cfg.site.module)
+        self.sources = sources if sources is not None else build_sources(site_cfg)
+        declare_signals(self.sources, site_cfg, image)
+        self._command_topics = self.tree.command_topics()
+        self._password = _password(cfg)
+        self._tls = _tls_context(cfg)
+        self._out: deque[tuple[str, bytes, int, bool]] = deque()
+        self._queue_max = max(1, queue_max)
+        self._out_event: asyncio.Event | None = None
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.timeout_s = timeout_s
+        self.keepalive_period_s = keepalive_period_s  # override of the profiles' period (simulators, tests)
+        self.lease_check_s = lease_check_s
+        self.discovery_prefix = discovery_prefix
+        self.connected = False
+        self.last_error: str | None = None
+        self._counts = dict.fromkeys((
+            "connects", "connect_failures", "published", "out_dropped", "received", "device_updates",
+            "malformed", "oversize", "commands_accepted", "commands_refused", "keepalives", "unexpected",
+        ), 0)
+
+    # --- producer side (control loop): never blocks -------------------------------------------
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        self._enqueue(self.tree.state, to_json(state), qos=0, retain=True)
+
+    def publish_plan(self, plan: dict[str, Any]) -> None:
+        self._enqueue(self.tree.plan, to_json(plan), qos=0, retain=True)
+
+    def publish_caps(self, caps: dict[str, Any]) -> None:
+        self._enqueue(self.tree.caps, to_json(caps), qos=0, retain=True)
+
+    def publish_alarm(self, alarm: dict[str, Any]) -> None:
+        self._enqueue(self.tree.alarms, to_json(alarm), qos=1, retain=False)
+
+    def _enqueue(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        if retain and any(item[0] == topic for item in self._out):
+            # only the newest retained value matters; an unsent older one is superseded, not lost
+            self._out = deque(item for item in self._out if item[0] != topic)
+        if len(self._out) >= self._queue_max:
+            self._out.popleft()
+            self._counts["out_dropped"] += 1
+        self._out.append((topic, payload, qos, retain))
+        if self._out_event is not None:
+            self._out_event.set()
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self._counts)
+        out["connected"] = int(self.connected)
+        out["out_queue"] = len(self._out)
+        return out
+
+    # --- connection loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with growing backoff; until cancelled (then publish offline)."""
+        self._out_event = asyncio.Event()
+        backoff = 0.0
+        while True:
+            connects_before = self._counts["connects"]
+            try:
+                await self._session()
+            except (aiomqtt.MqttError, OSError) as exc:
+                self._failed(exc, self._counts["connects"] > connects_before)
+            except BaseExceptionGroup as eg:
+                err = _first_error(eg)
+                if not isinstance(err, aiomqtt.MqttError | OSError):
+                    raise
+                self._failed(err, self._counts["connects"] > connects_before)
+            if self._counts["connects"] > connects_before:
+                backoff = 0.0  # the link worked: start the backoff ladder again
+            backoff = min(max(backoff * 2, self.backoff_min_s), self.backoff_max_s)
+            await asyncio.sleep(backoff)
+
+    def _failed(self, exc: BaseException, was_connected: bool) -> None:
+        msg = explain_error(exc, self.cfg)
+        if was_connected:
+            log.warning("MQTT connection lost: %s", msg)
+        else:
+            self._counts["connect_failures"] += 1
+            if msg != self.last_error:
+                log.error("%s", msg)
+        self.last_error = msg
+        self.connected = False
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            username=self.cfg.username,
+            password=self._password,
+            identifier=self.cfg.client_id or f"powerctl-{self.site.site.id}-{self.site.site.module}",
+            will=aiomqtt.Will(self.tree.status, b"offline", qos=1, retain=True),
+            tls_context=self._tls,
+            timeout=self.timeout_s,
+            keepalive=15,
+            max_queued_incoming_messages=10_000,
+        )
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            self._counts["connects"] += 1
+            if self.last_error:
+                log.warning("MQTT connected to %s:%d again", self.cfg.host, self.cfg.port)
+            self.last_error = None
+            try:
+                await self._on_connect(client)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._sender(client), name="mqtt-send")
+                    tg.create_task(self._receiver(client), name="mqtt-receive")
+                    tg.create_task(self._lease_watch(), name="mqtt-leases")
+                    for ka in self.sources.keepalives:
+                        tg.create_task(self._keepalive(client, ka.topic, ka.first_payload, ka.payload,
+                                                       self.keepalive_period_s or ka.period_s))
+            except asyncio.CancelledError:
+                # clean stop: the will only fires on an unclean disconnect, so say it ourselves
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await client.publish(self.tree.status, b"offline", qos=1, retain=True)
+                self.connected = False
+                raise
+            finally:
+                self.connected = False
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        t = self.timeout_s
+        await client.publish(self.tree.status, b"online", qos=1, retain=True, timeout=t)
+        for topic in self.sources.topics():
+            await client.subscribe(topic, qos=0, timeout=t)
+        for topic in self._command_topics:
+            await client.subscribe(topic, qos=1, timeout=t)
+        if self.cfg.homeassistant_discovery:
+            await client.subscribe(f"{self.discovery_prefix}/status", qos=0, timeout=t)
+            await self._publish_discovery(client)
+        await client.publish(self.tree.commands_state, to_json(self.commands.snapshot()), qos=1, retain=True, timeout=t)
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        limits = self.commands.limits if isinstance(self.commands.limits, CommandLimits) else None
+        for topic, cfg in homeassistant_discovery(self.tree, limits, self.discovery_prefix):
+            await client.publish(topic, to_json(cfg), qos=1, retain=True, timeout=self.timeout_s)
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        assert self._out_event is not None
+        while True:
+            while self._out:
+                item = self._out[0]
+                topic, payload, qos, retain = item
+                await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout_s)
+                if self._out and self._out[0] is item:
+                    self._out.popleft()  # only once the client took it: a lost connection keeps it queued
+                self._counts["published"] += 1
+            self._out_event.clear()
+            await self._out_event.wait()
+
+    async def _keepalive(self, client: aiomqtt.Client, topic: str, first: bytes, payload: bytes, period_s: float) -> None:
+        # Venus: the first keep-alive asks for a full republish; later ones only keep the stream alive.
+        body = first
+        while True:
+            await client.publish(topic, body, qos=0, retain=False, timeout=self.timeout_s)
+            self._counts["keepalives"] += 1
+            body = payload
+            await asyncio.sleep(period_s)
+
+    async def _lease_watch(self) -> None:
+        """Publish the command state when a lease expires (the controller already sees it)."""
+        shown = set(self.commands.active())
+        while True:
+            await asyncio.sleep(self.lease_check_s)
+            now_active = set(self.commands.active())
+            if now_active != shown:
+                for name in shown - now_active:
+                    log.warning("MQTT command %s expired (lease not renewed)", name)
+                self._enqueue(self.tree.commands_state, to_json(self.commands.snapshot()), qos=1, retain=True)
+                shown = now_active
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            self._on_message(msg.topic.value, msg.payload)
+
+    def _on_message(self, topic: str, raw: Any) -> None:
+        self._counts["received"] += 1
+        payload = raw if isinstance(raw, bytes | bytearray) else b"" if raw is None else str(raw).encode()
+        payload = bytes(payload)
+        name = self._command_topics.get(topic)
+        if len(payload) > self.cfg.max_payload_bytes:
+            self._counts["oversize"] += 1
+            log.warning("MQTT %s: payload of %d bytes over mqtt.max_payload_bytes (%d): dropped",
+                        topic, len(payload), self.cfg.max_payload_bytes)
+            if name:
+                self._command_result(name, {"command": name, "accepted": False,
+                                            "reason": f"payload over {self.cfg.max_payload_bytes} bytes"})
+            return
+        if name:
+            res = self.commands.apply(name, payload)
+            self._counts["commands_accepted" if res.accepted else "commands_refused"] += 1
+            if res.accepted:
+                log.info("MQTT command %s = %r (%s)", name, res.value, res.reason)
+            else:
+                log.warning("MQTT command %s refused: %s", name, res.reason)
+            self._command_result(name, res.as_dict())
+            self._enqueue(self.tree.commands_state, to_json(self.commands.snapshot()), qos=1, retain=True)
+            return
+        if self.cfg.homeassistant_discovery and topic == f"{self.discovery_prefix}/status":
+            if payload.strip() == b"online":  # HA restarted: it forgets non-retained discovery
+                for t, cfg in homeassistant_discovery(self.tree, self.commands.limits, self.discovery_prefix):
+                    self._enqueue(t, to_json(cfg), qos=1, retain=True)
+            return
+        if topic in self.sources.by_topic or topic in self.sources.availability:
+            good, problems = self.sources.handle(topic, payload, self.image, self.clock())
+            self._counts["device_updates"] += good
+            if problems:
+                self._counts["malformed"] += 1
+                log.debug("MQTT %s: %s", topic, "; ".join(problems))
+            return
+        self._counts["unexpected"] += 1
+
+    def _command_result(self, name: str, result: dict[str, Any]) -> None:
+        self._enqueue(self.tree.command_result(name), to_json(result), qos=1, retain=False)
