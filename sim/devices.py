@@ -312,8 +312,9 @@ class SimServer:
         if self._server is None:
             return
         for conn in list(self._server.active_connections.values()):
-            if conn.transport is not None:
-                conn.transport.abort()
+            transport = conn.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # RST, no flush: the request in flight never gets its answer
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         # SHORT fault: shrink a register read reply by one register, keeping the frame consistent

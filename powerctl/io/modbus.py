@@ -362,7 +362,7 @@ class ModbusDevice:
                 else:
                     await self._request(lambda: c.write_registers(sp.address, regs, device_id=self.unit_id))
                 for addr, extra in sp.after_writes:
-                    await self._request(lambda a=addr, e=extra: c.write_registers(a, list(e), device_id=self.unit_id))
+                    await self._request(self._writer(addr, list(extra)))
             except DeviceError as exc:
                 self.stats.write_errors += 1
                 raise DeviceError(f"{self.name}: write {sp.name}={value:g} failed: {exc}") from None
@@ -374,6 +374,10 @@ class ModbusDevice:
         if sp.readback and sp.value_map is None:
             await self._verify(sp, value, result)
         return result
+
+    def _writer(self, address: int, regs: list[int]) -> Callable[[], Awaitable[Any]]:
+        c = self._client
+        return lambda: c.write_registers(address, regs, device_id=self.unit_id)
 
     def _native(self, sp: Setpoint, value: float) -> float:
         """A setpoint value in the setpoint's own unit (what its read-back point reports)."""

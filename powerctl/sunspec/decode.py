@@ -20,7 +20,7 @@ _NUMERIC = {
     "int32", "uint32", "acc32", "enum32", "bitfield32", "float32",
     "int64", "uint64", "acc64", "bitfield64", "float64",
 }
-_ALIAS = {"raw16": "uint16", "count": "uint16", "bitfield64": "uint64"}
+TYPE_ALIAS = {"raw16": "uint16", "count": "uint16", "bitfield64": "uint64"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class PointValue:
 def _sentinel(dtype: str, raw: int) -> bool:
     if dtype in ("acc16", "acc32", "acc64"):
         return False  # acc = 0 is both "nothing yet" and "not implemented": keep the 0
-    s = SUNSPEC_SENTINELS.get(_ALIAS.get(dtype, dtype))
+    s = SUNSPEC_SENTINELS.get(TYPE_ALIAS.get(dtype, dtype))
     if dtype == "bitfield64":
         s = 0xFFFFFFFFFFFFFFFF
     return s is not None and raw == s
@@ -68,7 +68,7 @@ def decode_point(p: ModelPoint, regs: list[int], sfs: dict[str, int | None]) -> 
     if _sentinel(p.dtype, raw_int):
         return PointValue(p.name, None, p.units, raw=raw_int, reason="not implemented")
     try:
-        raw = decode(regs, _ALIAS.get(p.dtype, p.dtype))
+        raw = decode(regs, TYPE_ALIAS.get(p.dtype, p.dtype))
     except CodecError as exc:
         return PointValue(p.name, None, p.units, raw=raw_int, reason=str(exc))
     if isinstance(raw, float) and not math.isfinite(raw):

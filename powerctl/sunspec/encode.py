@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from powerctl.profiles.codec import SUNSPEC_SENTINELS, encode
-from powerctl.sunspec.decode import _ALIAS
+from powerctl.sunspec.decode import TYPE_ALIAS as _ALIAS
 from powerctl.sunspec.discovery import MARKER
 from powerctl.sunspec.models import END_MODEL_ID, ModelDef, load_model
 
@@ -50,9 +50,12 @@ def encode_model(
         exp = p.sf if isinstance(p.sf, int) else (sfs.get(p.sf) if p.sf else None)
         if p.sf is not None and exp is None:
             raise ValueError(f"model {model.id}: {p.name} needs scale factor {p.sf} in values")
-        raw = float(v) / 10.0**exp if exp is not None else v
+        raw = float(v) / 10.0**exp if exp is not None else float(v)
         dtype = _ALIAS.get(p.dtype, p.dtype)
-        regs.extend(encode(round(raw) if not dtype.startswith("float") else raw, dtype))
+        if isinstance(v, int) and exp is None:
+            regs.extend(encode(v, dtype))  # exact for 64-bit counters (no float rounding)
+        else:
+            regs.extend(encode(raw if dtype.startswith("float") else round(raw), dtype))
     if length is not None:
         want = length + 2
         regs = regs[:want] + [0] * max(0, want - len(regs))

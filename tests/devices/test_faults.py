@@ -126,6 +126,8 @@ async def test_bad_answers_fail_the_poll_then_recover(fault: Fault, reason: str)
         sim.fault = fault
         assert not await dev.poll_once()
         assert reason in dev.stats.last_error
+        if fault is Fault.DISCONNECT:  # the connection really dropped: no answer at all, not an exception reply
+            assert "exception response" not in dev.stats.last_error, dev.stats.last_error
         assert not await dev.poll_once()
         assert image.get("g", "fuel_pct", time.time()).quality is Quality.STALE
         sim.fault = Fault.NONE
