@@ -64,6 +64,13 @@ def get_curve(name: str, curves_csv: str | Path | None = None) -> Curve:
         return Curve([c / _A100_W for c, _ in pts], [t for _, t in pts], name)
     if curves_csv is not None:
         return load_curve_csv(curves_csv, name)
+    try:  # the table the planner's value curves come from (powerctl/data/gpu-cap-curves.csv)
+        from powerctl.control.value_curves import throughput_curve
+
+        frac, tput = throughput_curve(name)
+        return Curve(frac, tput, name)
+    except (ImportError, KeyError):
+        pass
     raise ValueError(f"unknown GPU curve {name!r}; known: linear, {', '.join(BUILTIN_CURVES)}")
 
 

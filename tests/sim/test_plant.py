@@ -185,3 +185,44 @@ def test_grid_connected_battery_follows_setpoint() -> None:
     p.step(60.0)
     assert p.battery_kw("bat1") == pytest.approx(10.0)
     assert p.meter_kw() == pytest.approx(p.site_load_kw() - 10.0)
+
+
+def test_fuel_fit_from_shared_genset_points() -> None:
+    from sim.plant.genset import fuel_coeffs_from_points
+
+    f0, f1 = fuel_coeffs_from_points(
+        "/work/shared/data/genset/genset_fuel_points.csv", "cummins_qsk23_g3_fr50011", 701
+    )
+    assert f1 == pytest.approx(0.217, abs=0.005)  # data README: F1 ≈ 0.217 L/kWh, F0 ≈ 0.011 L/h per kW
+    assert f0 == pytest.approx(0.011, abs=0.002)
+    with pytest.raises(ValueError, match="fewer than 2 usable rows"):
+        fuel_coeffs_from_points("/work/shared/data/genset/genset_fuel_points.csv", "nope")
+
+
+def test_pvlib_model_kwp_orientation_temperature() -> None:
+    import pandas as pd
+
+    from sim.plant.pv import pv_ac_kw_from_weather
+
+    idx = pd.date_range("2021-06-21 06:00", periods=12, freq="1h", tz="Etc/GMT+5")
+    w = pd.DataFrame(
+        {"ghi": 800.0, "dni": 700.0, "dhi": 100.0, "temp_air": 20.0, "wind_speed": 1.0}, index=idx
+    )
+    kw = {"latitude": 36.1, "longitude": -79.95, "altitude_m": 273.0, "tilt_deg": 25.0}
+    south = pv_ac_kw_from_weather(w, kwp=100, azimuth_deg=180, **kw)
+    north = pv_ac_kw_from_weather(w, kwp=100, azimuth_deg=0, **kw)
+    hot = pv_ac_kw_from_weather(w.assign(temp_air=40.0), kwp=100, azimuth_deg=180, **kw)
+    double = pv_ac_kw_from_weather(w, kwp=200, azimuth_deg=180, max_ac_kw=1000, **kw)
+    assert south.sum() > north.sum()
+    assert hot.sum() < south.sum() * 0.97  # about -0.4 %/K
+    assert double.sum() == pytest.approx(2 * south.sum(), rel=1e-6)
+    assert south.max() <= 100.0
+
+
+def test_plant_curves_match_planner_table() -> None:
+    from powerctl.control.value_curves import throughput_curve
+    from sim.plant.gpu_cluster import get_curve
+
+    for name in ("infer_llama_8b", "pt_mpt_7b_fast", "ft_llama_8b_dolly"):
+        frac, tput = throughput_curve(name)
+        np.testing.assert_allclose(get_curve(name)(frac), tput)
