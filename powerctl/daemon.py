@@ -24,6 +24,7 @@ from powerctl.control.guard import Guard, GuardDecision, apply_caps, run_guard
 from powerctl.control.shed import HookRunner
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.base import GpuBackend, make_backend
+from powerctl.gpu.failsafe import apply_safe_caps_to
 from powerctl.io.modbus import DeviceError, ModbusDevice
 from powerctl.natures import SIGNALS, Nature
 from powerctl.process_image import ProcessImage
@@ -298,7 +299,7 @@ class Daemon:
         """Run until ``stop`` is set or the task is cancelled; safe caps on the way out."""
         stop = stop or asyncio.Event()
         # start from the safe cap (never from whatever maximum the GPUs booted with)
-        apply_caps(self.gpu, self.guard.safe_caps() if self.guard.last_caps_w else self.caps_w)
+        apply_safe_caps_to(self.gpu, self.cfg.gpu.safe_cap_w)  # never raises a lower cap
         try:
             async with asyncio.TaskGroup() as tg:
                 for dev in self.devices.values():
