@@ -117,7 +117,7 @@ class Daemon:
         state_dir = Path(cfg.control.state_dir)
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, state_dir)
         self._last_written: dict[str, tuple[float, float]] = {}
-        self._planner_alive = False
+        self._unsupported: set[tuple[str, str]] = set()
 
     # --- GPUs ---------------------------------------------------------------------------------
 
@@ -196,6 +196,13 @@ class Daemon:
     async def _write(self, device: str, signal: str, value: float, deadband: float) -> None:
         dev = self.devices.get(device)
         if dev is None:
+            return
+        if not any(sp.signal == signal for sp in dev.profile.setpoints):
+            # e.g. a battery profile with vendor-specific named setpoints only: the grid-forming
+            # inverter still carries the balance; say so once instead of failing every cycle
+            if (device, signal) not in self._unsupported:
+                self._unsupported.add((device, signal))
+                log.warning("%s: profile %s has no %s setpoint; not written", device, dev.profile.key, signal)
             return
         prev = self._last_written.get(f"{device}.{signal}")
         # re-send unchanged values only every 10 s (the driver keeps keep-alive setpoints alive)
