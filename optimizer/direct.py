@@ -251,7 +251,8 @@ class _HighsLp:
         rl = np.where(self.is_eq[self.g_rows], rb, -self.inf)
         self.h.changeColsBounds(self.n, self.col_idx, lo, hi)
         self.h.changeRowsBounds(self.row_idx.size, self.row_idx, rl, rb)  # type: ignore[attr-defined]
-        self.h.setOptionValue("time_limit", float(time_limit_s))
+        # HiGHS's clock runs over the object's whole life, so the limit is set relative to it.
+        self.h.setOptionValue("time_limit", float(self.h.getRunTime()) + float(time_limit_s))
         self.h.run()
         status = self.h.getModelStatus()
         if status != self._hs.HighsModelStatus.kOptimal:

@@ -1,0 +1,145 @@
+"""Optimizer benchmark: compile time, warm re-solve p50/p99, variable steps, commitment, rebuild-each-time.
+
+Run:  .venv/bin/python bench/optimizer.py [--n 200] [--rebuild-n 20] [--solvers CLARABEL,HIGHS]
+
+Every figure goes through the public path (`DispatchProblem.solve`: input checks, worker thread,
+solve, bound clean-up, plan assembly). Inputs change on every solve the way they do in the daemon:
+the forecast rolls on by one step with fresh noise, SoC and the previous GPU budget come from the
+last plan. "re-solve" is one convex solve (commitment fixed: commitment_candidates=0);
+"commitment" is the full enumeration (1 + 6 candidates for one genset); "rebuild" builds the cvxpy
+problem from scratch and solves it through cvxpy each time (what "build once" saves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optimizer import (
+    BatteryParams,
+    DispatchInputs,
+    DispatchProblem,
+    GensetParams,
+    GpuClassParams,
+    Plan,
+    PvParams,
+    SiteParams,
+)
+
+
+def site(steps_s: np.ndarray, solver: str, candidates: int) -> SiteParams:
+    """PV, one battery, one genset, three GPU classes (A100-like concave values, 3 segments)."""
+    bp = np.array([0.0, 12.8, 16.0, 25.6])
+    val = np.array([0.0, 7.8, 8.7, 10.0])
+    return SiteParams(
+        steps_s=steps_s, pv=[PvParams("pv1", 100.0)],
+        batteries=[BatteryParams("bess", 200, 100, 100, 10, 95, 0.95, 0.95, 0.02, 0.08)],
+        gensets=[GensetParams("gen1", 150, 45, 1.6, 0.25, 1.2, 5.0, 900, 600, 60)],
+        gpu_classes=[GpuClassParams(n, 0.0, 25.6, bp, val * k, 0.001) for n, k in
+                     (("inference", 1.0), ("training", 0.7), ("batch", 0.4))],
+        solver=solver, commitment_candidates=candidates)
+
+
+class Inputs:
+    """Rolling inputs: the clock advances one first step per solve; forecasts carry fresh noise."""
+
+    def __init__(self, p: SiteParams, seed: int = 1) -> None:
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+        self.t0_s = 6 * 3600.0
+        self.soc = np.array([50.0])
+        self.prev = np.zeros(3)
+        self.offsets_s = np.concatenate(([0.0], np.cumsum(p.steps_s)[:-1])) + p.steps_s / 2
+
+    def next(self, plan: Plan | None) -> DispatchInputs:
+        if plan is not None:
+            b = self.p.batteries[0]
+            self.soc = np.clip(plan.soc_pct[:, 1], b.soc_min_pct, b.soc_max_pct)
+            self.prev = plan.gpu_kw[:, 0].copy()
+            self.t0_s += float(self.p.steps_s[0])
+        t_h = ((self.t0_s + self.offsets_s) / 3600.0) % 24
+        T = t_h.size
+        clear = np.maximum(0.0, np.sin((t_h - 6) / 12 * np.pi)) * 95
+        pv = clear * np.clip(0.8 + 0.15 * self.rng.standard_normal(T), 0, 1)
+        demand = np.clip(np.vstack([20 + 5 * np.sin(t_h / 24 * 2 * np.pi), np.full(T, 25.6), 18 + 0 * t_h])
+                         + self.rng.normal(0, 1, (3, T)), 0, 25.6)
+        return DispatchInputs(pv_forecast_kw=pv[None, :], gpu_demand_kw=demand,
+                              other_load_kw=6 + self.rng.uniform(0, 2, T), soc_pct=self.soc,
+                              genset_on=np.array([False]), genset_state_s=np.array([7200.0]),
+                              prev_gpu_kw=self.prev)
+
+
+def run(p: SiteParams, n: int, backend: str = "auto") -> tuple[float, np.ndarray, list[str]]:
+    """Compile once, then n solves with rolling inputs: (compile s, solve times s, rungs)."""
+    t0 = time.perf_counter()
+    prob = DispatchProblem(p, backend=backend)
+    compile_s = time.perf_counter() - t0
+    src = Inputs(p)
+    plan = prob.solve(src.next(None), deadline_s=10.0)  # first solve sets the solver up
+    times, rungs = [], []
+    for _ in range(n):
+        x = src.next(plan)
+        t = time.perf_counter()
+        plan = prob.solve(x, deadline_s=10.0)
+        times.append(time.perf_counter() - t)
+        rungs.append(plan.rung)
+    prob.close()
+    return compile_s, np.array(times), rungs
+
+
+def rebuild(p: SiteParams, n: int) -> np.ndarray:
+    """Build the cvxpy problem from scratch and solve it through cvxpy, n times."""
+    src = Inputs(p)
+    plan = None
+    times = []
+    for _ in range(n):
+        x = src.next(plan)
+        t = time.perf_counter()
+        prob = DispatchProblem(p, backend="cvxpy")
+        plan = prob.solve(x, deadline_s=60.0)
+        times.append(time.perf_counter() - t)
+        prob.close()
+    return np.array(times)
+
+
+def ms(a: np.ndarray, q: float) -> str:
+    return f"{np.percentile(a, q) * 1e3:7.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="re-solves per figure")
+    ap.add_argument("--rebuild-n", type=int, default=20, help="rebuild-from-scratch solves")
+    ap.add_argument("--solvers", default="CLARABEL,HIGHS")
+    a = ap.parse_args()
+    fixed = np.full(288, 300.0)
+    variable = np.concatenate((np.full(60, 60.0), np.full(92, 900.0)))  # 1 min for 1 h, then 15 min: 24 h
+    print(f"optimizer bench: {a.n} solves per row, rolling inputs; times in ms (goals: compile < 1000,"
+          " re-solve p50 <= 10 / p99 <= 25, commitment p99 <= 100)")
+    print(f"{'solver':9} {'case':38} {'compile':>8} {'p50':>7} {'p99':>7}  rungs")
+    base_p50: dict[str, float] = {}
+    for solver in a.solvers.split(","):
+        for label, steps, cand in (("288 x 5 min, re-solve", fixed, 0),
+                                   (f"variable {variable.size} steps (1 min/15 min)", variable, 0),
+                                   ("288 x 5 min, commitment (1+6 cand.)", fixed, 6)):
+            c_s, t, rungs = run(site(steps, solver, cand), a.n)
+            if cand == 0 and steps is fixed:
+                base_p50[solver] = float(np.median(t))
+            tally = ", ".join(f"{r}={rungs.count(r)}" for r in sorted(set(rungs)))
+            print(f"{solver:9} {label:38} {c_s * 1e3:8.1f} {ms(t, 50)} {ms(t, 99)}  {tally}")
+    if a.rebuild_n > 0:
+        solver = a.solvers.split(",")[0]
+        t = rebuild(site(fixed, solver, 0), a.rebuild_n)
+        ratio = float(np.median(t)) / base_p50[solver]
+        print(f"{solver:9} {'288 x 5 min, rebuild + cvxpy each time':38} {'':>8} {ms(t, 50)} {ms(t, 99)}"
+              f"  ({a.rebuild_n} solves) -> build-once is {ratio:.1f}x faster at p50")
+
+
+if __name__ == "__main__":
+    main()
