@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from powerctl.config import ModbusRtu, ModbusTcp, SiteConfig
-from powerctl.control.core import Commands, ControllerCore, Forecaster
+from powerctl.control.core import Commands, ControllerCore, Forecaster, Overrides
 from powerctl.control.guard import Guard, GuardDecision, apply_caps, run_guard
 from powerctl.control.shed import HookRunner
 from powerctl.control.split import slots_from_pool
@@ -118,6 +120,14 @@ class Daemon:
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, state_dir)
         self._last_written: dict[str, tuple[float, float]] = {}
         self._unsupported: set[tuple[str, str]] = set()
+        self.commands = None
+        self.mqtt = None
+        if cfg.mqtt is not None:
+            from powerctl.mqtt.commands import CommandLimits, CommandState
+            from powerctl.mqtt.link import MqttLink
+
+            self.commands = CommandState(CommandLimits.from_site(cfg), cfg.mqtt.command_lease_s, clock)
+            self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock)
 
     # --- GPUs ---------------------------------------------------------------------------------
 
@@ -137,6 +147,8 @@ class Daemon:
             st.guard_cuts += 1
             self.telemetry.emit("event", {"kind": "guard_cut", "reason": d.reason}, self.clock())
             log.warning("guard: %s", d.reason)
+            if self.mqtt is not None:
+                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "guard_cut", "reason": d.reason})
         for a in (*d.shed, *d.restore):
             self.telemetry.emit("event", {"kind": a.action, "class": a.klass, "gpus": a.gpus, "reason": a.reason}, self.clock())
 
@@ -170,7 +182,7 @@ class Daemon:
             t0 = time.monotonic()
             now = self.clock()
             self.meter_gpus()
-            cmd = self.core.dispatch(now, self.image)
+            cmd = self.core.dispatch(now, self.image, self.overrides(now))
             await self._apply(cmd, now)
             self._heartbeat()
             self._update_status(now, cmd)
@@ -192,6 +204,15 @@ class Daemon:
             await self._write(name, "p_set_kw", p_kw, deadband=0.5)
         for name, run in cmd.genset_run.items():
             await self._write(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+
+    def overrides(self, now: float) -> Overrides:
+        if self.commands is None:
+            return Overrides()
+        return Overrides(
+            mode=self.commands.mode(now),
+            gpu_budget_max_kw=self.commands.gpu_budget_ceiling_kw(now),
+            battery_reserve_pct=self.commands.battery_reserve_pct(now),
+        )
 
     async def _write(self, device: str, signal: str, value: float, deadband: float) -> None:
         dev = self.devices.get(device)
@@ -286,6 +307,18 @@ class Daemon:
         if st.last_solve_ms is not None:
             fields["solve_ms"] = st.last_solve_ms
         t.emit("site", fields, now)
+        if self.mqtt is not None:
+            self.mqtt.publish_state(
+                {
+                    "t_s": now, "mode": st.mode, "pv_kw": st.pv_kw, "soc_pct": st.soc_pct,
+                    "battery_kw": st.battery_kw, "genset_kw": st.genset_kw, "genset_running": st.genset_running,
+                    "gpu_kw": st.gpu_kw, "available_kw": st.available_kw, "stale": st.stale,
+                    "last_solve_ms": st.last_solve_ms, "plan_rung": st.plan_rung,
+                }
+            )
+            self.mqtt.publish_caps(
+                {"t_s": now, "budget_kw": cmd.gpu_budget_kw, "caps_w": {str(i): c for i, c in self.caps_w.items()}}
+            )
         for cls, kw in cmd.gpu_budget_kw.items():
             t.emit("gpu", {"budget_kw": kw}, now, device=GPU_DEVICE, tags={"class": cls})
 
@@ -299,6 +332,21 @@ class Daemon:
         fields["pv_kw"] = float(plan.pv_kw[:, 0].sum()) if plan.pv_kw.size else 0.0
         fields["unserved_kw"] = float(plan.unserved_kw[0])
         self.telemetry.emit("plan", fields, now)
+        if self.mqtt is not None:
+            steps = np.asarray(plan.steps_s, dtype=float)
+            self.mqtt.publish_plan(
+                {
+                    "t_s": now, "rung": plan.rung, "status": plan.status, "solver": plan.solver,
+                    "solve_ms": plan.solve_time_s * 1000.0,
+                    "step_start_s": (np.concatenate([[0.0], np.cumsum(steps)[:-1]])).tolist(),
+                    "gpu_kw": plan.gpu_kw.sum(axis=0).tolist(),
+                    "battery_kw": plan.battery_kw.sum(axis=0).tolist() if plan.battery_kw.size else [],
+                    "genset_kw": plan.genset_kw.sum(axis=0).tolist() if plan.genset_kw.size else [],
+                    "pv_kw": plan.pv_kw.sum(axis=0).tolist() if plan.pv_kw.size else [],
+                    "soc_pct": plan.soc_pct.tolist(),
+                    "slack": [str(x) for x in plan.slack],
+                }
+            )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -312,6 +360,8 @@ class Daemon:
                 for dev in self.devices.values():
                     tg.create_task(dev.run(), name=f"poll-{dev.name}")
                 tg.create_task(self.telemetry.run(), name="telemetry")
+                if self.mqtt is not None:
+                    tg.create_task(self.mqtt.run(), name="mqtt")
                 planner = tg.create_task(self._planner(), name="planner")
                 tg.create_task(
                     run_guard(

@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """Operator commands in force (leases from MQTT); None fields mean "no command"."""
+
+    mode: str = "auto"  # auto | hold | manual
+    gpu_budget_max_kw: float | None = None
+    battery_reserve_pct: float | None = None
+
+
 @dataclass
 class Commands:
     """What one dispatch cycle asks of the devices (all already inside device limits)."""
@@ -74,6 +83,7 @@ class ControllerCore:
         # when each genset last changed state as we saw it (for min up/down times)
         self._gen_state: dict[str, tuple[bool, float]] = {}
         self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
+        self.last_commands: Commands | None = None
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -115,7 +125,29 @@ class ControllerCore:
 
     # --- dispatch -----------------------------------------------------------------------------
 
-    def dispatch(self, now_s: float, image: ProcessImage) -> Commands:
+    def dispatch(self, now_s: float, image: ProcessImage, overrides: Overrides | None = None) -> Commands:
+        """The commands for now. Operator overrides apply on top of the plan:
+
+        - ``hold`` repeats the last commands (the guard still cuts caps if supply falls);
+        - ``manual`` ignores the plan's GPU budget: the ceiling (or, without one, the caps in
+          force) is the budget; batteries get no setpoint change and gensets keep their state;
+        - a GPU budget ceiling scales the budget down, least important class first;
+        - a battery reserve stops planned discharge of a battery at or below it, and takes the
+          discharge the plan counted on out of the GPU budget.
+        """
+        ov = overrides or Overrides()
+        if ov.mode == "hold" and self.last_commands is not None:
+            held = self.last_commands
+            return Commands(
+                t_s=now_s, battery_kw=dict(held.battery_kw), genset_run=dict(held.genset_run),
+                gpu_budget_kw=dict(held.gpu_budget_kw), gpu_caps_w=dict(held.gpu_caps_w),
+                released=held.released, mode="hold", reason="operator hold",
+            )
+        cmd = self._dispatch_plan(now_s, image, ov)
+        self.last_commands = cmd
+        return cmd
+
+    def _dispatch_plan(self, now_s: float, image: ProcessImage, ov: Overrides) -> Commands:
         cmd = Commands(t_s=now_s)
         plan = self.plan_result
         if plan is None or not self.plan_is_fresh(now_s):
@@ -133,12 +165,43 @@ class ControllerCore:
                 cmd.battery_kw[name] = self._clamp_battery(name, float(plan.battery_kw[i, idx]))
             for i, name in enumerate(self.gensets):
                 cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
+        if ov.mode == "manual":
+            cmd.mode, cmd.reason = "manual", "operator manual mode"
+            cmd.battery_kw = {}
+            cmd.genset_run = {}
+            if ov.gpu_budget_max_kw is None:
+                budget = {c: sum(self.caps_w_of(c)) / 1000.0 for c in self.class_names}
+            else:
+                # most important class first, each up to all its GPUs at max
+                budget, left = {}, ov.gpu_budget_max_kw
+                for name in reversed(self._priority_order()):
+                    n = sum(1 for sl in self.slots if sl.klass == name)
+                    budget[name] = min(left, n * self.cfg.gpu.max_w / 1000.0)
+                    left -= budget[name]
+        if ov.battery_reserve_pct is not None:
+            for name in list(cmd.battery_kw):
+                soc = image.value(name, "soc_pct", now_s)
+                if (soc is None or soc <= ov.battery_reserve_pct) and cmd.battery_kw[name] > 0:
+                    budget = _scale_down(budget, self._priority_order(), sum(budget.values()) - cmd.battery_kw[name] / (1 + self.cfg.gpu.facility_overhead))
+                    cmd.battery_kw[name] = 0.0
+                    cmd.reason = (cmd.reason + "; " if cmd.reason else "") + f"{name} at reserve"
+        if ov.gpu_budget_max_kw is not None:
+            budget = _scale_down(budget, self._priority_order(), ov.gpu_budget_max_kw)
         split = split_budget(budget, self.slots, idle_w=self.cfg.gpu.idle_w)
         cmd.gpu_budget_kw = budget
         cmd.gpu_caps_w = dict(split.caps_w)
         cmd.released = split.released
         self.prev_gpu_kw = np.array([split.class_cap_kw.get(n, 0.0) for n in self.class_names])
+        self.caps_w = dict(split.caps_w)
         return cmd
+
+    def caps_w_of(self, klass: str) -> list[float]:
+        return [self.caps_w[s.index] for s in self.slots if s.klass == klass]
+
+    def _priority_order(self) -> list[str]:
+        """Class names, least important first (the order budgets are cut in)."""
+        prio = {c.name: c.priority for c in self.cfg.gpu.classes}
+        return sorted(self.class_names, key=lambda n: (-prio[n], n))
 
     def _step_index(self, now_s: float) -> int:
         """The plan step that covers ``now_s`` (a plan is used until the next one arrives)."""
@@ -166,3 +229,16 @@ class ControllerCore:
         if not on and held_s < lim.min_down_s:
             return False
         return want_on
+
+
+def _scale_down(budget_kw: dict[str, float], order: list[str], total_max_kw: float) -> dict[str, float]:
+    """Cut a per-class budget to ``total_max_kw``, taking from classes in ``order`` first."""
+    out = dict(budget_kw)
+    excess = sum(out.values()) - max(0.0, total_max_kw)
+    for name in order:
+        if excess <= 0:
+            break
+        take = min(excess, out.get(name, 0.0))
+        out[name] = out.get(name, 0.0) - take
+        excess -= take
+    return out
