@@ -182,11 +182,16 @@ class ControllerCore:
             for name in list(cmd.battery_kw):
                 soc = image.value(name, "soc_pct", now_s)
                 if (soc is None or soc <= ov.battery_reserve_pct) and cmd.battery_kw[name] > 0:
-                    budget = _scale_down(budget, self._priority_order(), sum(budget.values()) - cmd.battery_kw[name] / (1 + self.cfg.gpu.facility_overhead))
+                    budget = _scale_down(
+                        budget,
+                        self._priority_order(),
+                        sum(budget.values()) - cmd.battery_kw[name] / (1 + self.cfg.gpu.facility_overhead),
+                        self._idle_floor_kw(),
+                    )
                     cmd.battery_kw[name] = 0.0
                     cmd.reason = (cmd.reason + "; " if cmd.reason else "") + f"{name} at reserve"
         if ov.gpu_budget_max_kw is not None:
-            budget = _scale_down(budget, self._priority_order(), ov.gpu_budget_max_kw)
+            budget = _scale_down(budget, self._priority_order(), ov.gpu_budget_max_kw, self._idle_floor_kw())
         split = split_budget(budget, self.slots, idle_w=self.cfg.gpu.idle_w)
         cmd.gpu_budget_kw = budget
         cmd.gpu_caps_w = dict(split.caps_w)
@@ -197,6 +202,11 @@ class ControllerCore:
 
     def caps_w_of(self, klass: str) -> list[float]:
         return [self.caps_w[s.index] for s in self.slots if s.klass == klass]
+
+    def _idle_floor_kw(self) -> dict[str, float]:
+        return {
+            n: sum(1 for sl in self.slots if sl.klass == n) * self.cfg.gpu.idle_w / 1000.0 for n in self.class_names
+        }
 
     def _priority_order(self) -> list[str]:
         """Class names, least important first (the order budgets are cut in)."""
@@ -231,14 +241,23 @@ class ControllerCore:
         return want_on
 
 
-def _scale_down(budget_kw: dict[str, float], order: list[str], total_max_kw: float) -> dict[str, float]:
-    """Cut a per-class budget to ``total_max_kw``, taking from classes in ``order`` first."""
-    out = dict(budget_kw)
+def _scale_down(
+    budget_kw: dict[str, float], order: list[str], total_max_kw: float, floor_kw: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Cut a per-class budget to ``total_max_kw``, taking from classes in ``order`` first.
+
+    A class never goes below ``floor_kw`` (its GPUs' idle power once all are released: a
+    released GPU still draws idle power, so the ceiling must count it).
+    """
+    floors = floor_kw or {}
+    out = {n: max(v, floors.get(n, 0.0)) for n, v in budget_kw.items()}
     excess = sum(out.values()) - max(0.0, total_max_kw)
     for name in order:
         if excess <= 0:
             break
-        take = min(excess, out.get(name, 0.0))
+        take = min(excess, out.get(name, 0.0) - floors.get(name, 0.0))
+        if take <= 0:
+            continue
         out[name] = out.get(name, 0.0) - take
         excess -= take
     return out
