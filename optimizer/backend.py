@@ -25,8 +25,11 @@ class Backend(Protocol):
 
     name: str
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float) -> tuple[Dispatch, float, str]:
-        """Returns (dispatch, convex objective, solver status) or raises SolverFailed."""
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
+        """Returns (dispatch, convex objective, solver status) or raises SolverFailed.
+
+        `slot` names the commitment candidate position; a backend may keep warm state per slot.
+        """
         ...
 
 
@@ -75,7 +78,7 @@ class CvxpyBackend:
     def __init__(self, model: Model) -> None:
         self.model = model
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float) -> tuple[Dispatch, float, str]:
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
         set_parameters(self.model, v)
         try:
             self.model.problem.solve(solver=solver, warm_start=True, ignore_dpp=False,

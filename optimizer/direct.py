@@ -85,7 +85,7 @@ class DirectBackend:
         self.d = float(q_tensor[self.n_x, n_theta])  # constant term of the objective
         self._clarabel: Any = None
         self._osqp: Any = None
-        self._highs: _HighsLp | None = None
+        self._highs: dict[int, _HighsLp] = {}
         self._clarabel_tl = -1.0
 
     # -- data ----------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class DirectBackend:
             raise SolverFailed(f"OSQP: status {status}")
         return np.asarray(res.x, dtype=float), float(res.info.obj_val), status
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float) -> tuple[Dispatch, float, str]:
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
         """Solve for `v`; the objective returned excludes cvxpy's constant offset (added back here)."""
         b = self._b(v)
         tl = max(1e-3, float(time_limit_s))
@@ -176,9 +176,10 @@ class DirectBackend:
         elif solver == "HIGHS":
             if self.P.nnz:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
-            if self._highs is None:
-                self._highs = _HighsLp(self.A, self.c, self.n_zero)
-            x, obj, status = self._highs.solve(b, tl)
+            # One HiGHS instance per commitment slot, each hot-started from its own last basis.
+            if slot not in self._highs:
+                self._highs[slot] = _HighsLp(self.A, self.c, self.n_zero)
+            x, obj, status = self._highs[slot].solve(b, tl)
         else:
             raise SolverFailed(f"unknown solver {solver}")
         if not np.all(np.isfinite(x)):
@@ -235,6 +236,7 @@ class _HighsLp:
         self.h.passModel(lp)
         self.col_idx = np.arange(self.n, dtype=np.int32)
         self.row_idx = np.arange(self.g_rows.size, dtype=np.int32)
+        self._last: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
 
     def solve(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, str]:
         # Single-nnz rows a x_j (<= or =) b_i become bounds on x_j.
@@ -249,8 +251,18 @@ class _HighsLp:
             raise SolverFailed("HIGHS: contradictory bounds")
         rb = b[self.g_rows]
         rl = np.where(self.is_eq[self.g_rows], rb, -self.inf)
-        self.h.changeColsBounds(self.n, self.col_idx, lo, hi)
-        self.h.changeRowsBounds(self.row_idx.size, self.row_idx, rl, rb)  # type: ignore[attr-defined]
+        # Pass only what changed since the last solve (the rest of the model is already in HiGHS).
+        if self._last is None:
+            cols, rows = self.col_idx, self.row_idx
+        else:
+            lo0, hi0, rl0, rb0 = self._last
+            cols = self.col_idx[(lo != lo0) | (hi != hi0)]
+            rows = self.row_idx[(rl != rl0) | (rb != rb0)]
+        if cols.size:
+            self.h.changeColsBounds(cols.size, cols, lo[cols], hi[cols])
+        if rows.size:
+            self.h.changeRowsBounds(rows.size, rows, rl[rows], rb[rows])  # type: ignore[attr-defined]
+        self._last = (lo, hi, rl, rb)
         # HiGHS's clock runs over the object's whole life, so the limit is set relative to it.
         self.h.setOptionValue("time_limit", float(self.h.getRunTime()) + float(time_limit_s))
         self.h.run()

@@ -88,6 +88,9 @@ def repair_soc(p: SiteParams, v: ParamValues, ch: np.ndarray, dis: np.ndarray) -
     for i, b in enumerate(p.batteries):
         e = float(v.e0[i])
         e_min, e_max = b.capacity_kwh * b.soc_min_pct / 100.0, b.capacity_kwh * b.soc_max_pct / 100.0
+        traj = e + np.cumsum(dt_h * (b.eta_charge * ch[i] - dis[i] / b.eta_discharge))
+        if np.all((traj >= e_min) & (traj <= e_max)):
+            continue  # the usual case: nothing to repair, skip the step-by-step pass
         for t in range(dt_h.shape[0]):
             e_new = e + dt_h[t] * (b.eta_charge * ch[i, t] - dis[i, t] / b.eta_discharge)
             if e_new > e_max:
@@ -129,10 +132,10 @@ class DispatchProblem:
 
     # -- one convex solve ---------------------------------------------------------------------
 
-    def _solve_one(self, x: DispatchInputs, sched: Schedule, solver: str, time_limit_s: float) -> tuple[
-            ParamValues, Dispatch, float]:
+    def _solve_one(self, x: DispatchInputs, sched: Schedule, solver: str, time_limit_s: float,
+                   slot: int = 0) -> tuple[ParamValues, Dispatch, float]:
         v = param_values(self.params, x, sched)
-        d, obj, _status = self.backend.solve(v, solver, time_limit_s)
+        d, obj, _status = self.backend.solve(v, solver, time_limit_s, slot)
         d = clean_dispatch(self.params, v, d)
         fixed = commitment_cost(self.params.gensets, sched, x.genset_on, self.steps_s)
         return v, d, obj + fixed["fuel_idle"] + fixed["start_cost"]
@@ -148,14 +151,16 @@ class DispatchProblem:
             incumbent = best.sched
             ks = switch_steps(gen, bool(x.genset_on[i]), float(x.genset_state_s[i]), self.steps_s,
                               p.commitment_candidates)
-            for k in ks:
+            # Each candidate position ("slot") keeps its own solver state: from one cycle to the next
+            # a slot sees the same kind of schedule, so a hot-started simplex (HiGHS) needs few pivots.
+            for slot, k in enumerate(sorted(ks, reverse=True), start=1 + i * len(ks)):
                 left = deadline_at - time.perf_counter()
                 if left <= 0:
                     best.status = "optimal_commitment_truncated"
                     return best
                 cand = switched(incumbent, i, bool(x.genset_on[i]), k)
                 try:
-                    v, d, obj = self._solve_one(x, cand, solver, left)
+                    v, d, obj = self._solve_one(x, cand, solver, left, slot)
                 except SolverFailed:
                     continue  # a candidate the solver cannot do is simply not chosen
                 best.candidates += 1
