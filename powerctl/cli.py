@@ -163,6 +163,18 @@ def scan_cmd(
         raise typer.Exit(1) from None
 
 
+# --- least privilege (issue 8; logic in powerctl.capsetter) ---
+
+
+@app.command()
+def capsetter(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Privileged cap-setter: sets GPU caps for the unprivileged daemon, within ITS config's limits."""
+    _logging(verbose)
+    from powerctl.capsetter import main_capsetter
+
+    raise typer.Exit(main_capsetter(config))
+
+
 def main() -> None:
     try:
         from sim.cli_sim import register as _register_sim

@@ -213,6 +213,13 @@ class ShedHook(_Model):
 class GpuPool(_Model):
     backend: Literal["simulated", "nvml", "none", "socket"] = "simulated"
     socket_path: str | None = None  # for backend = "socket" (privileged cap-setter)
+    # The cap-setter (`powerctl capsetter site.toml`, the only privileged process) reads these from
+    # ITS copy of the config: the socket's group and mode (never world-accessible), and the backend it
+    # drives. `socket_path` None = powerctl.capsetter.DEFAULT_SOCKET_PATH.
+    socket_group: str | None = None  # None: the cap-setter's own group (systemd Group=)
+    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    socket_timeout_s: PositiveFloat = 2.0  # client side: per request to the cap-setter
+    capsetter_backend: Literal["nvml", "simulated"] = "nvml"
     # backend = "simulated": a JSON file holding the simulated caps, so separate processes (daemon,
     # watchdog, apply-safe-caps) act on the same simulated GPUs. None = in-memory only.
     sim_state_file: str | None = None
@@ -231,6 +238,14 @@ class GpuPool(_Model):
     @property
     def count(self) -> int:
         return sum(c.gpus for c in self.classes)
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _socket_not_world(cls, mode: int) -> int:
+        if mode & 0o007:
+            # anyone on the host could then set GPU caps (within limits, but still)
+            raise ValueError(f"must not give 'other' any access (got {mode:#o}; e.g. 0o660)")
+        return mode
 
     @model_validator(mode="after")
     def _caps(self) -> GpuPool:
@@ -460,11 +475,30 @@ def _refuse_world_readable_secrets(path: Path, cfg: SiteConfig) -> None:
         inline.append("mqtt.password")
     if cfg.telemetry.influx and cfg.telemetry.influx.token:
         inline.append("telemetry.influx.token")
-    if not inline:
-        return
-    mode = os.stat(path).st_mode
-    if mode & stat.S_IROTH:
-        raise ConfigError(
-            f"{path}: holds secrets ({', '.join(inline)}) but is world-readable "
-            f"(mode {stat.filemode(mode)}); chmod o-r it or move the secret to a *_file"
-        )
+    if inline:
+        mode = os.stat(path).st_mode
+        if mode & stat.S_IROTH:
+            raise ConfigError(
+                f"{path}: holds secrets ({', '.join(inline)}) but is world-readable "
+                f"(mode {stat.filemode(mode)}); chmod o-r it or move the secret to a *_file"
+            )
+    _refuse_world_readable_secret_files(path, cfg)
+
+
+def _refuse_world_readable_secret_files(path: Path, cfg: SiteConfig) -> None:
+    """A secret moved to a *_file must not sit in a world-readable file either (a file that does not
+    exist yet is reported by its reader when it is needed)."""
+    files = []
+    if cfg.mqtt and cfg.mqtt.password_file:
+        files.append(("mqtt.password_file", cfg.mqtt.password_file))
+    if cfg.telemetry.influx and cfg.telemetry.influx.token_file:
+        files.append(("telemetry.influx.token_file", cfg.telemetry.influx.token_file))
+    for field_name, name in files:
+        try:
+            mode = os.stat(Path(name).expanduser()).st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            raise ConfigError(
+                f"{path}: {field_name}: {name} is world-readable (mode {stat.filemode(mode)}); chmod o-r it"
+            )

@@ -93,10 +93,10 @@ def make_backend(
 
         return NoGpus.from_pool(gpu_cfg)
     if kind == "socket":
-        raise GpuError(
-            "gpu.backend = 'socket': the privileged cap-setter client is not implemented yet; "
-            "use 'nvml' (run as root or with CAP_SYS_ADMIN) or 'none'"
-        )
+        from powerctl.capsetter import DEFAULT_SOCKET_PATH
+        from powerctl.gpu.socket import SocketGpus
+
+        return SocketGpus(gpu_cfg.socket_path or DEFAULT_SOCKET_PATH, timeout_s=gpu_cfg.socket_timeout_s)
     raise GpuError(f"gpu.backend: unknown backend {kind!r}")
 
 
