@@ -207,6 +207,8 @@ class Plant:
             bat_kw = self._share_batteries(need, dt)
             grid = 0.0
         residual = need - sum(bat_kw.values()) - grid
+        if abs(residual) < 1e-9:  # float round-off, not a shortfall or a surplus
+            residual = 0.0
         unserved = max(residual, 0.0)
         excess = max(-residual, 0.0)
         curtail = min(excess, pv_head_total)
