@@ -11,7 +11,7 @@ from optimizer import GensetParams, InputError
 from optimizer.commitment import available_fraction, stay_schedule, switch_steps, switched
 from optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
 
-CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gpu-cap-curves.csv"
+CSV = Path(__file__).resolve().parents[2] / "powerctl" / "data" / "gpu-cap-curves.csv"
 
 
 def test_hull_is_concave_and_above_points() -> None:
