@@ -1,4 +1,5 @@
-"""PNG plots of a replay (matplotlib, Agg backend: no display needed).
+"""PNG plots of a replay (matplotlib, Agg backend: no display needed). Runs longer than two days are
+plotted as 15-minute means (the Parquet series keeps every step).
 
 - ``power_stack.png``: PV used, battery discharge, genset stacked against the site load; PV available
   dashed; unserved in red;
@@ -30,6 +31,9 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_replay(s: pd.DataFrame, plant: Any, out: Path, title: str = "") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    if len(s) > 1 and (s.index[-1] - s.index[0]) > pd.Timedelta(days=2):
+        # minute-scale inference bursts turn a week into a solid band: plot 15-minute means
+        s = s.select_dtypes("number").resample("15min").mean()
     t = s.index.tz_localize(None) if getattr(s.index, "tz", None) is not None else s.index
     files = []
     cfg = plant.cfg
@@ -82,7 +86,7 @@ def plot_replay(s: pd.DataFrame, plant: Any, out: Path, title: str = "") -> list
         carry,
         color="#5b8e7d",
         lw=0.8,
-        label="GPU power the site could carry (PV + battery limit + genset)",
+        label="power capability / (1 + overhead): PV + battery limit + running genset",
     )
     ax.plot(t, s["gpu_budget_kw"], color="#1f77b4", lw=0.8, ls="--", label="planner GPU budget")
     ax.plot(t, s["gpu_cap_kw"], color="#9467bd", lw=0.8, label="sum of caps")
