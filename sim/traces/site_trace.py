@@ -34,7 +34,8 @@ from sim.traces.loaders import TraceError, interp_to
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path("/work/shared/data")
+# The public data set ships with the package (sim/data, with its licences and attribution README).
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass
@@ -111,10 +112,17 @@ def _mean(cum: np.ndarray, t_first: float, step_s: float, a_s: np.ndarray, b_s: 
 
 
 def pv_trace_kw(
-    cfg: SiteConfig, weather: pd.DataFrame, index: pd.DatetimeIndex
+    cfg: SiteConfig,
+    weather: pd.DataFrame,
+    index: pd.DatetimeIndex,
+    location: tuple[float, float, float] | None = None,
 ) -> tuple[pd.Series, pd.Series]:
-    """(available AC kW, clear-sky AC kW) of all PV arrays on the fine ``index``."""
+    """(available AC kW, clear-sky AC kW) of all PV arrays on the fine ``index``.
+
+    ``location`` (lat, lon, altitude m) is where the weather was measured; default: the site's.
+    """
     site = cfg.site
+    lat, lon, alt = location if location is not None else (site.latitude, site.longitude, site.altitude_m)
     native_step = weather.index[1] - weather.index[0]
     fine_step = index[1] - index[0]
     pv = pd.Series(0.0, index=index)
@@ -122,9 +130,9 @@ def pv_trace_kw(
     for d in cfg.by_nature(Nature.PV):
         lim = d.limits
         kw = {
-            "latitude": site.latitude,
-            "longitude": site.longitude,
-            "altitude_m": site.altitude_m,
+            "latitude": lat,
+            "longitude": lon,
+            "altitude_m": alt,
             "kwp": lim.kwp,
             "tilt_deg": lim.tilt_deg,
             "azimuth_deg": lim.azimuth_deg,
@@ -147,9 +155,14 @@ def pv_trace_kw(
 
 
 @lru_cache(maxsize=4)
-def _weather(path: str, year: int) -> pd.DataFrame:
+def _weather(path: str, year: int) -> tuple[pd.DataFrame, tuple[float, float, float] | None]:
     """Weather files are read once per process (sweeps build many traces from one file)."""
-    return read_irradiance(path, year=year)[0]
+    df, meta = read_irradiance(path, year=year)
+    try:
+        loc = (float(meta["latitude"]), float(meta["longitude"]), float(meta.get("altitude", 0.0)))
+    except (KeyError, TypeError, ValueError):
+        loc = None
+    return df, loc
 
 
 def inference_class(cfg: SiteConfig) -> str | None:
@@ -176,9 +189,24 @@ def build_site_trace(
     """Build a replay trace for ``cfg``: ``days`` from ``start`` ("MM-DD" in the weather year, or an ISO
     time), plus ``history_days`` before it. The GPU trace drives the inference class; other classes
     always want ``max_w`` (a training queue that never empties)."""
-    weather = _weather(str(irradiance), year)
+    weather, wloc = _weather(str(irradiance), year)
+    if wloc is not None and (
+        abs(wloc[0] - cfg.site.latitude) > 1.0 or abs(wloc[1] - cfg.site.longitude) > 1.0
+    ):
+        # irradiance belongs to where it was measured: the sun must be computed there too, or the
+        # transposition and the clear-sky index would pair one place's sky with another's sun
+        log.warning(
+            "%s: weather measured at (%.2f, %.2f), site at (%.2f, %.2f): PV is modelled at the weather's location",
+            irradiance,
+            wloc[0],
+            wloc[1],
+            cfg.site.latitude,
+            cfg.site.longitude,
+        )
+    else:
+        wloc = None
     tz = weather.index.tz
-    t0 = pd.Timestamp(f"{weather.index[0].year}-{start}" if len(start) == 5 else start)
+    t0 = pd.Timestamp(f"{weather.index[len(weather) // 2].year}-{start}" if len(start) == 5 else start)
     t0 = t0.tz_localize(tz) if t0.tzinfo is None else t0.tz_convert(tz)
     lo = t0 - pd.Timedelta(days=history_days)
     hi = t0 + pd.Timedelta(days=days)
@@ -190,7 +218,7 @@ def build_site_trace(
     pad = pd.Timedelta(hours=3)
     w = weather[(weather.index >= lo - pad) & (weather.index < hi + pad)]
     index = pd.date_range(lo, hi, freq=pd.Timedelta(seconds=step_s), inclusive="left")
-    pv, clear = pv_trace_kw(cfg, w, index)
+    pv, clear = pv_trace_kw(cfg, w, index, wloc)
     df = pd.DataFrame({"pv_kw": pv, "pv_clear_kw": clear}, index=index)
     pool = cfg.gpu
     infer = inference_class(cfg) if gpu_trace is not None else None

@@ -11,9 +11,10 @@ import pytest
 
 from sim.traces import TraceError, build_site_trace, load_series, read_psm3, read_rmis, read_tmy3
 from sim.traces.gpu_load import azure_demand_series, inference_demand_w, read_azure_llm, work_rate
+from sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import make_cfg
 
-DATA = Path("/work/shared/data")
+DATA = DATA_DIR
 TMY3 = DATA / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
 PSM3 = DATA / "pv_irradiance/pvlib_nsrdb_psm3_2017_401182_30min.csv"
 RMIS = DATA / "pv_irradiance/pvanalytics_nrel_rmis_irradiance_201902_5min.csv"
@@ -158,3 +159,15 @@ def test_site_trace_pv_shape_and_energy() -> None:
     assert df["pv_kw"].sum() / 60 == pytest.approx(hourly.sum(), rel=0.05)
     assert df["gpu_w.training"].eq(400).all()
     assert df["gpu_w.inference"].between(60, 400).all()
+
+
+def test_site_trace_from_psm3_models_pv_where_the_weather_was(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        tr = build_site_trace(make_cfg(), PSM3, None, start="06-01", days=1, history_days=1)
+    assert "PV is modelled at the weather's location" in caplog.text
+    d = tr.df[tr.df.index >= tr.t0]
+    assert d.index[0] == pd.Timestamp("2017-06-01", tz="Etc/GMT+7")
+    by_hour = d["pv_clear_kw"].groupby(d.index.hour).mean()
+    assert by_hour.idxmax() in (11, 12)  # solar noon near 12:15 local standard time at -108.5°
+    assert (d["pv_kw"] <= d["pv_clear_kw"] * 1.3 + 1.0).all()
+    assert d["gpu_w.inference"].eq(400).all()  # no request trace: constant full demand
