@@ -89,6 +89,8 @@ def parse_command_payload(payload: bytes) -> tuple[Any, float | None]:
             raise CommandError(f"not JSON: {exc.msg}") from None
         except RecursionError:
             raise CommandError("not JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer over Python's 4300-digit conversion limit
+            raise CommandError(f"not JSON: {str(exc)[:60]}") from None
         if not isinstance(doc, dict) or "value" not in doc:
             raise CommandError('JSON command needs a "value" key')
         unknown = set(doc) - {"value", "lease_s", "id"}
@@ -97,7 +99,10 @@ def parse_command_payload(payload: bytes) -> tuple[Any, float | None]:
         lease = doc.get("lease_s")
         if lease is not None and (isinstance(lease, bool) or not isinstance(lease, int | float)):
             raise CommandError("lease_s must be a number of seconds")
-        return doc["value"], None if lease is None else float(lease)
+        try:
+            return doc["value"], None if lease is None else float(lease)
+        except OverflowError:
+            raise CommandError("lease_s out of range") from None
     try:
         return json.loads(text), None  # bare numbers, "null", quoted strings
     except ValueError:
@@ -155,9 +160,12 @@ class CommandState:
             if not isinstance(value, str) or value.lower() not in MODES:
                 raise CommandError(f"mode {value!r} is not one of {', '.join(MODES)}")
             return value.lower()
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise CommandError(f"{name} must be a finite number (got {value!r})")
-        v = float(value)
+        try:  # float() of a huge JSON integer overflows: that is not a finite number either
+            v = math.nan if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+        except OverflowError:
+            v = math.inf
+        if not math.isfinite(v):
+            raise CommandError(f"{name} must be a finite number (got {str(value)[:40]!r})")
         if name == "gpu_budget_max_kw":
             if not lim.gpu_budget_min_kw <= v <= lim.gpu_budget_max_kw:
                 raise CommandError(

@@ -36,7 +36,10 @@ def _number(v: Any, where: str) -> Decoded:
     if isinstance(v, bool):
         return Decoded(1.0 if v else 0.0)
     if isinstance(v, int | float):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # a JSON integer beyond float range (1e309 as digits)
+            return Decoded(None, f"{where}: number out of range")
         return Decoded(f) if math.isfinite(f) else Decoded(None, f"{where}: not finite ({v!r})")
     if isinstance(v, str):
         word = _WORDS.get(v.strip().lower())
@@ -83,6 +86,8 @@ def decode(fmt: str, payload: bytes, path: str | None = None) -> Decoded:
         return Decoded(None, f"not JSON: {exc.msg} at {exc.pos}")
     except RecursionError:
         return Decoded(None, "not JSON: nested too deeply")
+    except ValueError as exc:  # e.g. an integer over Python's 4300-digit conversion limit
+        return Decoded(None, f"not JSON: {str(exc)[:60]}")
     if fmt == "venus":
         if not isinstance(doc, dict) or "value" not in doc:
             return Decoded(None, 'venus payload without "value"')
