@@ -119,6 +119,8 @@ class Daemon:
         state_dir = Path(cfg.control.state_dir)
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, state_dir)
         self._last_written: dict[str, tuple[float, float]] = {}
+        self._pending: dict[str, dict[str, tuple[float, float]]] = {}  # device -> signal -> (value, deadband)
+        self._writers: dict[str, asyncio.Task[None]] = {}
         self._unsupported: set[tuple[str, str]] = set()
         self.commands = None
         self.mqtt = None
@@ -201,9 +203,26 @@ class Daemon:
         self._wake_guard.set()
         self.status.mode = cmd.mode
         for name, p_kw in cmd.battery_kw.items():
-            await self._write(name, "p_set_kw", p_kw, deadband=0.5)
+            self._queue_write(name, "p_set_kw", p_kw, deadband=0.5)
         for name, run in cmd.genset_run.items():
-            await self._write(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+            self._queue_write(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+
+    def _queue_write(self, device: str, signal: str, value: float, deadband: float) -> None:
+        """Hand a setpoint to the device's writer task. A device that stops answering must not hold
+        up the dispatcher (nor the other devices) for its timeouts: each device's writes run in
+        their own task, and a newer value replaces one not yet sent."""
+        self._pending.setdefault(device, {})[signal] = (value, deadband)
+        task = self._writers.get(device)
+        if task is None or task.done():
+            self._writers[device] = asyncio.create_task(self._drain_writes(device), name=f"write-{device}")
+
+    async def _drain_writes(self, device: str) -> None:
+        while pending := self._pending.pop(device, None):
+            for signal, (value, deadband) in pending.items():
+                try:
+                    await self._write(device, signal, value, deadband)
+                except Exception:
+                    log.exception("write %s.%s=%g failed", device, signal, value)
 
     def overrides(self, now: float) -> Overrides:
         if self.commands is None:
@@ -383,6 +402,8 @@ class Daemon:
         except* _Stop:
             pass
         finally:
+            for task in self._writers.values():
+                task.cancel()
             # the guard task already did this on cancellation; repeat in case it never started
             apply_caps(self.gpu, self.guard.safe_caps())
             with contextlib.suppress(Exception):
