@@ -26,7 +26,8 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     # Unknown keys are errors: a typo must not silently drop a setting (EMHASS #943).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf are refused everywhere: `max_discharge_kw = inf` is TOML, but not a number to trust.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -434,7 +435,7 @@ def _msg(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "invalid"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return msg[0].lower() + msg[1:] + (got_s if kind.endswith(("_type", "_parsing", "literal_error", "pattern_mismatch")) else "")
+    return msg[0].lower() + msg[1:] + (got_s if kind.endswith(("_type", "_parsing", "literal_error", "pattern_mismatch", "finite_number")) else "")
 
 
 def format_validation_error(path: str | Path, exc: ValidationError) -> str:
@@ -462,6 +463,8 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> SiteConfig:
         raise ConfigError(f"{p}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: `x = [[[[...` past ~1000
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deeply") from None
     cfg = parse_config(data, p)
     if check_secrets:
         _refuse_world_readable_secrets(p, cfg)

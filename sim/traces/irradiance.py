@@ -82,17 +82,26 @@ def read_rmis(path: str | Path, max_gap_s: float = 3 * 3600.0) -> tuple[pd.DataF
         raw = pd.read_csv(path)
     except Exception as exc:
         raise TraceError(f"{path}: cannot read: {exc}") from None
-    idx = pd.to_datetime(raw["measured_on"], format="%m/%d/%Y %H:%M").dt.tz_localize("Etc/GMT+7")
+    try:
+        idx = pd.to_datetime(raw["measured_on"], format="%m/%d/%Y %H:%M").dt.tz_localize("Etc/GMT+7")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise TraceError(f"{path}: column 'measured_on': cannot parse time stamps: {exc}") from None
     pick = {}
     for c in raw.columns:
         for k in ("ghi", "dni", "dhi"):
-            if c.startswith(f"irradiance_{k}__"):
-                pick[k] = raw[c].to_numpy(float)
-            if c == f"pvlib_clearsky_{k}":
-                pick[f"{k}_clear"] = raw[c].to_numpy(float)
+            key = k if str(c).startswith(f"irradiance_{k}__") else f"{k}_clear" if c == f"pvlib_clearsky_{k}" else None
+            if key is None:
+                continue
+            try:
+                pick[key] = raw[c].to_numpy(float)
+            except (ValueError, TypeError):
+                raise TraceError(f"{path}: column {c!r}: not numbers") from None
     missing = [k for k in ("ghi", "dni", "dhi") if k not in pick]
     if missing:
         raise TraceError(f"{path}: column irradiance_{missing[0]}__*: missing")
+    missing = [k for k in ("ghi", "dni", "dhi") if f"{k}_clear" not in pick]
+    if missing:  # the clear-sky columns tell night blanks (0) from daytime gaps
+        raise TraceError(f"{path}: column pvlib_clearsky_{missing[0]}: missing")
     df = pd.DataFrame(pick, index=pd.DatetimeIndex(idx) - pd.Timedelta(minutes=5))
     # night-time blanks: measured = clear-sky = 0 there is the honest fill (the sun is down)
     for k in ("ghi", "dni", "dhi"):

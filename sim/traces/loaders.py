@@ -117,7 +117,10 @@ def load_series(
     if idx.tz is None:
         if tz is None:
             raise TraceError(f"{src}: column {time_col!r}: time stamps have no time zone; pass tz=")
-        idx = idx.tz_localize(tz)
+        try:
+            idx = idx.tz_localize(tz)
+        except (ValueError, TypeError) as exc:  # local times that do not exist / exist twice (DST)
+            raise TraceError(f"{src}: column {time_col!r}: cannot attach time zone {tz}: {exc}") from None
     elif tz is not None:
         idx = idx.tz_convert(tz)
     out = pd.DataFrame(index=idx)
@@ -153,6 +156,9 @@ def validate(
         raise TraceError(f"{source}: index: not a DatetimeIndex")
     if df.index.tz is None:
         raise TraceError(f"{source}: index: time stamps have no time zone")
+    if df.index.hasnans:  # a blank or unparseable stamp read as NaT: the row has no time
+        i = int(np.argmax(df.index.isna()))
+        raise TraceError(f"{source}: index: row {i}: missing time stamp")
     if len(df) < 2:
         raise TraceError(f"{source}: fewer than 2 rows")
     if not df.index.is_monotonic_increasing:
