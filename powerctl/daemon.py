@@ -134,10 +134,22 @@ class Daemon:
     # --- GPUs ---------------------------------------------------------------------------------
 
     def meter_gpus(self) -> float:
+        """Read GPU power into the image and feed the forecaster's demand history."""
         now = self.clock()
-        p_w = sum(self.gpu.read_power_w(s.index) for s in self.slots)
-        self.image.update(GPU_DEVICE, "p_kw", p_w / 1000.0, now)
+        class_w = dict.fromkeys(self.core.class_names, 0.0)
+        class_cap_w = dict.fromkeys(self.core.class_names, 0.0)
+        for s in self.slots:
+            class_w[s.klass] += self.gpu.read_power_w(s.index)
+            class_cap_w[s.klass] += self.caps_w.get(s.index, self.cfg.gpu.safe_cap_w)
+        p_w = sum(class_w.values())
+        if p_w == p_w:  # NaN from a backend that cannot read: leave the signal to age (worst case)
+            self.image.update(GPU_DEVICE, "p_kw", p_w / 1000.0, now)
         self.image.update(GPU_DEVICE, "cap_kw", sum(self.caps_w.values()) / 1000.0, now)
+        record = getattr(self.core.forecaster, "record", None)
+        if record is not None:
+            pv = [self.image.value(d.name, "p_kw", now) for d in self.cfg.by_nature(Nature.PV)]
+            names = self.core.class_names
+            record(now, pv, [class_w[n] / 1000.0 for n in names], [class_cap_w[n] / 1000.0 for n in names])
         return p_w / 1000.0
 
     def _on_guard(self, d: GuardDecision) -> None:

@@ -13,11 +13,23 @@ import logging
 import time
 from contextlib import suppress
 
+import numpy as np
 from rich.live import Live
 from rich.table import Table
 
 from powerctl.config import SiteConfig
 from powerctl.daemon import Daemon, Status
+from powerctl.forecast import make_forecaster
+from powerctl.natures import Nature
+
+DEMO_START_HOUR = 11.0
+# The battery starts near its floor, so energy is scarce and the GPU budget follows the sun (and
+# the cloud) instead of being carried by a full battery.
+DEMO_SOC0_PCT = 15.0
+
+
+def _kwp(cfg: SiteConfig) -> float:
+    return sum(d.limits.kwp for d in cfg.by_nature(Nature.PV))
 
 
 def status_table(st: Status, t_sim_h: float | None = None) -> Table:
@@ -42,19 +54,34 @@ def status_table(st: Status, t_sim_h: float | None = None) -> Table:
 
 
 async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0, plain: bool = False) -> int:
+    from sim.plant.pv import demo_pv_kw_fn
     from sim.plant.site import Plant
     from sim.serve import PlantGpus, SimSite
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     t0 = time.time()
-    plant = Plant(cfg, t0_s=t0, time_scale=time_scale)
+    plant = Plant(
+        cfg,
+        pv_kw_fn=demo_pv_kw_fn(_kwp(cfg), time_scale=time_scale, start_hour=DEMO_START_HOUR, t0_s=t0),
+        t0_s=t0,
+        soc0_pct=DEMO_SOC0_PCT,
+    )
     site = SimSite(cfg, plant)
     live: Live | None = None
 
     def sim_hour() -> float:
-        # the demo PV day starts at 06:00 simulated time and runs ``time_scale`` x faster
-        return (6.0 + (time.time() - t0) * time_scale / 3600.0) % 24.0
+        # the demo PV day starts at 11:00 simulated time and runs ``time_scale`` x faster
+        return (DEMO_START_HOUR + (time.time() - t0) * time_scale / 3600.0) % 24.0
+
+    # The forecaster knows the simulated sun's clear sky (not the cloud): pvlib's sun for the
+    # real date would say "night" while the demo's sun shines.
+    clear = demo_pv_kw_fn(plant.kwp_total, time_scale=time_scale, start_hour=DEMO_START_HOUR, t0_s=t0, cloud_depth=0.0)
+    shares = [pv.kwp / plant.kwp_total for pv in plant.pvs.values()]
+    fns = [
+        (lambda ts, k=k: np.array([clear(float(t)) * k for t in np.atleast_1d(ts)], dtype=float)) for k in shares
+    ]
+    forecaster = make_forecaster(cfg, clear_kw_fns=fns)
 
     def on_cycle(st: Status) -> None:
         if live is not None:
@@ -62,7 +89,7 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
         else:
             print(f"{sim_hour():5.2f}h " + daemon.status_line(), flush=True)
 
-    daemon = Daemon(cfg, gpu_backend=PlantGpus(plant), on_cycle=on_cycle)
+    daemon = Daemon(cfg, gpu_backend=PlantGpus(plant), forecaster=forecaster, on_cycle=on_cycle)
     site_task = asyncio.create_task(site.run(time.time, tick_s=0.1))
     await asyncio.sleep(0.5)
     stop = asyncio.Event()

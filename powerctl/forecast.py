@@ -18,7 +18,9 @@ a day.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +100,8 @@ def blend(now_value: FloatArray | float, far_value: FloatArray, lead_s: FloatArr
 def pv_forecast(array: PvArray, now_s: float, steps_s: FloatArray, meas_ts_s: FloatArray, meas_kw: FloatArray,
                 *, k_climatology: float = 0.7, tau_s: float = 3 * 3600.0, window_s: float = 1800.0,
                 max_meas_age_s: float = 900.0, external: Forecast | None = None,
-                external_max_age_s: float = 3 * 3600.0) -> Forecast:
+                external_max_age_s: float = 3 * 3600.0,
+                clear_kw_fn: Callable[[FloatArray], FloatArray] | None = None) -> Forecast:
     """PV forecast (1, T) kW for the horizon starting at `now_s`.
 
     Order of preference: an external forecast younger than `external_max_age_s`; clear sky x index
@@ -112,14 +115,15 @@ def pv_forecast(array: PvArray, now_s: float, steps_s: FloatArray, meas_ts_s: Fl
         if vals.shape[1] != steps.size:
             raise ValueError(f"external PV forecast: {vals.shape[1]} values for {steps.size} steps")
         return Forecast(np.clip(vals, 0.0, array.kwp), external.source, external.issued_s)
-    clear = clearsky_pv_kw(array, mids)
+    clear_of = clear_kw_fn if clear_kw_fn is not None else (lambda t: clearsky_pv_kw(array, t))
+    clear = clear_of(mids)
     ts = np.asarray(meas_ts_s, dtype=float)
     kw = np.asarray(meas_kw, dtype=float)
     recent = (ts > now_s - window_s) & (ts <= now_s)
     k_now = None
     newest = float(ts.max()) if ts.size else float("-inf")
     if np.any(recent) and now_s - newest <= max_meas_age_s:
-        k_now = clearsky_index(ts[recent], kw[recent], clearsky_pv_kw(array, ts[recent]), array.kwp)
+        k_now = clearsky_index(ts[recent], kw[recent], clear_of(ts[recent]), array.kwp)
     if k_now is None:
         issued = newest if ts.size else now_s
         src = "clearsky x climatology" + (" (measurements stale)" if ts.size else " (no measurements)")
@@ -195,3 +199,115 @@ def reserve_extra_kw(now_s: float, pv: Forecast, gpu: Forecast, gpu_max_kw: Floa
     gap = np.maximum(0.0, np.asarray(gpu_max_kw, dtype=float)[:, None] - np.asarray(gpu.values_kw, dtype=float))
     extra = extra + ramp(gpu.age_s(now_s)) * (1.0 + overhead) * gap.sum(axis=0)
     return np.asarray(extra, dtype=float)
+
+
+# --- the daemon's forecaster: measurement history in, the controller core's forecast tuple out ---
+
+
+class LiveForecaster:
+    """Keeps a bounded history of measured PV and GPU class power and forecasts from it.
+
+    ``record`` is called once per dispatch cycle with what was measured; ``__call__`` has the
+    controller core's forecaster signature and returns (pv (n_pv, T), gpu (n_class, T), other (T,),
+    reserve_extra (T,)). A class whose GPUs draw (nearly) their caps is capped, not idle: its
+    demand is unknown above the cap, so it is recorded at its maximum (a cap must never lock the
+    budget low just because it binds).
+    """
+
+    def __init__(self, arrays: list[PvArray], class_max_kw: FloatArray, *, history_s: float = 2 * 86400.0,
+                 sample_every_s: float = 60.0, overhead: float = 0.0,
+                 clear_kw_fns: list[Callable[[FloatArray], FloatArray]] | None = None) -> None:
+        self.arrays = arrays
+        self.clear_kw_fns = clear_kw_fns
+        self.class_max_kw = np.asarray(class_max_kw, dtype=float)
+        self.history_s = history_s
+        self.sample_every_s = sample_every_s
+        self.overhead = overhead
+        self._pv_ts: list[float] = []
+        self._pv_kw: list[list[float]] = []
+        self._gpu_ts: list[float] = []
+        self._gpu_kw: list[list[float]] = []
+        self._pv_recent: list[tuple[float, list[float]]] = []  # fine-grained, last window only
+        self._last_gpu_sample = float("-inf")
+        self._caps: list[float] = []
+        self._cap_changed_s: dict[int, float] = {}
+        self.settle_s = 5.0
+        self.last_sources: tuple[str, str] = ("", "")
+
+    def record(self, now_s: float, pv_kw: list[float | None], class_kw: list[float], class_cap_kw: list[float]) -> None:
+        """One cycle's measurements; a None PV reading (stale) is simply not recorded."""
+        if all(v is not None for v in pv_kw):
+            vals = [float(v) for v in pv_kw if v is not None]
+            self._pv_recent.append((now_s, vals))
+            self._pv_recent = [(t, v) for t, v in self._pv_recent if t > now_s - 1800.0]
+            if not self._pv_ts or now_s - self._pv_ts[-1] >= self.sample_every_s:
+                self._pv_ts.append(now_s)
+                self._pv_kw.append(vals)
+        for i, cap in enumerate(class_cap_kw):
+            if i >= len(self._caps) or abs(self._caps[i] - cap) > 1e-3:
+                self._cap_changed_s[i] = now_s
+        self._caps = list(class_cap_kw)
+        if now_s - self._last_gpu_sample >= self.sample_every_s or not self._gpu_ts:
+            demand = []
+            for i, (p, c, m) in enumerate(zip(class_kw, class_cap_kw, self.class_max_kw.tolist(), strict=True)):
+                if now_s - self._cap_changed_s.get(i, -math.inf) < self.settle_s:
+                    # power still moving towards a new cap: it says nothing about demand yet
+                    demand.append(self._gpu_kw[-1][i] if self._gpu_kw else m)
+                elif p >= 0.9 * c:
+                    demand.append(m)  # drawing its cap: demand is at least the cap, unknown above
+                else:
+                    demand.append(p)
+            self._gpu_ts.append(now_s)
+            self._gpu_kw.append(demand)
+            self._last_gpu_sample = now_s
+        self._trim(now_s)
+
+    def _trim(self, now_s: float) -> None:
+        while self._pv_ts and self._pv_ts[0] < now_s - self.history_s:
+            self._pv_ts.pop(0)
+            self._pv_kw.pop(0)
+        while self._gpu_ts and self._gpu_ts[0] < now_s - self.history_s:
+            self._gpu_ts.pop(0)
+            self._gpu_kw.pop(0)
+
+    def __call__(self, now_s: float, image: object, steps_s: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        steps = np.asarray(steps_s, dtype=float)
+        ts = np.array([t for t, _ in self._pv_recent] + self._pv_ts, dtype=float)
+        order = np.argsort(ts)
+        pv_rows = []
+        pv_fcs = []
+        for i, arr in enumerate(self.arrays):
+            kw = np.array([v[i] for _, v in self._pv_recent] + [v[i] for v in self._pv_kw], dtype=float)
+            clear_fn = self.clear_kw_fns[i] if self.clear_kw_fns else None
+            fc = pv_forecast(arr, now_s, steps, ts[order], kw[order], clear_kw_fn=clear_fn)
+            pv_fcs.append(fc)
+            pv_rows.append(fc.values_kw[0])
+        pv = np.array(pv_rows, dtype=float).reshape(len(self.arrays), steps.size)
+        gpu_fc = gpu_demand_forecast(
+            now_s, steps, np.array(self._gpu_ts, dtype=float),
+            np.array(self._gpu_kw, dtype=float).T if self._gpu_kw else np.zeros((self.class_max_kw.size, 0)),
+            self.class_max_kw,
+        )
+        pv_total = Forecast(pv, pv_fcs[0].source if pv_fcs else "none",
+                            min((f.issued_s for f in pv_fcs), default=now_s))
+        extra = reserve_extra_kw(now_s, pv_total, gpu_fc, self.class_max_kw, overhead=self.overhead)
+        self.last_sources = (pv_total.source, gpu_fc.source)
+        return pv, gpu_fc.values_kw, np.zeros(steps.size), extra
+
+
+def make_forecaster(
+    cfg: object, clear_kw_fns: list[Callable[[FloatArray], FloatArray]] | None = None
+) -> LiveForecaster:
+    """The daemon's forecaster for a site config (arrays from the PV devices, classes from the GPU pool)."""
+    from powerctl.config import SiteConfig
+    from powerctl.natures import Nature
+
+    assert isinstance(cfg, SiteConfig)
+    s = cfg.site
+    arrays = [
+        PvArray(kwp=d.limits.kwp, latitude=s.latitude, longitude=s.longitude,
+                tilt_deg=d.limits.tilt_deg, azimuth_deg=d.limits.azimuth_deg, altitude_m=s.altitude_m)
+        for d in cfg.by_nature(Nature.PV)
+    ]
+    class_max = np.array([c.gpus * cfg.gpu.max_w / 1000.0 for c in cfg.gpu.classes], dtype=float)
+    return LiveForecaster(arrays, class_max, overhead=cfg.gpu.facility_overhead, clear_kw_fns=clear_kw_fns)

@@ -30,8 +30,9 @@ from powerctl.process_image import ProcessImage
 
 log = logging.getLogger(__name__)
 
-# forecaster(now_s, image, steps_s) -> (pv_kw (n_pv, T), gpu_demand_kw (n_class, T), other_load_kw (T,))
-Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# forecaster(now_s, image, steps_s) -> (pv_kw (n_pv, T), gpu_demand_kw (n_class, T), other_load_kw (T,)
+#                                      [, reserve_extra_kw (T,)])
+Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, ...]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class ControllerCore:
 
     def plan(self, now_s: float, image: ProcessImage, deadline_s: float | None = None) -> Plan:
         """Solve the dispatch problem from the current image and forecasts."""
-        pv_kw, gpu_kw, other_kw = self.forecaster(now_s, image, self.steps_s)
+        fc = self.forecaster(now_s, image, self.steps_s)
+        pv_kw, gpu_kw, other_kw = fc[0], fc[1], fc[2]
+        reserve_extra_kw = fc[3] if len(fc) > 3 else None  # stale forecasts widen the reserve
         running = genset_running(self.cfg, image, now_s)
         inputs = build_inputs(
             self.cfg,
@@ -112,6 +115,7 @@ class ControllerCore:
             self.prev_gpu_kw,
             self.genset_state_s(now_s, running),
             other_kw,
+            reserve_extra_kw,
         )
         plan = self.problem.solve(inputs, deadline_s=deadline_s or self.cfg.control.solve_deadline_s)
         self.plan_result, self.plan_t_s = plan, now_s

@@ -110,6 +110,7 @@ def build_inputs(
     prev_gpu_kw: np.ndarray,
     genset_state_s: np.ndarray,
     other_load_kw: np.ndarray | None = None,
+    reserve_extra_kw: np.ndarray | None = None,
 ) -> DispatchInputs:
     steps = len(cfg.control.horizon_steps_s)
     return DispatchInputs(
@@ -120,4 +121,5 @@ def build_inputs(
         genset_on=genset_running(cfg, image, now_s),
         genset_state_s=np.asarray(genset_state_s, dtype=float),
         prev_gpu_kw=np.asarray(prev_gpu_kw, dtype=float),
+        reserve_extra_kw=None if reserve_extra_kw is None else np.asarray(reserve_extra_kw, dtype=float),
     )

@@ -13,7 +13,7 @@ during pre-start or warm-up stops at once. Transitions happen at their exact tim
 
 Fuel: F [L/h] = f0 x rating + f1 x P while the engine turns (warm-up and cool-down at P = 0), the
 affine HOMER form whose coefficients come from the config (given, or fitted on its fuel curve;
-``fuel_coeffs_from_points`` fits them from ``/work/shared/data/genset`` rows).
+``fuel_coeffs_from_points`` fits them from ``sim/data/genset`` rows).
 """
 
 from __future__ import annotations

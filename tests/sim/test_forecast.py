@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from sim.forecast_replay import make_forecaster
 from sim.traces import build_site_trace
-from sim.traces.site_trace import SiteTrace
+from sim.traces.site_trace import DATA_DIR, SiteTrace
 from tests.sim.conftest import make_cfg
 
-DATA = Path("/work/shared/data")
+DATA = DATA_DIR
 TMY3 = DATA / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
 AZURE = DATA / "gpu_load/azure_llm_inference_trace_2023_code.csv"
 STEPS = np.array([60.0] * 60 + [900.0] * 92)

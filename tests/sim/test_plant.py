@@ -11,6 +11,7 @@ from sim.plant import Plant, demo_pv_kw_fn
 from sim.plant.battery import Battery
 from sim.plant.genset import Genset, GensetStatus
 from sim.plant.pv import clear_sky_shape
+from sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import make_cfg
 
 
@@ -191,12 +192,12 @@ def test_fuel_fit_from_shared_genset_points() -> None:
     from sim.plant.genset import fuel_coeffs_from_points
 
     f0, f1 = fuel_coeffs_from_points(
-        "/work/shared/data/genset/genset_fuel_points.csv", "cummins_qsk23_g3_fr50011", 701
+        DATA_DIR / "genset/genset_fuel_points.csv", "cummins_qsk23_g3_fr50011", 701
     )
     assert f1 == pytest.approx(0.217, abs=0.005)  # data README: F1 ≈ 0.217 L/kWh, F0 ≈ 0.011 L/h per kW
     assert f0 == pytest.approx(0.011, abs=0.002)
     with pytest.raises(ValueError, match="fewer than 2 usable rows"):
-        fuel_coeffs_from_points("/work/shared/data/genset/genset_fuel_points.csv", "nope")
+        fuel_coeffs_from_points(DATA_DIR / "genset/genset_fuel_points.csv", "nope")
 
 
 def test_pvlib_model_kwp_orientation_temperature() -> None:

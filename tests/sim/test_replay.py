@@ -12,10 +12,10 @@ import pytest
 from sim.kpi import compute_kpis
 from sim.replay import simulate, write_outputs
 from sim.traces import build_site_trace
-from sim.traces.site_trace import SiteTrace
+from sim.traces.site_trace import DATA_DIR, SiteTrace
 from tests.sim.conftest import make_cfg
 
-DATA = Path("/work/shared/data")
+DATA = DATA_DIR
 TMY3 = DATA / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
 AZURE = DATA / "gpu_load/azure_llm_inference_trace_2023_code.csv"
 

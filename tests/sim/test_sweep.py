@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from sim.sweep import SweepError, load_grid, run_point, run_sweep, sized_config, sweep_points
+from sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import site_dict
 
 GRID = """
@@ -88,8 +89,8 @@ def test_sweep_12_configs_on_local_dask(tmp_path: Path) -> None:
         "start": "06-01",
         "step_s": 60.0,
         "plan_every_s": 300.0,
-        "trace": "/work/shared/data/pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv",
-        "gpu_trace": "/work/shared/data/gpu_load/azure_llm_inference_trace_2023_code.csv",
+        "trace": str(DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"),
+        "gpu_trace": str(DATA_DIR / "gpu_load/azure_llm_inference_trace_2023_code.csv"),
     }
     local = run_point(base.model_dump(mode="json", exclude_none=True), pt, opts, g["capex"])
     assert local["value_minus_fuel"] == pytest.approx(row["value_minus_fuel"], rel=1e-9)
