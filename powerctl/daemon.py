@@ -29,7 +29,7 @@ from powerctl.gpu.base import GpuBackend, make_backend
 from powerctl.gpu.failsafe import apply_safe_caps_to
 from powerctl.io.modbus import DeviceError, ModbusDevice
 from powerctl.natures import SIGNALS, Nature
-from powerctl.process_image import ProcessImage
+from powerctl.process_image import ProcessImage, Quality
 from powerctl.profiles import load_profile
 from powerctl.profiles.values import SetpointRangeError
 from powerctl.telemetry import Telemetry
@@ -37,6 +37,8 @@ from powerctl.telemetry import Telemetry
 log = logging.getLogger("powerctl")
 
 GPU_DEVICE = "gpu"
+CLOCK_STEP_S = 1.0  # clock vs monotonic disagreement that counts as a step (NTP slewing is far below)
+FRESH_WAIT_S = 5.0  # after a step, how long the planner waits for readings taken after it
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Daemon:
         state_dir = Path(cfg.control.state_dir)
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, state_dir)
         self._last_written: dict[str, tuple[float, float]] = {}
+        self._clock_ref: tuple[float, float] | None = None  # (clock, monotonic) at the last look
+        self._fresh_after: tuple[float, float] | None = None  # after a clock step: (since, give up at)
         self._pending: dict[str, dict[str, tuple[float, float]]] = {}  # device -> signal -> (value, deadband)
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._unsupported: set[tuple[str, str]] = set()
@@ -173,7 +177,10 @@ class Daemon:
         deadline = self.cfg.control.solve_deadline_s
         while True:
             t0 = time.monotonic()
-            now = self.clock()
+            now = self._watch_clock()
+            if not self._readings_after_step(now):
+                await asyncio.sleep(0.1)
+                continue
             try:
                 # the solve runs in a worker thread; the loop never waits past the deadline
                 plan = await asyncio.wait_for(
@@ -190,11 +197,48 @@ class Daemon:
                 log.exception("planner failed; dispatch falls back to the safe cap when the plan ages out")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
 
+    def _watch_clock(self) -> float:
+        """Now, by the daemon's clock, noticing when it was stepped (NTP, an operator): its advance
+        since the last look is compared with the monotonic clock's."""
+        wall, mono = self.clock(), time.monotonic()
+        ref, self._clock_ref = self._clock_ref, (wall, mono)
+        if ref is not None:
+            step_s = (wall - ref[0]) - (mono - ref[1])
+            if abs(step_s) >= CLOCK_STEP_S:
+                self._on_clock_step(step_s, wall)
+        return wall
+
+    def _on_clock_step(self, step_s: float, now: float) -> None:
+        # Times the daemon keeps move with the clock (plan age, genset up/down times, command
+        # leases), and the next plan waits for readings taken after the step: readings from before
+        # it look an hour old (or from the future), i.e. stale, and a plan on them would take PV as
+        # zero and could start the genset for nothing.
+        log.warning("clock stepped by %+.1f s: plan age, genset times and leases shifted; "
+                    "replanning on fresh readings", step_s)
+        self.core.on_clock_step(step_s)
+        if self.commands is not None:
+            self.commands.on_clock_step(step_s)
+        self._fresh_after = (now, time.monotonic() + FRESH_WAIT_S)
+        self.telemetry.emit("event", {"kind": "clock_step", "step_s": step_s}, now)
+
+    def _readings_after_step(self, now: float) -> bool:
+        """False while supply readings still date from before a clock step (for up to FRESH_WAIT_S)."""
+        if self._fresh_after is None:
+            return True
+        since, give_up = self._fresh_after
+        supply = {d.name for d in self.cfg.devices if d.nature in (Nature.PV, Nature.BATTERY, Nature.GENSET)}
+        fresh = all(sig.ts >= since or sig.quality is Quality.MISSING
+                    for dev, _s, sig in self.image.items(now) if dev in supply)
+        if fresh or time.monotonic() > give_up:
+            self._fresh_after = None
+            return True
+        return False
+
     async def _dispatcher(self) -> None:
         period = self.cfg.control.dispatch_period_s
         while True:
             t0 = time.monotonic()
-            now = self.clock()
+            now = self._watch_clock()
             self.meter_gpus()
             cmd = self.core.dispatch(now, self.image, self.overrides(now))
             await self._apply(cmd, now)

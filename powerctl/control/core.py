@@ -121,6 +121,13 @@ class ControllerCore:
         self.plan_result, self.plan_t_s = plan, now_s
         return plan
 
+    def on_clock_step(self, step_s: float) -> None:
+        """The wall clock was stepped by ``step_s``: the plan's time and the observed genset state
+        times move with it (a step is not time passing: no min up/down time is met by it)."""
+        if self.plan_t_s is not None:
+            self.plan_t_s += step_s
+        self._gen_state = {n: (on, t_s + step_s) for n, (on, t_s) in self._gen_state.items()}
+
     def plan_is_fresh(self, now_s: float) -> bool:
         if self.plan_result is None or self.plan_t_s is None:
             return False

@@ -151,6 +151,11 @@ class CommandState:
         self._leases[name] = lease
         return CommandResult(name, True, "renewed" if renewed else "set", checked, lease.expires_at_s)
 
+    def on_clock_step(self, step_s: float) -> None:
+        """The clock was stepped: leases keep their real duration (a step back must not stretch one)."""
+        self._leases = {n: Lease(n, lease.value, lease.set_at_s + step_s, lease.expires_at_s + step_s)
+                        for n, lease in self._leases.items()}
+
     def clear_all(self) -> None:
         self._leases.clear()
 
