@@ -39,8 +39,6 @@ from sim.plant.site import Plant
 from sim.serve import PlantGpus, SimSite
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-
 # NVML takes limits in integer mW: a "rise" below 1 mW is float noise, not a rise.
 CAP_TOL_W = 1e-3
 
@@ -70,12 +68,12 @@ def fault_config(
     mqtt: dict[str, Any] | None = None,
     device_timeout_s: float = 1.0,
 ) -> SiteConfig:
-    """The demo site on free loopback ports, with a short horizon and a tight supply.
+    """The suite's site (tests/faults/site.toml) on free loopback ports, short horizon, tight supply.
 
-    Defaults make the supply bind: the battery may discharge 40 kW (the GPUs alone can draw
-    96.8 kW with overhead), so with PV around 60 kW the guard must keep caps below maximum.
+    Defaults make the supply bind: the battery may discharge 40 kW (the 192 GPUs alone can draw
+    145 kW with overhead), so with PV around 60 kW the guard must keep caps well below maximum.
     """
-    data = tomllib.loads((ROOT / "examples" / "demo-site.toml").read_text())
+    data = tomllib.loads((Path(__file__).parent / "site.toml").read_text())
     run = tmp_path / "run"
     data["control"].update(
         mpc_period_s=2.0,
