@@ -137,6 +137,7 @@ class Cycle:
     mode: str
     caps_w_max: float
     stale: list[str]
+    budget_kw: float  # the dispatcher's GPU budget (all classes)
 
 
 @dataclass
@@ -234,7 +235,8 @@ class FaultRig:
         self.gpus.set_cap_w = set_cap_w  # type: ignore[method-assign]
 
     def _on_cycle(self, st: Status) -> None:
-        self.cycles.append(Cycle(time.monotonic(), st.t_s, st.mode, st.caps_w_max, list(st.stale)))
+        self.cycles.append(Cycle(time.monotonic(), st.t_s, st.mode, st.caps_w_max, list(st.stale),
+                                 sum(st.gpu_budget_kw.values())))
 
     def _sample(self) -> None:
         p = self.plant
