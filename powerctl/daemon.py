@@ -132,7 +132,9 @@ class Daemon:
             from powerctl.mqtt.commands import CommandLimits, CommandState
             from powerctl.mqtt.link import MqttLink
 
-            self.commands = CommandState(CommandLimits.from_site(cfg), cfg.mqtt.command_lease_s, clock)
+            # leases survive a restart (kept atomically in the state dir)
+            self.commands = CommandState(CommandLimits.from_site(cfg), cfg.mqtt.command_lease_s, clock,
+                                         state_path=Path(cfg.control.state_dir) / "leases.json")
             self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock)
 
     # --- GPUs ---------------------------------------------------------------------------------

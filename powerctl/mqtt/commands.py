@@ -13,13 +13,18 @@ ends the lease now. Every result says whether it was accepted and, if not, why.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from powerctl.config import SiteConfig
 from powerctl.natures import Nature
+
+log = logging.getLogger("powerctl.mqtt.commands")
 
 MODES = ("auto", "hold", "manual")
 COMMANDS = ("mode", "gpu_budget_max_kw", "battery_reserve_pct")
@@ -112,7 +117,10 @@ def parse_command_payload(payload: bytes) -> tuple[Any, float | None]:
 class CommandState:
     """Active command leases; every query ages them against ``clock``."""
 
-    def __init__(self, limits: CommandLimits, lease_s: float = 60.0, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, limits: CommandLimits, lease_s: float = 60.0, clock: Callable[[], float] | None = None,
+                 state_path: str | Path | None = None) -> None:
+        """``state_path``: a JSON file the leases are kept in (written atomically on every change), so
+        a restarted daemon honours the commands still running; needs a wall ``clock``."""
         if lease_s <= 0:
             raise ValueError("lease_s must be > 0")
         import time
@@ -121,6 +129,54 @@ class CommandState:
         self.lease_s = lease_s
         self.clock = clock or time.monotonic
         self._leases: dict[str, Lease] = {}
+        self._state_path = Path(state_path) if state_path is not None else None
+        self._load()
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Leases from a previous run that are still running; anything unreadable is ignored (the
+        safe default is no command), a lease is never longer than ``lease_s`` from now."""
+        if self._state_path is None:
+            return
+        try:
+            doc = json.loads(self._state_path.read_text())
+            items = doc["leases"].items()
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            log.warning("command leases %s unreadable (%s): starting without", self._state_path, exc)
+            return
+        now = self.clock()
+        for name, d in items:
+            try:
+                value = self._validate(name, d["value"]) if name in COMMANDS else None
+                expires = min(float(d["expires_at_s"]), now + self.lease_s)
+                set_at = float(d["set_at_s"])
+            except (CommandError, KeyError, TypeError, ValueError) as exc:
+                log.warning("command lease %s from %s dropped: %s", name, self._state_path, exc)
+                continue
+            if value is not None and expires > now:
+                self._leases[name] = Lease(name, value, min(set_at, now), expires)
+        if self._leases:
+            log.info("command leases resumed: %s", ", ".join(f"{n}={le.value}" for n, le in self._leases.items()))
+
+    def _save(self) -> None:
+        """Write the leases atomically (temp file, fsync, rename): a crash leaves the old or the new."""
+        if self._state_path is None:
+            return
+        doc = {"leases": {n: {"value": le.value, "set_at_s": le.set_at_s, "expires_at_s": le.expires_at_s}
+                          for n, le in self._leases.items()}}
+        tmp = self._state_path.with_name(f".{self._state_path.name}.{os.getpid()}.tmp")
+        try:
+            self._state_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(doc))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.error("command leases: cannot write %s: %s", self._state_path, exc)
 
     # --- changes ------------------------------------------------------------------------------
 
@@ -138,6 +194,8 @@ class CommandState:
             return CommandResult(name, False, f"unknown command (allowed: {', '.join(COMMANDS)})")
         if value is None:
             had = self._leases.pop(name, None)
+            if had:
+                self._save()
             return CommandResult(name, True, "cleared" if had else "was not active")
         if lease_s is not None and not 0 < lease_s <= self.lease_s:  # NaN fails the comparison too
             return CommandResult(name, False, f"lease_s {lease_s:g} out of range (0, {self.lease_s:g}] s")
@@ -149,15 +207,18 @@ class CommandState:
         renewed = name in self.active(now) and self._leases[name].value == checked
         lease = Lease(name, checked, now, now + (lease_s if lease_s is not None else self.lease_s))
         self._leases[name] = lease
+        self._save()
         return CommandResult(name, True, "renewed" if renewed else "set", checked, lease.expires_at_s)
 
     def on_clock_step(self, step_s: float) -> None:
         """The clock was stepped: leases keep their real duration (a step back must not stretch one)."""
         self._leases = {n: Lease(n, lease.value, lease.set_at_s + step_s, lease.expires_at_s + step_s)
                         for n, lease in self._leases.items()}
+        self._save()
 
     def clear_all(self) -> None:
         self._leases.clear()
+        self._save()
 
     def _validate(self, name: str, value: Any) -> str | float:
         lim = self.limits
