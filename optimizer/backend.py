@@ -20,15 +20,21 @@ class SolverFailed(RuntimeError):
     """A solver did not return a trustworthy optimum (status, time limit or numerics)."""
 
 
+class CandidatePruned(RuntimeError):
+    """The solver proved the objective is at least the bound it was given (the candidate cannot win)."""
+
+
 class Backend(Protocol):
     """Something that solves the model for Parameter values with a named solver."""
 
     name: str
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0,
+              bound: float = float("inf")) -> tuple[Dispatch, float, str]:
         """Returns (dispatch, convex objective, solver status) or raises SolverFailed.
 
         `slot` names the commitment candidate position; a backend may keep warm state per slot.
+        A backend may raise CandidatePruned once it has proved the convex objective >= `bound`.
         """
         ...
 
@@ -78,7 +84,8 @@ class CvxpyBackend:
     def __init__(self, model: Model) -> None:
         self.model = model
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0,
+              bound: float = float("inf")) -> tuple[Dispatch, float, str]:
         set_parameters(self.model, v)
         try:
             self.model.problem.solve(solver=solver, warm_start=True, ignore_dpp=False,

@@ -29,7 +29,8 @@ import osqp
 import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
-from optimizer.backend import SolverFailed, set_parameters
+from optimizer.backend import CandidatePruned, SolverFailed, set_parameters
+from optimizer.highs_lp import PRUNE_MARGIN, HighsLp, LpRows
 from optimizer.model import Model
 from optimizer.params import FloatArray, SiteParams
 from optimizer.solution import Dispatch, ParamValues
@@ -85,7 +86,13 @@ class DirectBackend:
         self.d = float(q_tensor[self.n_x, n_theta])  # constant term of the objective
         self._clarabel: Any = None
         self._osqp: Any = None
-        self._highs: dict[int, _HighsLp] = {}
+        self._highs: dict[int, HighsLp] = {}
+        self._lp_rows: LpRows | None = None
+        self._last_y: FloatArray | None = None
+        self._cycle = 0
+        # Candidate pruning by bounds (tests switch it off to compare against full enumeration).
+        self.prune = True
+        self._last_lp: HighsLp | None = None
         self._clarabel_tl = -1.0
 
     # -- data ----------------------------------------------------------------------------------
@@ -165,7 +172,40 @@ class DirectBackend:
             raise SolverFailed(f"OSQP: status {status}")
         return np.asarray(res.x, dtype=float), float(res.info.obj_val), status
 
-    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0) -> tuple[Dispatch, float, str]:
+    def _solve_highs(self, b: FloatArray, time_limit_s: float, slot: int,
+                     obj_bound: float) -> tuple[FloatArray, float, str]:
+        if self._lp_rows is None:
+            self._lp_rows = LpRows(self.A, self.c, self.n_zero)
+        rows = self._lp_rows
+        bd = rows.bounds(b)
+        if slot == 0:
+            self._cycle += 1  # slot 0 ("stay") is solved first in every enumeration
+        # One HiGHS instance per commitment slot, each hot-started from its own last basis.
+        if slot not in self._highs:
+            self._highs[slot] = HighsLp(rows)
+        lp = self._highs[slot]
+        if lp.y is None:
+            # Never solved: solve it to the end (no bound) so that it has a basis and prices to prune
+            # with from now on, starting from the basis solved last (closer than a cold start).
+            obj_bound = np.inf
+            if self._last_lp is not None:
+                lp.h.setBasis(self._last_lp.h.getBasis())
+        if not self.prune:
+            obj_bound = np.inf
+        if np.isfinite(obj_bound):
+            # Prices of this slot's last optimum and of the latest solve (usually this cycle's "stay").
+            prices = [y for y in (lp.y, self._last_y) if y is not None]
+            lb = max((rows.lagrangian_bound(bd, y) for y in prices), default=-np.inf)
+            if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
+                raise CandidatePruned("HIGHS: Lagrangian bound above the best candidate")
+        x, obj = lp.solve(bd, time_limit_s, obj_bound)
+        lp.cycle = self._cycle
+        self._last_lp = lp
+        self._last_y = lp.y
+        return x, obj, "optimal"
+
+    def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0,
+              bound: float = np.inf) -> tuple[Dispatch, float, str]:
         """Solve for `v`; the objective returned excludes cvxpy's constant offset (added back here)."""
         b = self._b(v)
         tl = max(1e-3, float(time_limit_s))
@@ -176,10 +216,7 @@ class DirectBackend:
         elif solver == "HIGHS":
             if self.P.nnz:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
-            # One HiGHS instance per commitment slot, each hot-started from its own last basis.
-            if slot not in self._highs:
-                self._highs[slot] = _HighsLp(self.A, self.c, self.n_zero)
-            x, obj, status = self._highs[slot].solve(b, tl)
+            x, obj, status = self._solve_highs(b, tl, slot, bound - self.d)
         else:
             raise SolverFailed(f"unknown solver {solver}")
         if not np.all(np.isfinite(x)):
@@ -191,83 +228,3 @@ class DirectBackend:
         set_parameters(self.model, v)
         self.model.problem.solve(solver=solver, ignore_dpp=False)
         return float(self.model.problem.value)
-
-
-class _HighsLp:
-    """HiGHS dual simplex, set up once and hot-started from the previous basis on every solve.
-
-    Only right-hand sides change between solves, so the previous optimal basis stays dual feasible
-    and dual simplex typically needs a handful of pivots. Rows with a single non-zero (variable
-    bounds) are passed as column bounds, which keeps the simplex basis small.
-    """
-
-    def __init__(self, A: sp.csc_matrix, c: FloatArray, n_zero: int) -> None:
-        import highspy
-
-        self._hs = highspy
-        A_r = sp.csr_matrix(A)
-        nnz_row = np.diff(A_r.indptr)
-        single = nnz_row == 1
-        self.m, self.n = A_r.shape
-        self.is_eq = np.zeros(self.m, dtype=bool)
-        self.is_eq[:n_zero] = True
-        self.s_rows = np.nonzero(single)[0]
-        self.s_cols = A_r.indices[A_r.indptr[self.s_rows]]
-        self.s_coef = A_r.data[A_r.indptr[self.s_rows]]
-        self.g_rows = np.nonzero(~single)[0]
-        inf = highspy.kHighsInf
-        self.inf = inf
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.n
-        lp.num_row_ = self.g_rows.size
-        lp.col_cost_ = np.asarray(c, dtype=float)
-        lp.col_lower_ = np.full(self.n, -inf)
-        lp.col_upper_ = np.full(self.n, inf)
-        lp.row_lower_ = np.full(self.g_rows.size, -inf)
-        lp.row_upper_ = np.zeros(self.g_rows.size)
-        sub = sp.csc_matrix(A_r[self.g_rows])
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = sub.indptr
-        lp.a_matrix_.index_ = sub.indices
-        lp.a_matrix_.value_ = sub.data
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("solver", "simplex")
-        self.h.passModel(lp)
-        self.col_idx = np.arange(self.n, dtype=np.int32)
-        self.row_idx = np.arange(self.g_rows.size, dtype=np.int32)
-        self._last: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
-
-    def solve(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, str]:
-        # Single-nnz rows a x_j (<= or =) b_i become bounds on x_j.
-        bound = b[self.s_rows] / self.s_coef
-        lo = np.full(self.n, -self.inf)
-        hi = np.full(self.n, self.inf)
-        upper = (self.s_coef > 0) | self.is_eq[self.s_rows]
-        lower = (self.s_coef < 0) | self.is_eq[self.s_rows]
-        np.minimum.at(hi, self.s_cols[upper], bound[upper])
-        np.maximum.at(lo, self.s_cols[lower], bound[lower])
-        if np.any(lo > hi + 1e-9):
-            raise SolverFailed("HIGHS: contradictory bounds")
-        rb = b[self.g_rows]
-        rl = np.where(self.is_eq[self.g_rows], rb, -self.inf)
-        # Pass only what changed since the last solve (the rest of the model is already in HiGHS).
-        if self._last is None:
-            cols, rows = self.col_idx, self.row_idx
-        else:
-            lo0, hi0, rl0, rb0 = self._last
-            cols = self.col_idx[(lo != lo0) | (hi != hi0)]
-            rows = self.row_idx[(rl != rl0) | (rb != rb0)]
-        if cols.size:
-            self.h.changeColsBounds(cols.size, cols, lo[cols], hi[cols])
-        if rows.size:
-            self.h.changeRowsBounds(rows.size, rows, rl[rows], rb[rows])  # type: ignore[attr-defined]
-        self._last = (lo, hi, rl, rb)
-        # HiGHS's clock runs over the object's whole life, so the limit is set relative to it.
-        self.h.setOptionValue("time_limit", float(self.h.getRunTime()) + float(time_limit_s))
-        self.h.run()
-        status = self.h.getModelStatus()
-        if status != self._hs.HighsModelStatus.kOptimal:
-            raise SolverFailed(f"HIGHS: status {self.h.modelStatusToString(status)}")
-        x = np.asarray(self.h.getSolution().col_value, dtype=float)
-        return x, float(self.h.getInfo().objective_function_value), "optimal"

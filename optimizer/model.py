@@ -11,9 +11,11 @@ Per step t (length dt_h[t] hours; steps may grow along the horizon):
             e_min <= e_t <= e_max   (e is the energy at the END of step t)
   genset    min_load * a <= g <= rating * a            a = available fraction of the step (0 off,
                                                       partial while warming up), a Parameter
-  GPU       p_min <= gpu <= ub (ub = demand clipped to [p_min, p_max]); value hypograph
-            v <= slope_s gpu + icpt_s for each segment s of the concave PWL value curve
-  ramp      r >= |gpu_t - gpu_{t-1}| (L1 penalty), gpu_t - gpu_{t-1} <= ramp_up * dt (hard; only up)
+  GPU       p_min <= gpu <= ub (ub = demand clipped to [p_min, p_max]); the concave PWL value
+            curve on [p_min, p_max] as filled segments: gpu = p_min + sum_s seg_s,
+            0 <= seg_s <= width_s, value = v(p_min) + sum_s slope_s seg_s (see `segments_on`)
+  ramp      gpu_t - gpu_{t-1} = up - down, up, down >= 0 (L1 penalty on up + down);
+            up <= ramp_up * dt (hard; only increases are limited)
   balance   pv + (dis - ch) + g + unserved >= (1 + overhead) gpu + other       spill = lhs - rhs
   reserve   sum(rating a - g) + sum_b min(dis_max - (dis - ch), (e - e_min) eta_d / duration) + short
               >= r_load (load) + r_pv pv + extra                  (see _reserve_rows)
@@ -70,6 +72,25 @@ def value_segments(bp_kw: FloatArray, v_per_h: FloatArray) -> tuple[FloatArray, 
     slopes = np.diff(v_per_h) / np.diff(bp_kw)
     icpts = v_per_h[:-1] - slopes * bp_kw[:-1]
     return slopes, icpts
+
+
+def segments_on(bp_kw: FloatArray, v_per_h: FloatArray, lo_kw: float,
+                hi_kw: float) -> tuple[FloatArray, FloatArray, float]:
+    """The concave curve restricted to [lo, hi] as segments: (widths, slopes, value at lo).
+
+    The curve extends linearly beyond its end breakpoints (as `value_segments` does), so the
+    value at lo and hi is the minimum over all segment lines.
+    """
+    slopes_all, icpts = value_segments(bp_kw, v_per_h)
+
+    def value(p_kw: float) -> float:
+        return float(np.min(slopes_all * p_kw + icpts))
+
+    inner = bp_kw[(bp_kw > lo_kw) & (bp_kw < hi_kw)]
+    pts = np.concatenate(([lo_kw], inner, [hi_kw])) if hi_kw > lo_kw else np.array([lo_kw])
+    vals = np.array([value(float(q)) for q in pts])
+    widths = np.diff(pts)
+    return widths, np.diff(vals) / np.where(widths > 0, widths, 1.0), vals[0]
 
 
 def _reserve_rows(have: cp.Expression, need: cp.Expression,
@@ -184,25 +205,38 @@ def build(p: SiteParams) -> Model:
         prev = cp.Parameter(n_cls, nonneg=True, name="prev_gpu_kw")
         cons += [gpu >= np.array([c.p_min_kw for c in cls])[:, None] * np.ones((1, T)), gpu <= gpu_ub]
         load = load + (1.0 + p.facility_overhead) * cp.sum(gpu, axis=0)
-        # Budget change per step; the first step changes from the last applied budget.
+        # Budget change per step, split into up and down parts (both >= 0): one equality row per
+        # class and step instead of two |d| rows, and the hard ramp-up limit becomes a bound on `up`.
+        # The first step changes from the last applied budget.
         dgpu = cp.hstack([cp.reshape(gpu[:, 0] - prev, (n_cls, 1), order="F"), gpu[:, 1:] - gpu[:, :-1]])
         pen = np.array([c.ramp_penalty_per_kw for c in cls])
-        if np.any(pen > 0):
-            r = cp.Variable((n_cls, T), name="gpu_ramp_kw")  # r >= 0 follows from r >= |d|
-            cons += [r >= dgpu, r >= -dgpu]
-            cost.append(cp.sum(cp.multiply(pen[:, None] * np.ones((1, T)), r)))
+        rate = np.array([c.ramp_up_kw_per_s for c in cls])
+        if np.any(pen > 0) or np.any(np.isfinite(rate)):
+            up = cp.Variable((n_cls, T), name="gpu_ramp_up_kw")
+            down = cp.Variable((n_cls, T), name="gpu_ramp_down_kw")
+            cons += [dgpu == up - down, up >= 0, down >= 0]
+            if np.any(pen > 0):
+                cost.append(cp.sum(cp.multiply(pen[:, None] * np.ones((1, T)), up + down)))
+            for k in np.nonzero(np.isfinite(rate))[0]:
+                cons.append(up[k, :] <= rate[k] * steps_s)
         if quad:
             cost.append(p.ramp_quad_per_kw2 * cp.sum_squares(dgpu))
         for j, c in enumerate(cls):
-            if np.isfinite(c.ramp_up_kw_per_s):
-                cons.append(dgpu[j, :] <= c.ramp_up_kw_per_s * steps_s)
             bp = np.asarray(c.value_breakpoints_kw, dtype=float)
-            if bp.size >= 2:
-                slopes, icpts = value_segments(bp, np.asarray(c.value_per_h, dtype=float))
-                v = cp.Variable(T, name=f"gpu_value_per_h[{c.name}]")
-                # One vectorised hypograph constraint per class: (S, T) rows at once.
-                cons.append(v[None, :] <= slopes[:, None] @ gpu[j:j + 1, :] + icpts[:, None] * np.ones((1, T)))
-                cost.append(-(dt_h @ v))
+            if bp.size < 2:
+                continue
+            widths, slopes, v_min = segments_on(bp, np.asarray(c.value_per_h, dtype=float), c.p_min_kw, c.p_max_kw)
+            cost.append(cp.Constant(-v_min * float(np.sum(dt_h))))
+            if widths.size == 1:
+                cost.append(-slopes[0] * (dt_h @ gpu[j, :]))
+            elif widths.size > 1:
+                # Concave value as filled segments: gpu = p_min + sum_s seg_s, 0 <= seg_s <= width_s.
+                # Slopes fall from segment to segment, so the optimum fills them in order and the value
+                # is exactly the curve; one row per step instead of one hypograph row per segment.
+                seg = cp.Variable((widths.size, T), name=f"gpu_segment_kw[{c.name}]")
+                cons += [seg >= 0, seg <= widths[:, None] * np.ones((1, T)),
+                         gpu[j, :] == c.p_min_kw + cp.sum(seg, axis=0)]
+                cost.append(-cp.sum(cp.multiply(slopes[:, None] * dt_h[None, :], seg)))
 
     cons.append(supply >= load)
     spill = supply - load

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer import fallback, validate
-from optimizer.backend import Backend, CvxpyBackend, SolverFailed
+from optimizer.backend import Backend, CandidatePruned, CvxpyBackend, SolverFailed
 from optimizer.commitment import Schedule, commitment_cost, stay_schedule, switch_steps, switched
 from optimizer.model import Model, build
 from optimizer.params import DispatchInputs, Plan, SiteParams
@@ -133,12 +133,15 @@ class DispatchProblem:
     # -- one convex solve ---------------------------------------------------------------------
 
     def _solve_one(self, x: DispatchInputs, sched: Schedule, solver: str, time_limit_s: float,
-                   slot: int = 0) -> tuple[ParamValues, Dispatch, float]:
+                   slot: int = 0, best: float = np.inf) -> tuple[ParamValues, Dispatch, float]:
+        """Solve for one schedule; with `best`, a backend may give up (CandidatePruned) once it has
+        proved the total cost cannot get below it."""
         v = param_values(self.params, x, sched)
-        d, obj, _status = self.backend.solve(v, solver, time_limit_s, slot)
-        d = clean_dispatch(self.params, v, d)
         fixed = commitment_cost(self.params.gensets, sched, x.genset_on, self.steps_s)
-        return v, d, obj + fixed["fuel_idle"] + fixed["start_cost"]
+        fixed_cost = fixed["fuel_idle"] + fixed["start_cost"]
+        d, obj, _status = self.backend.solve(v, solver, time_limit_s, slot, bound=best - fixed_cost)
+        d = clean_dispatch(self.params, v, d)
+        return v, d, obj + fixed_cost
 
     def _enumerate(self, x: DispatchInputs, solver: str, rung: str, deadline_at: float) -> _Solved:
         """Commitment by coordinate search over candidate schedules (see optimizer.commitment)."""
@@ -160,7 +163,10 @@ class DispatchProblem:
                     return best
                 cand = switched(incumbent, i, bool(x.genset_on[i]), k)
                 try:
-                    v, d, obj = self._solve_one(x, cand, solver, left, slot)
+                    v, d, obj = self._solve_one(x, cand, solver, left, slot, best=best.objective)
+                except CandidatePruned:
+                    best.candidates += 1
+                    continue
                 except SolverFailed:
                     continue  # a candidate the solver cannot do is simply not chosen
                 best.candidates += 1
