@@ -78,21 +78,17 @@ def available_fraction(gen: GensetParams, on: BoolArray, on0: bool, state_s: flo
     A run that started before now has been on for `state_s`; a run that starts at step k begins
     its warm-up at the start of step k. A step partly inside the warm-up gets the remaining fraction.
     """
-    T = steps_s.shape[0]
-    frac = np.zeros(T)
-    elapsed_s = state_s if on0 else 0.0
-    prev_on = on0
-    for t in range(T):
-        if not on[t]:
-            prev_on = False
-            continue
-        if not prev_on:
-            elapsed_s = 0.0
-        elapsed_end = elapsed_s + steps_s[t]
-        frac[t] = min(1.0, max(0.0, (elapsed_end - gen.warmup_s) / steps_s[t]))
-        elapsed_s = elapsed_end
-        prev_on = True
-    return frac
+    steps = np.asarray(steps_s, dtype=float)
+    on_b = np.asarray(on, dtype=bool)
+    end_s = np.cumsum(steps)  # end of each step, from now
+    prev_on = np.concatenate(([bool(on0)], on_b[:-1]))
+    # Start time of the run each step belongs to: the latest run start so far, or -state_s for the
+    # run that was already going at time 0 (vectorised: this runs once per commitment candidate).
+    starts = np.where(on_b & ~prev_on, end_s - steps, -np.inf)
+    run_start_s = np.maximum.accumulate(starts)
+    run_start_s = np.where(np.isneginf(run_start_s), -float(state_s), run_start_s)
+    frac = np.clip((end_s - run_start_s - gen.warmup_s) / steps, 0.0, 1.0)
+    return np.where(on_b, frac, 0.0)
 
 
 def commitment_cost(gens: list[GensetParams], sched: Schedule, on0: BoolArray, steps_s: FloatArray) -> dict[str, float]:

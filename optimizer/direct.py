@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
 from optimizer.backend import CandidatePruned, SolverFailed, set_parameters
-from optimizer.highs_lp import PRUNE_MARGIN, HighsLp, LpRows
+from optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows
 from optimizer.model import Model
 from optimizer.params import FloatArray, SiteParams
 from optimizer.solution import Dispatch, ParamValues
@@ -87,12 +87,13 @@ class DirectBackend:
         self._clarabel: Any = None
         self._osqp: Any = None
         self._highs: dict[int, HighsLp] = {}
+        self._last_highs: HighsLp | None = None
         self._lp_rows: LpRows | None = None
-        self._last_y: FloatArray | None = None
-        self._cycle = 0
+        # Row prices of the last solve per commitment slot and overall (for pruning candidates).
+        self._prices: dict[int, FloatArray] = {}
+        self._last_prices: FloatArray | None = None
         # Candidate pruning by bounds (tests switch it off to compare against full enumeration).
         self.prune = True
-        self._last_lp: HighsLp | None = None
         self._clarabel_tl = -1.0
 
     # -- data ----------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class DirectBackend:
 
     # -- solvers -------------------------------------------------------------------------------
 
-    def _solve_clarabel(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, str]:
+    def _solve_clarabel(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
         if self._clarabel is None:
             st = clarabel.DefaultSettings()
             st.verbose = False
@@ -154,9 +155,10 @@ class DirectBackend:
         status = str(sol.status)
         if status not in ("Solved", "AlmostSolved"):
             raise SolverFailed(f"CLARABEL: status {status}")
-        return np.asarray(sol.x, dtype=float), float(sol.obj_val), status
+        # Clarabel's z >= 0 prices A x <= b; in the row-bound convention that is -z.
+        return np.asarray(sol.x, dtype=float), float(sol.obj_val), -np.asarray(sol.z, dtype=float)
 
-    def _solve_osqp(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, str]:
+    def _solve_osqp(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
         lo = np.full(self.m, -np.inf)
         lo[: self.n_zero] = b[: self.n_zero]
         if self._osqp is None:
@@ -170,55 +172,74 @@ class DirectBackend:
         status = str(res.info.status)
         if status not in ("solved", "solved inaccurate"):
             raise SolverFailed(f"OSQP: status {status}")
-        return np.asarray(res.x, dtype=float), float(res.info.obj_val), status
+        return np.asarray(res.x, dtype=float), float(res.info.obj_val), -np.asarray(res.y, dtype=float)
 
-    def _solve_highs(self, b: FloatArray, time_limit_s: float, slot: int,
-                     obj_bound: float) -> tuple[FloatArray, float, str]:
+    def _solve_highs(self, bd: Bounds, time_limit_s: float, slot: int,
+                     obj_bound: float) -> tuple[FloatArray, float, FloatArray | None]:
+        # One HiGHS instance per commitment slot, each hot-started from its own last basis: from one
+        # cycle to the next a slot sees the same kind of schedule, so few pivots are needed.
+        if slot not in self._highs:
+            self._highs[slot] = HighsLp(self._rows())
+            # Solve a new slot to the end (no bound) so that it has a basis and prices from now on,
+            # starting from the basis solved last (much closer than a cold start).
+            obj_bound = np.inf
+            if self._last_highs is not None:
+                self._highs[slot].h.setBasis(self._last_highs.h.getBasis())
+        lp = self._highs[slot]
+        self._last_highs = lp
+        try:
+            x, obj = lp.solve(bd, time_limit_s, obj_bound)
+        finally:
+            if lp.y is not None:
+                self._prices[slot] = self._last_prices = lp.y
+        return x, obj, None
+
+    def _rows(self) -> LpRows:
         if self._lp_rows is None:
             self._lp_rows = LpRows(self.A, self.c, self.n_zero)
-        rows = self._lp_rows
-        bd = rows.bounds(b)
-        if slot == 0:
-            self._cycle += 1  # slot 0 ("stay") is solved first in every enumeration
-        # One HiGHS instance per commitment slot, each hot-started from its own last basis.
-        if slot not in self._highs:
-            self._highs[slot] = HighsLp(rows)
-        lp = self._highs[slot]
-        if lp.y is None:
-            # Never solved: solve it to the end (no bound) so that it has a basis and prices to prune
-            # with from now on, starting from the basis solved last (closer than a cold start).
-            obj_bound = np.inf
-            if self._last_lp is not None:
-                lp.h.setBasis(self._last_lp.h.getBasis())
-        if not self.prune:
-            obj_bound = np.inf
-        if np.isfinite(obj_bound):
-            # Prices of this slot's last optimum and of the latest solve (usually this cycle's "stay").
-            prices = [y for y in (lp.y, self._last_y) if y is not None]
-            lb = max((rows.lagrangian_bound(bd, y) for y in prices), default=-np.inf)
-            if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
-                raise CandidatePruned("HIGHS: Lagrangian bound above the best candidate")
-        x, obj = lp.solve(bd, time_limit_s, obj_bound)
-        lp.cycle = self._cycle
-        self._last_lp = lp
-        self._last_y = lp.y
-        return x, obj, "optimal"
+        return self._lp_rows
+
+    def _prune(self, bd: Bounds, slot: int, obj_bound: float) -> None:
+        """Raise CandidatePruned if stored row prices prove the LP optimum is above `obj_bound`."""
+        prices = [y for y in (self._prices.get(slot), self._last_prices) if y is not None]
+        lb = max((self._rows().lagrangian_bound(bd, y) for y in prices), default=-np.inf)
+        if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
+            raise CandidatePruned("Lagrangian bound above the best candidate")
 
     def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0,
               bound: float = np.inf) -> tuple[Dispatch, float, str]:
-        """Solve for `v`; the objective returned excludes cvxpy's constant offset (added back here)."""
+        """Solve for `v`; the objective returned excludes cvxpy's constant offset (added back here).
+
+        For a linear model and a finite `bound`, a candidate whose objective is proved >= bound
+        raises CandidatePruned, often without calling the solver (see optimizer.highs_lp).
+        """
         b = self._b(v)
         tl = max(1e-3, float(time_limit_s))
+        lp = self.P.nnz == 0
+        obj_bound = bound - self.d if (lp and self.prune) else np.inf
+        bd = self._rows().bounds(b) if (solver == "HIGHS" or np.isfinite(obj_bound)) else None
+        # A HiGHS slot is solved in full the first time (its basis is what makes later solves cheap).
+        if bd is not None and np.isfinite(obj_bound) and (solver != "HIGHS" or slot in self._highs):
+            self._prune(bd, slot, obj_bound)
+        y: FloatArray | None
         if solver == "CLARABEL":
-            x, obj, status = self._solve_clarabel(b, tl)
+            x, obj, z = self._solve_clarabel(b, tl)
+            y = z[self._rows().g_rows] if lp else None
+            status = "optimal"
         elif solver == "OSQP":
-            x, obj, status = self._solve_osqp(b, tl)
+            x, obj, z = self._solve_osqp(b, tl)
+            y = z[self._rows().g_rows] if lp else None
+            status = "optimal"
         elif solver == "HIGHS":
-            if self.P.nnz:
+            if not lp:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
-            x, obj, status = self._solve_highs(b, tl, slot, bound - self.d)
+            assert bd is not None
+            x, obj, y = self._solve_highs(bd, tl, slot, obj_bound)
+            status = "optimal"
         else:
             raise SolverFailed(f"unknown solver {solver}")
+        if y is not None:
+            self._prices[slot] = self._last_prices = y
         if not np.all(np.isfinite(x)):
             raise SolverFailed(f"{solver}: non-finite solution")
         return self._unpack(x, v), obj + self.d, status

@@ -57,6 +57,9 @@ class LpRows:
         self.s_coef = A_r.data[A_r.indptr[s_rows]]
         self.s_upper = (self.s_coef > 0) | is_eq[s_rows]
         self.s_lower = (self.s_coef < 0) | is_eq[s_rows]
+        # Columns bounded by one row each on each side (the usual case) take a plain scatter.
+        self._unique = (np.unique(self.s_cols[self.s_upper]).size == int(self.s_upper.sum())
+                        and np.unique(self.s_cols[self.s_lower]).size == int(self.s_lower.sum()))
         self.g_rows = np.nonzero(~single)[0]
         self.g_eq = is_eq[self.g_rows]
         self.A_g = sp.csr_matrix(A_r[self.g_rows])
@@ -67,8 +70,12 @@ class LpRows:
         val = b[self.s_rows] / self.s_coef
         lo = np.full(self.n, -np.inf)
         hi = np.full(self.n, np.inf)
-        np.minimum.at(hi, self.s_cols[self.s_upper], val[self.s_upper])
-        np.maximum.at(lo, self.s_cols[self.s_lower], val[self.s_lower])
+        if self._unique:
+            hi[self.s_cols[self.s_upper]] = val[self.s_upper]
+            lo[self.s_cols[self.s_lower]] = val[self.s_lower]
+        else:
+            np.minimum.at(hi, self.s_cols[self.s_upper], val[self.s_upper])
+            np.maximum.at(lo, self.s_cols[self.s_lower], val[self.s_lower])
         if np.any(lo > hi + 1e-9):
             raise SolverFailed("HIGHS: contradictory bounds")
         ru = b[self.g_rows]
@@ -86,8 +93,9 @@ class LpRows:
 
 def _side_sum(w: FloatArray, lo: FloatArray, hi: FloatArray) -> float:
     """min over lo <= x <= hi of w'x (w > 0 picks lo, w < 0 picks hi; w = 0 adds nothing)."""
-    pos, neg = w > 0, w < 0
-    return float(w[pos] @ lo[pos] + w[neg] @ hi[neg])
+    side = np.where(w > 0, lo, hi)
+    side[w == 0] = 0.0  # an infinite end that w does not weigh must not turn into nan
+    return float(w @ side)
 
 
 class HighsLp:
@@ -127,8 +135,6 @@ class HighsLp:
         self._obj_bound = np.inf
         # Row prices of the last optimum (for `LpRows.lagrangian_bound`), None before the first.
         self.y: FloatArray | None = None
-        # Which enumeration cycle last solved this instance (kept by the caller).
-        self.cycle = -1
 
     def solve(self, bd: Bounds, time_limit_s: float, obj_bound: float = np.inf) -> tuple[FloatArray, float]:
         """(x, objective) for bounds `bd`; CandidatePruned if the optimum is proved >= obj_bound."""

@@ -8,6 +8,17 @@ from optimizer.params import DispatchInputs, FloatArray, InputError, SiteParams
 
 # Supported solvers and the second rung each one falls back to.
 SOLVERS = {"CLARABEL": "OSQP", "OSQP": "CLARABEL", "HIGHS": "CLARABEL"}
+# "AUTO" picks per problem class: HiGHS's hot-started dual simplex for the LP (several times faster
+# than an interior point here, see bench/optimizer.py), Clarabel when quadratic terms are on.
+AUTO = "AUTO"
+
+
+def primary_solver(p: SiteParams) -> str:
+    """The solver the first rung uses for site `p` (resolves AUTO)."""
+    name = p.solver.upper()
+    if name == AUTO:
+        return "CLARABEL" if p.ramp_quad_per_kw2 > 0 else "HIGHS"
+    return name
 
 
 def _finite(name: str, a: FloatArray) -> None:
@@ -79,8 +90,8 @@ def check_site(p: SiteParams) -> None:
                  "reserve_load_pct", "reserve_pv_pct", "ramp_quad_per_kw2"):
         if getattr(p, name) < 0:
             raise InputError(f"{name}: must be >= 0")
-    if p.solver.upper() not in SOLVERS:
-        raise InputError(f"solver: {p.solver!r} is not one of {', '.join(SOLVERS)}")
+    if p.solver.upper() not in (*SOLVERS, AUTO):
+        raise InputError(f"solver: {p.solver!r} is not one of {', '.join((*SOLVERS, AUTO))}")
     if p.solver.upper() == "HIGHS" and p.ramp_quad_per_kw2 > 0:
         raise InputError("solver: HIGHS solves the linear model only; set ramp_quad_per_kw2 = 0 or pick CLARABEL")
 
