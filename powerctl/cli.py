@@ -75,8 +75,11 @@ def run(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v")) ->
     _logging(verbose)
     from powerctl.daemon import Daemon
 
-    daemon = Daemon(cfg)
-    asyncio.run(_until_signal(daemon.run))
+    async def main(stop: asyncio.Event) -> None:
+        # built inside the loop: the Modbus clients bind to the running event loop when created
+        await Daemon(cfg).run(stop)
+
+    asyncio.run(_until_signal(main))
 
 
 @sim_app.command("serve")
