@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,7 +228,7 @@ class LiveForecaster:
         self._pv_kw: list[list[float]] = []
         self._gpu_ts: list[float] = []
         self._gpu_kw: list[list[float]] = []
-        self._pv_recent: list[tuple[float, list[float]]] = []  # fine-grained, last window only
+        self._pv_recent: deque[tuple[float, list[float]]] = deque()  # fine-grained, last window only
         self._last_gpu_sample = float("-inf")
         self._caps: list[float] = []
         self._cap_changed_s: dict[int, float] = {}
@@ -238,8 +239,14 @@ class LiveForecaster:
         """One cycle's measurements; a None PV reading (stale) is simply not recorded."""
         if all(v is not None for v in pv_kw):
             vals = [float(v) for v in pv_kw if v is not None]
-            self._pv_recent.append((now_s, vals))
-            self._pv_recent = [(t, v) for t, v in self._pv_recent if t > now_s - 1800.0]
+            recent, cutoff = self._pv_recent, now_s - 1800.0
+            # drop from the old end only (rebuilding the list cost O(window) every cycle); after a
+            # backward clock step the order is gone, so filter it all once
+            if recent and recent[-1][0] > now_s:
+                recent = self._pv_recent = deque((t, v) for t, v in recent if t > cutoff)
+            recent.append((now_s, vals))
+            while recent and recent[0][0] <= cutoff:
+                recent.popleft()
             if not self._pv_ts or now_s - self._pv_ts[-1] >= self.sample_every_s:
                 self._pv_ts.append(now_s)
                 self._pv_kw.append(vals)
