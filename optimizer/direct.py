@@ -20,6 +20,7 @@ If any check fails at build time, DispatchProblem falls back to the plain cvxpy 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import clarabel
@@ -34,6 +35,10 @@ from optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows
 from optimizer.model import Model
 from optimizer.params import FloatArray, SiteParams
 from optimizer.solution import Dispatch, ParamValues
+
+
+def _const(y: FloatArray) -> Callable[[], FloatArray | None]:
+    return lambda: y
 
 
 class DirectBackend:
@@ -90,8 +95,8 @@ class DirectBackend:
         self._last_highs: HighsLp | None = None
         self._lp_rows: LpRows | None = None
         # Row prices of the last solve per commitment slot and overall (for pruning candidates).
-        self._prices: dict[int, FloatArray] = {}
-        self._last_prices: FloatArray | None = None
+        self._prices: dict[int, Callable[[], FloatArray | None]] = {}
+        self._last_prices: Callable[[], FloatArray | None] | None = None
         # Candidate pruning by bounds (tests switch it off to compare against full enumeration).
         self.prune = True
         self._clarabel_tl = -1.0
@@ -175,7 +180,7 @@ class DirectBackend:
         return np.asarray(res.x, dtype=float), float(res.info.obj_val), -np.asarray(res.y, dtype=float)
 
     def _solve_highs(self, bd: Bounds, time_limit_s: float, slot: int,
-                     obj_bound: float) -> tuple[FloatArray, float, FloatArray | None]:
+                     obj_bound: float) -> tuple[FloatArray, float]:
         # One HiGHS instance per commitment slot, each hot-started from its own last basis: from one
         # cycle to the next a slot sees the same kind of schedule, so few pivots are needed.
         if slot not in self._highs:
@@ -188,11 +193,11 @@ class DirectBackend:
         lp = self._highs[slot]
         self._last_highs = lp
         try:
-            x, obj = lp.solve(bd, time_limit_s, obj_bound)
+            return lp.solve(bd, time_limit_s, obj_bound)
         finally:
-            if lp.y is not None:
-                self._prices[slot] = self._last_prices = lp.y
-        return x, obj, None
+            if lp.solved:
+                # Prices are fetched from HiGHS only if pruning asks for them.
+                self._prices[slot] = self._last_prices = lambda: lp.y
 
     def _rows(self) -> LpRows:
         if self._lp_rows is None:
@@ -201,7 +206,8 @@ class DirectBackend:
 
     def _prune(self, bd: Bounds, slot: int, obj_bound: float) -> None:
         """Raise CandidatePruned if stored row prices prove the LP optimum is above `obj_bound`."""
-        prices = [y for y in (self._prices.get(slot), self._last_prices) if y is not None]
+        sources = [src for src in (self._prices.get(slot), self._last_prices) if src is not None]
+        prices = [y for y in (src() for src in sources) if y is not None]
         lb = max((self._rows().lagrangian_bound(bd, y) for y in prices), default=-np.inf)
         if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
             raise CandidatePruned("Lagrangian bound above the best candidate")
@@ -234,12 +240,12 @@ class DirectBackend:
             if not lp:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
             assert bd is not None
-            x, obj, y = self._solve_highs(bd, tl, slot, obj_bound)
-            status = "optimal"
+            x, obj = self._solve_highs(bd, tl, slot, obj_bound)
+            y, status = None, "optimal"
         else:
             raise SolverFailed(f"unknown solver {solver}")
         if y is not None:
-            self._prices[slot] = self._last_prices = y
+            self._prices[slot] = self._last_prices = _const(y)
         if not np.all(np.isfinite(x)):
             raise SolverFailed(f"{solver}: non-finite solution")
         return self._unpack(x, v), obj + self.d, status

@@ -133,8 +133,23 @@ class HighsLp:
         self.row_idx = np.arange(rows.g_rows.size, dtype=np.int32)
         self._last: Bounds | None = None
         self._obj_bound = np.inf
-        # Row prices of the last optimum (for `LpRows.lagrangian_bound`), None before the first.
-        self.y: FloatArray | None = None
+        self._y: FloatArray | None = None
+        self._y_ready = False  # prices of the last run are fetched from HiGHS only when asked for
+        self._solved = False
+
+    @property
+    def y(self) -> FloatArray | None:
+        """Row prices of the last run (optimal, or stopped at the bound), None before the first."""
+        if not self._y_ready:
+            sol = self.h.getSolution()
+            self._y = np.array(sol.row_dual, dtype=np.float64) if sol.dual_valid else None
+            self._y_ready = True
+        return self._y
+
+    @property
+    def solved(self) -> bool:
+        """True once this instance has a basis from a finished run."""
+        return self._solved
 
     def solve(self, bd: Bounds, time_limit_s: float, obj_bound: float = np.inf) -> tuple[FloatArray, float]:
         """(x, objective) for bounds `bd`; CandidatePruned if the optimum is proved >= obj_bound."""
@@ -155,17 +170,17 @@ class HighsLp:
         if obj_bound != self._obj_bound:
             self.h.setOptionValue("objective_bound", float(obj_bound))
             self._obj_bound = obj_bound
+        self._y_ready = False
         self.h.run()
         status = self.h.getModelStatus()
         if status == self._hs.HighsModelStatus.kObjectiveBound:
-            # The dual simplex stopped at dual feasible prices that prove the bound: keep them, they
-            # will likely prune this candidate again next cycle without a solve.
-            sol = self.h.getSolution()
-            if sol.dual_valid:
-                self.y = np.asarray(sol.row_dual, dtype=float)
+            # The dual simplex stopped at dual feasible prices that prove the bound; they stay
+            # available (`y`) and will likely prune this candidate next cycle without a solve.
+            self._solved = True
             raise CandidatePruned("HIGHS: objective bound reached")
         if status != self._hs.HighsModelStatus.kOptimal:
+            self._y, self._y_ready = None, True  # no trustworthy prices from a failed run
             raise SolverFailed(f"HIGHS: status {self.h.modelStatusToString(status)}")
+        self._solved = True
         sol = self.h.getSolution()
-        self.y = np.asarray(sol.row_dual, dtype=float)
-        return np.asarray(sol.col_value, dtype=float), float(self.h.getInfo().objective_function_value)
+        return np.array(sol.col_value, dtype=np.float64), float(self.h.getInfo().objective_function_value)

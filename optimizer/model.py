@@ -204,7 +204,7 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
         cost.append(cp.sum(cp.multiply(fuel, g)))
 
     gpu = gpu_ub = prev = None
-    load: cp.Expression = other
+    gpu_load: cp.Expression = cp.Constant(np.zeros(T))  # (1 + overhead) * GPU power, per step
     quad = p.ramp_quad_per_kw2 > 0
     if n_cls:
         cls = p.gpu_classes
@@ -212,7 +212,7 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
         gpu_ub = cp.Parameter((n_cls, T), nonneg=True, name="gpu_ub_kw")
         prev = cp.Parameter(n_cls, nonneg=True, name="prev_gpu_kw")
         cons += [gpu >= np.array([c.p_min_kw for c in cls])[:, None] * np.ones((1, T)), gpu <= gpu_ub]
-        load = load + (1.0 + p.facility_overhead) * cp.sum(gpu, axis=0)
+        gpu_load = (1.0 + p.facility_overhead) * cp.sum(gpu, axis=0)
         # Budget change per step; the first step changes from the last applied budget.
         dgpu = cp.hstack([cp.reshape(gpu[:, 0] - prev, (n_cls, 1), order="F"), gpu[:, 1:] - gpu[:, :-1]])
         pen = np.array([c.ramp_penalty_per_kw for c in cls])
@@ -262,13 +262,17 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
                 cons.append(v[None, :] <= slopes[:, None] @ gpu[j:j + 1, :] + icpts[:, None] * np.ones((1, T)))
                 cost.append(-(dt_h @ v))
 
+    load = other + gpu_load
     cons.append(supply >= load)
-    spill = supply - load
+    # Spill = supply - load. Its penalty leaves out the other-load Parameter: a constant that does
+    # not move the optimum, and a Parameter in the objective would stop `optimizer.direct` from
+    # reusing the compiled data (plans price spill in full, see solution.make_plan).
+    spill_vars = supply - gpu_load
     reserve_need = reserve_need + (p.reserve_load_pct / 100.0) * load
     cons += _reserve_rows(reserve_have, reserve_need, bat_reserve, T)
     cost.append((p.unserved_penalty_per_kwh * dt_h) @ unserved)
     if p.spill_penalty_per_kwh > 0:
-        cost.append((p.spill_penalty_per_kwh * dt_h) @ spill)
+        cost.append((p.spill_penalty_per_kwh * dt_h) @ spill_vars)
     cost.append((p.reserve_penalty_per_kwh * dt_h) @ short)
 
     problem = cp.Problem(cp.Minimize(sum(cost, cp.Constant(0.0))), cons)
