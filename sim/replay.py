@@ -303,6 +303,7 @@ def simulate(
     soc0_pct: float = 50.0,
     static_cap_w: float | None = None,
     solve_deadline_s: float | None = None,
+    refill_below_pct: float | None = 20.0,
     progress: Callable[[float, float], None] | None = None,
 ) -> ReplayResult:
     """Run the closed loop over the trace (or its first ``days``); no files written."""
@@ -318,6 +319,7 @@ def simulate(
         t0_s=0.0,
         soc0_pct=soc0_pct,
         other_load_kw=trace.other_load_kw_at,
+        genset_refill_below_pct=refill_below_pct,
     )
     forecaster = make_forecaster(rcfg, trace, perfect_foresight=perfect_foresight, pv_method=pv_forecast)
     ctrl = make_controller(

@@ -11,6 +11,10 @@ States (DSE GenComm engine status, register 1408):
 A run command while cooling down goes straight back to running (the engine is warm). A stop command
 during pre-start or warm-up stops at once. Transitions happen at their exact time inside a step.
 
+Tank: ``tank_l``; an empty tank stops the engine. With ``refill_below_pct`` a delivery refills it
+whenever the level falls below that share (replays use this: they compare dispatch, not fuel
+logistics; the deliveries are counted).
+
 Fuel: F [L/h] = f0 x rating + f1 x P while the engine turns (warm-up and cool-down at P = 0), the
 affine HOMER form whose coefficients come from the config (given, or fitted on its fuel curve;
 ``fuel_coeffs_from_points`` fits them from ``sim/data/genset`` rows).
@@ -49,6 +53,7 @@ class Genset:
     tank_l: float = 1000.0
     fuel_l: float = 800.0
     ramp_kw_per_s: float | None = None
+    refill_below_pct: float | None = None  # a fuel delivery refills the tank below this level
     status: GensetStatus = GensetStatus.STOPPED
     run_cmd: bool = False
     p_kw: float = 0.0
@@ -57,6 +62,7 @@ class Genset:
     starts: int = 0
     e_kwh: float = 0.0
     fuel_used_l: float = 0.0
+    deliveries: int = 0
     _in_state_s: float = 0.0
 
     @property
@@ -138,6 +144,9 @@ class Genset:
             )
             self.fuel_l -= used
             self.fuel_used_l += used
+        if self.refill_below_pct is not None and self.fuel_pct < self.refill_below_pct:
+            self.fuel_l = self.tank_l
+            self.deliveries += 1
 
     def fuel_l_per_h(self, p_kw: float) -> float:
         return self.f0_l_per_h_per_kw * self.rating_kw + self.f1_l_per_kwh * p_kw

@@ -40,7 +40,9 @@ BUILTIN_CURVES: dict[str, list[tuple[float, float]]] = {
 class Curve:
     """Relative throughput as a function of power as a fraction of the GPU's max (0..1)."""
 
-    def __init__(self, frac: Sequence[float] | np.ndarray, tput: Sequence[float] | np.ndarray, name: str = "") -> None:
+    def __init__(
+        self, frac: Sequence[float] | np.ndarray, tput: Sequence[float] | np.ndarray, name: str = ""
+    ) -> None:
         f = np.asarray(frac, dtype=float)
         t = np.asarray(tput, dtype=float)
         order = np.argsort(f)

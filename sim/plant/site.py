@@ -69,6 +69,7 @@ class Plant:
         genset_start_delay_s: float = 10.0,
         genset_cooldown_s: float = 60.0,
         genset_tank_l: float | None = None,
+        genset_refill_below_pct: float | None = None,
         gpu_tau_s: float = 1.0,
     ) -> None:
         self.cfg = cfg
@@ -112,6 +113,7 @@ class Plant:
                 tank_l=tank,
                 fuel_l=tank,
                 ramp_kw_per_s=g.ramp_kw_per_s,
+                refill_below_pct=genset_refill_below_pct,
             )
         meters = cfg.by_nature(Nature.METER)
         self.grid_import_max_kw = sum(m.limits.max_import_kw for m in meters)

@@ -227,3 +227,23 @@ def test_plant_curves_match_planner_table() -> None:
     for name in ("infer_llama_8b", "pt_mpt_7b_fast", "ft_llama_8b_dolly"):
         frac, tput = throughput_curve(name)
         np.testing.assert_allclose(get_curve(name)(frac), tput)
+
+
+def test_empty_tank_stops_engine_and_refill_counts_deliveries() -> None:
+    g = Genset("g", 100, 30, 0.015, 0.25, start_delay_s=0, warmup_s=0, tank_l=10, fuel_l=10)
+    g.command(True)
+    g.advance_state(1)
+    assert g.running
+    g.deliver(100.0, 3600.0)  # wants 26.5 L, has 10
+    assert g.fuel_l == 0 and g.fuel_used_l == pytest.approx(10)
+    g.advance_state(1)
+    assert g.status is GensetStatus.STOPPED and not g.running
+    r = Genset(
+        "r", 100, 30, 0.015, 0.25, start_delay_s=0, warmup_s=0, tank_l=100, fuel_l=100, refill_below_pct=20
+    )
+    r.command(True)
+    r.advance_state(1)
+    for _ in range(60):  # 10 h at full load in 10-minute steps: 265 L from a 100 L tank
+        r.deliver(100.0, 600.0)
+    assert r.fuel_used_l == pytest.approx(265.0)  # nothing was lost to an empty tank
+    assert r.deliveries == 3 and r.fuel_pct >= 20
