@@ -12,12 +12,16 @@ which part to look at.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/optimizer.py (another benchmark) would shadow the optimizer package when this file runs as a
+# script (the script's folder comes first on sys.path): drop that folder, put the repo root first
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:
