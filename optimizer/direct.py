@@ -31,14 +31,10 @@ import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
 from optimizer.backend import CandidatePruned, SolverFailed, set_parameters
-from optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows
+from optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows, Prices
 from optimizer.model import Model
 from optimizer.params import FloatArray, SiteParams
 from optimizer.solution import Dispatch, ParamValues
-
-
-def _const(y: FloatArray) -> Callable[[], FloatArray | None]:
-    return lambda: y
 
 
 class DirectBackend:
@@ -95,8 +91,8 @@ class DirectBackend:
         self._last_highs: HighsLp | None = None
         self._lp_rows: LpRows | None = None
         # Row prices of the last solve per commitment slot and overall (for pruning candidates).
-        self._prices: dict[int, Callable[[], FloatArray | None]] = {}
-        self._last_prices: Callable[[], FloatArray | None] | None = None
+        self._prices: dict[int, Callable[[], Prices | None]] = {}
+        self._last_prices: Callable[[], Prices | None] | None = None
         # Candidate pruning by bounds (tests switch it off to compare against full enumeration).
         self.prune = True
         self._clarabel_tl = -1.0
@@ -197,18 +193,29 @@ class DirectBackend:
         finally:
             if lp.solved:
                 # Prices are fetched from HiGHS only if pruning asks for them.
-                self._prices[slot] = self._last_prices = lambda: lp.y
+                self._prices[slot] = self._last_prices = lambda: lp.prices
+
+    def _lazy_prices(self, y: FloatArray) -> Callable[[], Prices | None]:
+        """Prices from y, built on first use (most solves never need them)."""
+        cache: list[Prices] = []
+
+        def get() -> Prices | None:
+            if not cache:
+                cache.append(Prices(self._rows(), y))
+            return cache[0]
+
+        return get
 
     def _rows(self) -> LpRows:
         if self._lp_rows is None:
             self._lp_rows = LpRows(self.A, self.c, self.n_zero)
         return self._lp_rows
 
-    def _prune(self, bd: Bounds, slot: int, obj_bound: float) -> None:
+    def _prune(self, b: FloatArray, slot: int, obj_bound: float) -> None:
         """Raise CandidatePruned if stored row prices prove the LP optimum is above `obj_bound`."""
         sources = [src for src in (self._prices.get(slot), self._last_prices) if src is not None]
-        prices = [y for y in (src() for src in sources) if y is not None]
-        lb = max((self._rows().lagrangian_bound(bd, y) for y in prices), default=-np.inf)
+        prices = [pr for pr in (src() for src in sources) if pr is not None]
+        lb = max((pr.bound(b) for pr in prices), default=-np.inf)
         if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
             raise CandidatePruned("Lagrangian bound above the best candidate")
 
@@ -223,10 +230,9 @@ class DirectBackend:
         tl = max(1e-3, float(time_limit_s))
         lp = self.P.nnz == 0
         obj_bound = bound - self.d if (lp and self.prune) else np.inf
-        bd = self._rows().bounds(b) if (solver == "HIGHS" or np.isfinite(obj_bound)) else None
         # A HiGHS slot is solved in full the first time (its basis is what makes later solves cheap).
-        if bd is not None and np.isfinite(obj_bound) and (solver != "HIGHS" or slot in self._highs):
-            self._prune(bd, slot, obj_bound)
+        if np.isfinite(obj_bound) and (solver != "HIGHS" or slot in self._highs):
+            self._prune(b, slot, obj_bound)
         y: FloatArray | None
         if solver == "CLARABEL":
             x, obj, z = self._solve_clarabel(b, tl)
@@ -239,13 +245,12 @@ class DirectBackend:
         elif solver == "HIGHS":
             if not lp:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
-            assert bd is not None
-            x, obj = self._solve_highs(bd, tl, slot, obj_bound)
+            x, obj = self._solve_highs(self._rows().bounds(b), tl, slot, obj_bound)
             y, status = None, "optimal"
         else:
             raise SolverFailed(f"unknown solver {solver}")
         if y is not None:
-            self._prices[slot] = self._last_prices = _const(y)
+            self._prices[slot] = self._last_prices = self._lazy_prices(y)
         if not np.all(np.isfinite(x)):
             raise SolverFailed(f"{solver}: non-finite solution")
         return self._unpack(x, v), obj + self.d, status

@@ -5,7 +5,7 @@ with only b changing between solves. Rows with a single non-zero are variable bo
 them as column bounds, so its basis only spans the rows that couple variables. Everything else
 becomes row bounds rl <= A_g x <= ru.
 
-Lower bound without solving (`lagrangian_bound`). For any row prices y,
+Lower bound without solving (`Prices`). For any row prices y,
     c'x >= min_{lo <= x <= hi} (c - A_g'y)'x + min_{rl <= r <= ru} y'r      for every feasible x,
 which is the Lagrangian dual of the LP. Dual feasibility does not depend on b, so the prices of an
 earlier optimum (another commitment candidate, or the same candidate one cycle ago) give a valid
@@ -52,14 +52,22 @@ class LpRows:
         is_eq = np.zeros(self.m, dtype=bool)
         is_eq[:n_zero] = True
         s_rows = np.nonzero(single)[0]
-        self.s_rows = s_rows
-        self.s_cols = A_r.indices[A_r.indptr[s_rows]]
-        self.s_coef = A_r.data[A_r.indptr[s_rows]]
-        self.s_upper = (self.s_coef > 0) | is_eq[s_rows]
-        self.s_lower = (self.s_coef < 0) | is_eq[s_rows]
+        s_cols = A_r.indices[A_r.indptr[s_rows]]
+        s_coef = A_r.data[A_r.indptr[s_rows]]
+        upper = (s_coef > 0) | is_eq[s_rows]  # coef x <= b (or =) bounds x from above if coef > 0
+        lower = (s_coef < 0) | is_eq[s_rows]
+        self._up_rows, self._up_cols, self._up_inv = s_rows[upper], s_cols[upper], 1.0 / s_coef[upper]
+        self._lo_rows, self._lo_cols, self._lo_inv = s_rows[lower], s_cols[lower], 1.0 / s_coef[lower]
         # Columns bounded by one row each on each side (the usual case) take a plain scatter.
-        self._unique = (np.unique(self.s_cols[self.s_upper]).size == int(self.s_upper.sum())
-                        and np.unique(self.s_cols[self.s_lower]).size == int(self.s_lower.sum()))
+        self._unique = (np.unique(self._up_cols).size == self._up_cols.size
+                        and np.unique(self._lo_cols).size == self._lo_cols.size)
+        # One bounding row per column and side (-1: none), for `Prices`.
+        self.lo_row = np.full(self.n, -1)
+        self.lo_row[self._lo_cols] = self._lo_rows
+        self.up_row = np.full(self.n, -1)
+        self.up_row[self._up_cols] = self._up_rows
+        self.row_coef = np.zeros(self.m)
+        self.row_coef[s_rows] = s_coef
         self.g_rows = np.nonzero(~single)[0]
         self.g_eq = is_eq[self.g_rows]
         self.A_g = sp.csr_matrix(A_r[self.g_rows])
@@ -67,35 +75,51 @@ class LpRows:
 
     def bounds(self, b: FloatArray) -> Bounds:
         """Column and row bounds for right-hand side b; raises SolverFailed if they contradict."""
-        val = b[self.s_rows] / self.s_coef
         lo = np.full(self.n, -np.inf)
         hi = np.full(self.n, np.inf)
         if self._unique:
-            hi[self.s_cols[self.s_upper]] = val[self.s_upper]
-            lo[self.s_cols[self.s_lower]] = val[self.s_lower]
+            hi[self._up_cols] = b[self._up_rows] * self._up_inv
+            lo[self._lo_cols] = b[self._lo_rows] * self._lo_inv
         else:
-            np.minimum.at(hi, self.s_cols[self.s_upper], val[self.s_upper])
-            np.maximum.at(lo, self.s_cols[self.s_lower], val[self.s_lower])
+            np.minimum.at(hi, self._up_cols, b[self._up_rows] * self._up_inv)
+            np.maximum.at(lo, self._lo_cols, b[self._lo_rows] * self._lo_inv)
         if np.any(lo > hi + 1e-9):
             raise SolverFailed("HIGHS: contradictory bounds")
         ru = b[self.g_rows]
         rl = np.where(self.g_eq, ru, -np.inf)
         return Bounds(lo=lo, hi=hi, rl=rl, ru=ru)
 
-    def lagrangian_bound(self, bd: Bounds, y: FloatArray) -> float:
-        """A lower bound on the LP optimum for bounds `bd` from row prices y (-inf if y gives none)."""
-        z = self.c - self.A_gT @ y
+
+class Prices:
+    """Row prices y turned into the Lagrangian bound as a linear function of b: bound(b) = w'b.
+
+    min over the box of (c - A_g'y)'x + min over the row range of y'r picks, for every column and
+    row, one end, and every finite end is an entry of b over a fixed coefficient. Which end is
+    picked depends only on the signs of y and z = c - A_g'y, so w is fixed for given y and a
+    candidate's bound costs one dot product. If y prices an end that does not exist (infinite),
+    the bound is -inf for every b and `w` is None. (A column bounded by several rows on one side
+    uses one of them: a weaker bound, still valid.)
+    """
+
+    def __init__(self, rows: LpRows, y: FloatArray) -> None:
+        y = np.where(np.abs(y) < _Z_TINY, 0.0, y)
+        z = rows.c - rows.A_gT @ y
         z = np.where(np.abs(z) < _Z_TINY, 0.0, z)
-        # min over [lo, hi] of z x: at lo where z > 0, at hi where z < 0 (an infinite end means no bound).
-        total = _side_sum(z, bd.lo, bd.hi) + _side_sum(y, bd.rl, bd.ru)
-        return total if np.isfinite(total) else -np.inf
+        w = np.zeros(rows.m)
+        # Rows: y > 0 takes the lower end (only equality rows have one), y < 0 the upper end b.
+        ok = not np.any((y > 0) & ~rows.g_eq)
+        w[rows.g_rows] = y
+        # Columns: z > 0 takes the lower bound, z < 0 the upper bound, each b[row] / coef.
+        for mask, side in ((z > 0, rows.lo_row), (z < 0, rows.up_row)):
+            r = side[mask]
+            ok = ok and bool(np.all(r >= 0))
+            if ok:
+                np.add.at(w, r, z[mask] / rows.row_coef[r])
+        self.w: FloatArray | None = w if ok else None
 
-
-def _side_sum(w: FloatArray, lo: FloatArray, hi: FloatArray) -> float:
-    """min over lo <= x <= hi of w'x (w > 0 picks lo, w < 0 picks hi; w = 0 adds nothing)."""
-    side = np.where(w > 0, lo, hi)
-    side[w == 0] = 0.0  # an infinite end that w does not weigh must not turn into nan
-    return float(w @ side)
+    def bound(self, b: FloatArray) -> float:
+        """Lower bound on the LP optimum for right-hand side b (-inf when these prices give none)."""
+        return -np.inf if self.w is None else float(self.w @ b)
 
 
 class HighsLp:
@@ -133,18 +157,18 @@ class HighsLp:
         self.row_idx = np.arange(rows.g_rows.size, dtype=np.int32)
         self._last: Bounds | None = None
         self._obj_bound = np.inf
-        self._y: FloatArray | None = None
-        self._y_ready = False  # prices of the last run are fetched from HiGHS only when asked for
+        self._prices: Prices | None = None
+        self._prices_ready = False  # prices of the last run are fetched from HiGHS only when asked for
         self._solved = False
 
     @property
-    def y(self) -> FloatArray | None:
+    def prices(self) -> Prices | None:
         """Row prices of the last run (optimal, or stopped at the bound), None before the first."""
-        if not self._y_ready:
+        if not self._prices_ready:
             sol = self.h.getSolution()
-            self._y = np.array(sol.row_dual, dtype=np.float64) if sol.dual_valid else None
-            self._y_ready = True
-        return self._y
+            self._prices = Prices(self.rows, np.array(sol.row_dual, dtype=np.float64)) if sol.dual_valid else None
+            self._prices_ready = True
+        return self._prices
 
     @property
     def solved(self) -> bool:
@@ -170,16 +194,16 @@ class HighsLp:
         if obj_bound != self._obj_bound:
             self.h.setOptionValue("objective_bound", float(obj_bound))
             self._obj_bound = obj_bound
-        self._y_ready = False
+        self._prices_ready = False
         self.h.run()
         status = self.h.getModelStatus()
         if status == self._hs.HighsModelStatus.kObjectiveBound:
             # The dual simplex stopped at dual feasible prices that prove the bound; they stay
-            # available (`y`) and will likely prune this candidate next cycle without a solve.
+            # available (`prices`) and will likely prune this candidate next cycle without a solve.
             self._solved = True
             raise CandidatePruned("HIGHS: objective bound reached")
         if status != self._hs.HighsModelStatus.kOptimal:
-            self._y, self._y_ready = None, True  # no trustworthy prices from a failed run
+            self._prices, self._prices_ready = None, True  # no trustworthy prices from a failed run
             raise SolverFailed(f"HIGHS: status {self.h.modelStatusToString(status)}")
         self._solved = True
         sol = self.h.getSolution()
