@@ -185,9 +185,10 @@ class Daemon:
                 continue
             try:
                 # the solve runs in a worker thread; the loop never waits past the deadline
-                plan = await asyncio.wait_for(
-                    asyncio.to_thread(self.core.plan, now, self.image, deadline), deadline + 0.5
-                )
+                # (asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that arrives as the
+                # thread finishes, and the daemon would not stop)
+                async with asyncio.timeout(deadline + 0.5):
+                    plan = await asyncio.to_thread(self.core.plan, now, self.image, deadline)
                 self.status.last_solve_ms = plan.solve_time_s * 1000.0
                 self.status.plan_rung, self.status.plan_status = plan.rung, plan.status
                 self._emit_plan(now, plan)

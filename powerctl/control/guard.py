@@ -21,6 +21,7 @@ never raised. The guard needs no planner: with the planner dead it works from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
@@ -362,10 +363,11 @@ async def run_guard(
             if wake is None:
                 await asyncio.sleep(period)
             else:
-                try:
-                    await asyncio.wait_for(wake.wait(), period)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the event is
+                # set in the same loop pass as a cancel, the cancel is lost and the daemon never stops
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(period):
+                        await wake.wait()
                 wake.clear()
     finally:
         caps = guard.safe_caps()

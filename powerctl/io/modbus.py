@@ -20,6 +20,7 @@ Setpoints with ``keepalive_s`` are rewritten at 80 % of that period while the de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -327,10 +328,11 @@ class ModbusDevice:
                 await self._refresh_keepalive()
                 wait = min(next_poll - time.monotonic(), self._keepalive_due_in_s())
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races
+                # with the event being set, and the poller would never stop
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wait)):
+                        await self._wake.wait()
         finally:
             self.close()
 
