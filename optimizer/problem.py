@@ -118,6 +118,8 @@ class DispatchProblem:
         self.compile_time_s = time.perf_counter() - t0
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-solver")
         self._busy = threading.Lock()
+        # Winning slot per commitment stage last cycle (tried first next cycle).
+        self._last_winner: dict[int, int] = {}
         # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule").
         self.force_fail: set[str] = set()
 
@@ -146,34 +148,54 @@ class DispatchProblem:
         return v, d, obj + fixed_cost
 
     def _enumerate(self, x: DispatchInputs, solver: str, rung: str, deadline_at: float) -> _Solved:
-        """Commitment by coordinate search over candidate schedules (see optimizer.commitment)."""
+        """Commitment by coordinate search over candidate schedules (see optimizer.commitment).
+
+        Stage 0 tries "stay" and genset 0's switches; stage i > 0 genset i's switches from the
+        incumbent. Within a stage the order does not change the result (the best one wins), so the
+        slot that won last cycle goes first: it usually wins again, and its cost lets the backend
+        prune the others by bounds instead of solving them.
+        """
         p = self.params
         T = self.steps_s.shape[0]
-        best_sched = stay_schedule(x.genset_on, T)
-        v, d, obj = self._solve_one(x, best_sched, solver, deadline_at - time.perf_counter())
-        best = _Solved(best_sched, v, d, obj, "optimal", solver, rung, 1)
-        for i, gen in enumerate(p.gensets):
-            incumbent = best.sched
-            ks = switch_steps(gen, bool(x.genset_on[i]), float(x.genset_state_s[i]), self.steps_s,
-                              p.commitment_candidates)
-            # Each candidate position ("slot") keeps its own solver state: from one cycle to the next
-            # a slot sees the same kind of schedule, so a hot-started simplex (HiGHS) needs few pivots.
-            for slot, k in enumerate(sorted(ks, reverse=True), start=1 + i * len(ks)):
+        best: _Solved | None = None
+        tried = 0
+        incumbent = stay_schedule(x.genset_on, T)
+        for i in range(max(1, len(p.gensets))):
+            stage: list[tuple[int, Schedule]] = [(0, incumbent)] if i == 0 else []
+            if p.gensets:
+                on0 = bool(x.genset_on[i])
+                ks = switch_steps(p.gensets[i], on0, float(x.genset_state_s[i]), self.steps_s,
+                                  p.commitment_candidates)
+                # Each candidate position ("slot") keeps its own solver state: from one cycle to the
+                # next a slot sees the same kind of schedule, so a hot-started simplex needs few pivots.
+                first = 1 + i * p.commitment_candidates
+                stage += [(first + j, switched(incumbent, i, on0, k)) for j, k in enumerate(sorted(ks, reverse=True))]
+            stage.sort(key=lambda sc: sc[0] != self._last_winner.get(i))
+            for slot, cand in stage:
                 left = deadline_at - time.perf_counter()
                 if left <= 0:
+                    if best is None:
+                        raise SolverFailed("no time left for the first candidate")
                     best.status = "optimal_commitment_truncated"
                     return best
-                cand = switched(incumbent, i, bool(x.genset_on[i]), k)
+                tried += 1
                 try:
-                    v, d, obj = self._solve_one(x, cand, solver, left, slot, best=best.objective)
+                    v, d, obj = self._solve_one(x, cand, solver, left, slot,
+                                                best=np.inf if best is None else best.objective)
                 except CandidatePruned:
-                    best.candidates += 1
                     continue
                 except SolverFailed:
+                    if slot == 0 and len(stage) == 1:
+                        raise
                     continue  # a candidate the solver cannot do is simply not chosen
-                best.candidates += 1
-                if obj < best.objective - 1e-9:
-                    best = _Solved(cand, v, d, obj, "optimal", solver, rung, best.candidates)
+                if best is None or obj < best.objective - 1e-9:
+                    best = _Solved(cand, v, d, obj, "optimal", solver, rung, tried)
+                    self._last_winner[i] = slot
+            if best is None:
+                raise SolverFailed("no commitment candidate could be solved")
+            best.candidates = tried
+            incumbent = best.sched
+        assert best is not None
         return best
 
     def _solver_rungs(self, x: DispatchInputs, deadline_at: float) -> tuple[_Solved | None, list[str]]:
