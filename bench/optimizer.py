@@ -3,16 +3,19 @@
 Run:  .venv/bin/python bench/optimizer.py [--n 200] [--rebuild-n 20] [--solvers CLARABEL,HIGHS]
 
 Every figure goes through the public path (`DispatchProblem.solve`: input checks, worker thread,
-solve, bound clean-up, plan assembly). Inputs change on every solve the way they do in the daemon:
-the forecast rolls on by one step with fresh noise, SoC and the previous GPU budget come from the
-last plan. "re-solve" is one convex solve (commitment fixed: commitment_candidates=0);
-"commitment" is the full enumeration (1 + 6 candidates for one genset); "rebuild" builds the cvxpy
-problem from scratch and solves it through cvxpy each time (what "build once" saves).
+solve, bound clean-up, plan assembly). Inputs change on every solve, harder than in the daemon:
+the forecast rolls on by a whole step with fresh noise on every step, SoC and the previous GPU
+budget come from the last plan. "re-solve" is one convex solve (commitment fixed:
+commitment_candidates=0); "commitment" is the full enumeration (1 + 6 candidates for one genset);
+"rebuild" builds the cvxpy problem from scratch and solves it through cvxpy each time (what "build
+once" saves), per solver. p50/p99 are wall-clock; "cpu" is the process CPU time per solve (both
+threads), which shows what a busy machine adds: the load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,22 +78,23 @@ class Inputs:
                               prev_gpu_kw=self.prev)
 
 
-def run(p: SiteParams, n: int, backend: str = "auto") -> tuple[float, np.ndarray, list[str]]:
-    """Compile once, then n solves with rolling inputs: (compile s, solve times s, rungs)."""
+def run(p: SiteParams, n: int, backend: str = "auto") -> tuple[float, np.ndarray, np.ndarray, list[str]]:
+    """Compile once, then n solves with rolling inputs: (compile s, wall s, CPU s, rungs)."""
     t0 = time.perf_counter()
     prob = DispatchProblem(p, backend=backend)
     compile_s = time.perf_counter() - t0
     src = Inputs(p)
     plan = prob.solve(src.next(None), deadline_s=10.0)  # first solve sets the solver up
-    times, rungs = [], []
+    times, cpu, rungs = [], [], []
     for _ in range(n):
         x = src.next(plan)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         plan = prob.solve(x, deadline_s=10.0)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         rungs.append(plan.rung)
     prob.close()
-    return compile_s, np.array(times), rungs
+    return compile_s, np.array(times), np.array(cpu), rungs
 
 
 def rebuild(p: SiteParams, n: int) -> np.ndarray:
@@ -108,6 +112,10 @@ def rebuild(p: SiteParams, n: int) -> np.ndarray:
     return np.array(times)
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def ms(a: np.ndarray, q: float) -> str:
     return f"{np.percentile(a, q) * 1e3:7.1f}"
 
@@ -115,30 +123,32 @@ def ms(a: np.ndarray, q: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="re-solves per figure")
-    ap.add_argument("--rebuild-n", type=int, default=20, help="rebuild-from-scratch solves")
-    ap.add_argument("--solvers", default="CLARABEL,HIGHS")
+    ap.add_argument("--rebuild-n", type=int, default=20, help="rebuild-from-scratch solves per solver")
+    ap.add_argument("--solvers", default="CLARABEL,HIGHS", help="comma-separated; AUTO = HIGHS for this LP")
     a = ap.parse_args()
+    solvers = a.solvers.split(",")
     fixed = np.full(288, 300.0)
     variable = np.concatenate((np.full(60, 60.0), np.full(92, 900.0)))  # 1 min for 1 h, then 15 min: 24 h
     print(f"optimizer bench: {a.n} solves per row, rolling inputs; times in ms (goals: compile < 1000,"
-          " re-solve p50 <= 10 / p99 <= 25, commitment p99 <= 100)")
-    print(f"{'solver':9} {'case':38} {'compile':>8} {'p50':>7} {'p99':>7}  rungs")
+          f" re-solve p50 <= 10 / p99 <= 25, commitment p99 <= 100); {os.cpu_count()} CPUs, {load()}")
+    print(f"{'solver':9} {'case':38} {'compile':>8} {'p50':>7} {'p99':>7} {'cpu p50':>8}  rungs")
     base_p50: dict[str, float] = {}
-    for solver in a.solvers.split(","):
+    for solver in solvers:
         for label, steps, cand in (("288 x 5 min, re-solve", fixed, 0),
                                    (f"variable {variable.size} steps (1 min/15 min)", variable, 0),
                                    ("288 x 5 min, commitment (1+6 cand.)", fixed, 6)):
-            c_s, t, rungs = run(site(steps, solver, cand), a.n)
+            c_s, t, cpu, rungs = run(site(steps, solver, cand), a.n)
             if cand == 0 and steps is fixed:
                 base_p50[solver] = float(np.median(t))
             tally = ", ".join(f"{r}={rungs.count(r)}" for r in sorted(set(rungs)))
-            print(f"{solver:9} {label:38} {c_s * 1e3:8.1f} {ms(t, 50)} {ms(t, 99)}  {tally}")
+            print(f"{solver:9} {label:38} {c_s * 1e3:8.1f} {ms(t, 50)} {ms(t, 99)} {ms(cpu, 50):>8}  {tally}")
     if a.rebuild_n > 0:
-        solver = a.solvers.split(",")[0]
-        t = rebuild(site(fixed, solver, 0), a.rebuild_n)
-        ratio = float(np.median(t)) / base_p50[solver]
-        print(f"{solver:9} {'288 x 5 min, rebuild + cvxpy each time':38} {'':>8} {ms(t, 50)} {ms(t, 99)}"
-              f"  ({a.rebuild_n} solves) -> build-once is {ratio:.1f}x faster at p50")
+        for solver in solvers:
+            t = rebuild(site(fixed, solver, 0), a.rebuild_n)
+            ratio = float(np.median(t)) / base_p50[solver]
+            print(f"{solver:9} {'288 x 5 min, rebuild + cvxpy each time':38} {'':>8} {ms(t, 50)} {ms(t, 99)} {'':>8}"
+                  f"  ({a.rebuild_n} solves) -> build-once is {ratio:.1f}x faster at p50")
+    print(f"done; {load()}")
 
 
 if __name__ == "__main__":
