@@ -284,7 +284,8 @@ class Control(_Model):
     horizon: list[HorizonSegment] = Field(
         default_factory=lambda: [HorizonSegment(step_s=300, count=288)], min_length=1
     )
-    solver: Literal["CLARABEL", "OSQP"] = "CLARABEL"
+    # HIGHS / AUTO (HiGHS for this linear model): several times faster re-solves, see bench/optimizer.py.
+    solver: Literal["CLARABEL", "OSQP", "HIGHS", "AUTO"] = "CLARABEL"
     solve_deadline_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     supply_margin_kw: NonNegFloat = 2.0
     supply_margin_pct: Pct = 5.0
