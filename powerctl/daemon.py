@@ -122,7 +122,7 @@ class Daemon:
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, state_dir)
         self._last_written: dict[str, tuple[float, float]] = {}
         self._clock_ref: tuple[float, float] | None = None  # (clock, monotonic) at the last look
-        self._fresh_after: tuple[float, float] | None = None  # after a clock step: (since, give up at)
+        self._fresh_after: tuple[float, float] | None = None  # start or clock step: (since, give up at)
         self._pending: dict[str, dict[str, tuple[float, float]]] = {}  # device -> signal -> (value, deadband)
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._unsupported: set[tuple[str, str]] = set()
@@ -225,12 +225,13 @@ class Daemon:
         self.telemetry.emit("event", {"kind": "clock_step", "step_s": step_s}, now)
 
     def _readings_after_step(self, now: float) -> bool:
-        """False while supply readings still date from before a clock step (for up to FRESH_WAIT_S)."""
+        """False while supply readings date from before the start or a clock step, or were never
+        received (for up to FRESH_WAIT_S: a dead device must not keep the planner waiting)."""
         if self._fresh_after is None:
             return True
         since, give_up = self._fresh_after
         supply = {d.name for d in self.cfg.devices if d.nature in (Nature.PV, Nature.BATTERY, Nature.GENSET)}
-        fresh = all(sig.ts >= since or sig.quality is Quality.MISSING
+        fresh = all(sig.ts >= since and sig.quality is not Quality.MISSING
                     for dev, _s, sig in self.image.items(now) if dev in supply)
         if fresh or time.monotonic() > give_up:
             self._fresh_after = None
@@ -431,6 +432,9 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set or the task is cancelled; safe caps on the way out."""
         stop = stop or asyncio.Event()
+        # The first plan waits for the devices' real state (SoC, genset running or not): a plan on
+        # nothing but worst cases would, after a restart, stop a running genset or start one.
+        self._fresh_after = (self.clock(), time.monotonic() + FRESH_WAIT_S)
         # start from the safe cap (never from whatever maximum the GPUs booted with)
         apply_safe_caps_to(self.gpu, self.cfg.gpu.safe_cap_w)  # never raises a lower cap
         try:

@@ -175,6 +175,8 @@ class ControllerCore:
             for i, name in enumerate(self.batteries):
                 cmd.battery_kw[name] = self._clamp_battery(name, float(plan.battery_kw[i, idx]))
             for i, name in enumerate(self.gensets):
+                if image.value(name, "running", now_s) is None:
+                    continue  # state unknown (not read yet, or stale): no start or stop on a guess
                 cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
         if ov.mode == "manual":
             cmd.mode, cmd.reason = "manual", "operator manual mode"
