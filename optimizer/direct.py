@@ -95,6 +95,8 @@ class DirectBackend:
         self._last_prices: Callable[[], Prices | None] | None = None
         # Candidate pruning by bounds (tests switch it off to compare against full enumeration).
         self.prune = True
+        # How candidates ended: solved, pruned by stored prices, stopped by the solver's bound.
+        self.stats = {"solved": 0, "pruned_by_prices": 0, "pruned_by_solver": 0}
         self._clarabel_tl = -1.0
 
     # -- data ----------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class DirectBackend:
         prices = [pr for pr in (src() for src in sources) if pr is not None]
         lb = max((pr.bound(b) for pr in prices), default=-np.inf)
         if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
+            self.stats["pruned_by_prices"] += 1
             raise CandidatePruned("Lagrangian bound above the best candidate")
 
     def solve(self, v: ParamValues, solver: str, time_limit_s: float, slot: int = 0,
@@ -245,7 +248,11 @@ class DirectBackend:
         elif solver == "HIGHS":
             if not lp:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
-            x, obj = self._solve_highs(self._rows().bounds(b), tl, slot, obj_bound)
+            try:
+                x, obj = self._solve_highs(self._rows().bounds(b), tl, slot, obj_bound)
+            except CandidatePruned:
+                self.stats["pruned_by_solver"] += 1
+                raise
             y, status = None, "optimal"
         else:
             raise SolverFailed(f"unknown solver {solver}")
@@ -253,6 +260,7 @@ class DirectBackend:
             self._prices[slot] = self._last_prices = self._lazy_prices(y)
         if not np.all(np.isfinite(x)):
             raise SolverFailed(f"{solver}: non-finite solution")
+        self.stats["solved"] += 1
         return self._unpack(x, v), obj + self.d, status
 
     def reference_solve(self, v: ParamValues, solver: str) -> float:

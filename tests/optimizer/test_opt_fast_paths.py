@@ -1,0 +1,142 @@
+"""The speed-ups must not change answers: candidate pruning, the two model forms, AUTO, vectorised helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from opt_sites import demo_inputs, demo_site
+
+from optimizer import DispatchInputs, DispatchProblem, GensetParams, SiteParams
+from optimizer.commitment import available_fraction, stay_schedule, switched
+from optimizer.highs_lp import HighsLp, LpRows, Prices
+from optimizer.model import segments_on
+from optimizer.solution import param_values, pwl_value_per_h
+
+
+def rolling(site: SiteParams, n: int, seed: int = 0) -> list[DispatchInputs]:
+    """n input sets: the demo day shifted by one step each, with fresh noise (a rolling horizon)."""
+    rng = np.random.default_rng(seed)
+    base = demo_inputs(site, seed=seed)
+    out = []
+    for k in range(n):
+        pv = np.roll(base.pv_forecast_kw, -k, axis=1) * rng.uniform(0.7, 1.0, base.pv_forecast_kw.shape)
+        gpu = np.clip(base.gpu_demand_kw - rng.uniform(0, 8, base.gpu_demand_kw.shape), 0, None)
+        out.append(dataclasses.replace(base, pv_forecast_kw=pv, gpu_demand_kw=gpu,
+                                       other_load_kw=base.other_load_kw + rng.uniform(0, 20, base.other_load_kw.shape),
+                                       soc_pct=np.array([rng.uniform(15, 90)])))
+    return out
+
+
+@pytest.mark.parametrize("solver", ["HIGHS", "CLARABEL"])
+def test_pruned_commitment_equals_full_enumeration(solver: str) -> None:
+    site = dataclasses.replace(demo_site(T=48, step_s=1800.0, solver=solver), commitment_candidates=6)
+    pruned, full = DispatchProblem(site), DispatchProblem(site)
+    full.backend.prune = False  # type: ignore[attr-defined]
+    for x in rolling(site, 12):
+        a, b = pruned.solve(x, deadline_s=30), full.solve(x, deadline_s=30)
+        assert (a.rung, b.rung) == ("primary", "primary")
+        np.testing.assert_array_equal(a.genset_on, b.genset_on)
+        assert a.objective == pytest.approx(b.objective, rel=1e-6, abs=1e-6)
+    stats = pruned.backend.stats  # type: ignore[attr-defined]
+    # The test only means something if candidates were in fact skipped.
+    assert stats["pruned_by_prices"] + stats["pruned_by_solver"] > 0
+    assert stats["solved"] < full.backend.stats["solved"]  # type: ignore[attr-defined]
+
+
+def test_stored_prices_bound_every_other_right_hand_side() -> None:
+    # Prices from one solve give a lower bound for any other b (Lagrangian duality) and the
+    # optimum itself at their own b: checked against HiGHS over candidate schedules and inputs.
+    site = demo_site(T=24, step_s=3600.0, solver="HIGHS")
+    prob = DispatchProblem(site)
+    be = prob.backend
+    rows = LpRows(be.A, be.c, be.n_zero)  # type: ignore[attr-defined]
+    bs = []
+    for x in rolling(site, 4, seed=3):
+        on0 = np.array([False])
+        for sched in (stay_schedule(on0, 24), switched(stay_schedule(on0, 24), 0, False, 6)):
+            bs.append(be._b(param_values(site, dataclasses.replace(x, genset_on=on0), sched)))  # type: ignore[attr-defined]
+    lp = HighsLp(rows)
+    optima, prices = [], []
+    for b in bs:
+        _x, obj = lp.solve(rows.bounds(b), 30.0)
+        optima.append(obj)
+        assert lp.prices is not None
+        prices.append(lp.prices)
+    for i, pr in enumerate(prices):
+        assert pr.bound(bs[i]) == pytest.approx(optima[i], rel=1e-7, abs=1e-7)
+        for j, b in enumerate(bs):
+            assert pr.bound(b) <= optima[j] + 1e-7 * (1 + abs(optima[j]))
+
+
+def test_prices_that_price_a_missing_bound_give_no_bound() -> None:
+    site = demo_site(T=4, step_s=900.0, solver="HIGHS")
+    be = DispatchProblem(site).backend
+    rows = LpRows(be.A, be.c, be.n_zero)  # type: ignore[attr-defined]
+    # Positive prices on "<=" rows ask for a lower end those rows do not have.
+    assert Prices(rows, np.ones(rows.g_rows.size)).bound(np.zeros(rows.m)) == -np.inf
+
+
+@pytest.mark.parametrize("quad", [0.0, 1e-3])
+def test_auto_picks_highs_for_the_lp_and_clarabel_with_quadratic_terms(quad: float) -> None:
+    site = dataclasses.replace(demo_site(T=12, step_s=3600.0, solver="AUTO"), ramp_quad_per_kw2=quad)
+    plan = DispatchProblem(site).solve(demo_inputs(site), deadline_s=30)
+    assert (plan.rung, plan.solver) == ("primary", "HIGHS" if quad == 0 else "CLARABEL")
+
+
+def test_both_model_forms_reach_the_same_optimum() -> None:
+    # HiGHS runs on the segment/up-down form, Clarabel on the hypograph/|d| form.
+    site = demo_site(T=48, step_s=1800.0)
+    for x in rolling(site, 3, seed=7):
+        h = DispatchProblem(dataclasses.replace(site, solver="HIGHS")).solve(x, deadline_s=30)
+        c = DispatchProblem(dataclasses.replace(site, solver="CLARABEL")).solve(x, deadline_s=30)
+        assert h.objective == pytest.approx(c.objective, rel=1e-5, abs=1e-5)
+
+
+def test_spill_penalty_keeps_the_direct_path_and_its_optimum() -> None:
+    site = dataclasses.replace(demo_site(T=12, step_s=3600.0, solver="HIGHS"), spill_penalty_per_kwh=0.05)
+    x = demo_inputs(site, seed=2)
+    direct = DispatchProblem(site)
+    assert type(direct.backend).__name__ == "DirectBackend"
+    ref = DispatchProblem(site, backend="cvxpy")
+    assert direct.solve(x, 30).objective == pytest.approx(ref.solve(x, 30).objective, rel=1e-6, abs=1e-6)
+
+
+def _available_fraction_loop(warmup_s: float, on: np.ndarray, on0: bool, state_s: float,
+                             steps_s: np.ndarray) -> np.ndarray:
+    """The step-by-step definition (what the vectorised version must reproduce)."""
+    frac = np.zeros(steps_s.size)
+    elapsed, prev = (state_s if on0 else 0.0), on0
+    for t in range(steps_s.size):
+        if not on[t]:
+            prev = False
+            continue
+        if not prev:
+            elapsed = 0.0
+        frac[t] = min(1.0, max(0.0, (elapsed + steps_s[t] - warmup_s) / steps_s[t]))
+        elapsed += steps_s[t]
+        prev = True
+    return frac
+
+
+def test_vectorised_warmup_availability_matches_the_loop() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        T = int(rng.integers(1, 30))
+        steps = rng.choice([30.0, 60.0, 300.0, 900.0], T)
+        gen = GensetParams("g", 100, 10, 1, 0.25, warmup_s=float(rng.choice([0.0, 45.0, 120.0, 1000.0])))
+        on = rng.random(T) < 0.6
+        on0, state = bool(rng.random() < 0.5), float(rng.uniform(0, 200))
+        np.testing.assert_allclose(available_fraction(gen, on, on0, state, steps),
+                                   _available_fraction_loop(gen.warmup_s, on, on0, state, steps), atol=1e-12)
+
+
+def test_segments_reproduce_the_curve_between_floor_and_max() -> None:
+    bp, val = np.array([0.0, 4.0, 10.0, 16.0]), np.array([0.0, 8.0, 11.0, 12.0])
+    for lo, hi in ((0.0, 16.0), (2.0, 16.0), (5.0, 12.0), (4.0, 4.0), (11.0, 20.0)):
+        widths, slopes, v_lo = segments_on(bp, val, lo, hi)
+        knots = lo + np.concatenate(([0.0], np.cumsum(widths)))
+        vals = v_lo + np.concatenate(([0.0], np.cumsum(slopes * widths)))
+        np.testing.assert_allclose(vals, pwl_value_per_h(bp, val, knots), atol=1e-12)
+        assert np.all(np.diff(slopes) <= 1e-12)
