@@ -19,6 +19,10 @@ Why a small candidate set is enough for one to three gensets:
     on one bus are near-substitutes whose ordering is dominated by their fuel curves, so one pass
     in merit order finds the sensible schedules; the cost is 1 + n * K convex solves, which for
     n <= 3 and K ~ 6 stays within the deadline. More gensets would want a MILP or a priority list.
+  * Most candidates are not solved at all: last cycle's winner is tried first, and the others are
+    pruned by a lower bound from stored dual prices (exact, see optimizer.highs_lp), so a cycle
+    usually costs one or two convex solves whatever K is. The tests check that pruning never
+    changes the chosen schedule.
 """
 
 from __future__ import annotations

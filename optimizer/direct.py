@@ -1,4 +1,4 @@
-"""Fast path: cvxpy compiles the DPP problem once; each solve calls Clarabel/OSQP on updated vectors.
+"""Fast path: cvxpy compiles the DPP problem once; each solve calls HiGHS/Clarabel/OSQP on updated vectors.
 
 cvxpy's per-solve work for a DPP problem (parameter vector, tensor product, solver interface,
 solution unpacking) costs several milliseconds for a 288-step horizon, more than the solve itself.
@@ -11,10 +11,15 @@ with P, c, A constant. We take A, P, c and the affine map B once from cvxpy's co
 `ParamConeProg` (cvxpy's own tensor, so the map is exactly what cvxpy would compute), check on a
 random parameter draw that B reproduces cvxpy's b, and then per solve do one sparse mat-vec and
 hand b to a solver object that was set up once:
+  * HiGHS (dual simplex, LP only): one instance per commitment slot, hot-started from that slot's
+    last basis; only changed bounds are passed (optimizer.highs_lp). Fastest here by far.
   * Clarabel (interior point): `update(b=...)` reuses the KKT structure and symbolic factorisation;
     interior-point methods cannot use a warm start, so none is passed.
   * OSQP (ADMM): the same rows as l <= A x <= u (zero cone: l = u = b; non-negative cone: u = b),
     `update(l=..., u=...)` keeps the factorisation, and the previous solution warm-starts the next.
+Commitment candidates (LP only): the row prices of earlier solves give every candidate a lower bound
+for the price of one dot product (optimizer.highs_lp.Prices); a candidate whose bound is above the
+best total so far is not solved at all, and HiGHS stops one early once its dual objective proves it.
 If any check fails at build time, DispatchProblem falls back to the plain cvxpy backend.
 """
 

@@ -25,7 +25,8 @@ from optimizer.backend import CandidatePruned, SolverFailed
 from optimizer.params import FloatArray
 
 # Reduced costs smaller than this on a side with no bound count as zero in the Lagrangian bound.
-# The error this allows (|z| x summed over such columns) is far below PRUNE_MARGIN for kW-sized x.
+# The error this allows (|z| x summed over such columns: slacks and ramps, kW-sized) is far below
+# PRUNE_MARGIN.
 _Z_TINY = 1e-9
 # A candidate is pruned only if its bound beats the incumbent by this much (relative, plus absolute).
 PRUNE_MARGIN = 1e-4
@@ -102,9 +103,13 @@ class Prices:
     """
 
     def __init__(self, rows: LpRows, y: FloatArray) -> None:
-        y = np.where(np.abs(y) < _Z_TINY, 0.0, y)
+        # Changing y is always exact (any y gives a valid bound): a tiny wrong-signed price on an
+        # inequality row becomes 0. Reduced costs follow from y; only a tiny one that would need a
+        # missing (infinite) bound is set to 0, the one approximation, covered by PRUNE_MARGIN.
+        y = np.where((np.abs(y) < _Z_TINY) & ~rows.g_eq, 0.0, y)
         z = rows.c - rows.A_gT @ y
-        z = np.where(np.abs(z) < _Z_TINY, 0.0, z)
+        tiny = np.abs(z) < _Z_TINY
+        z = np.where(tiny & (((z > 0) & (rows.lo_row < 0)) | ((z < 0) & (rows.up_row < 0))), 0.0, z)
         w = np.zeros(rows.m)
         # Rows: y > 0 takes the lower end (only equality rows have one), y < 0 the upper end b.
         ok = not np.any((y > 0) & ~rows.g_eq)

@@ -8,8 +8,8 @@ Deadline. A solver call cannot be interrupted from Python, so three things toget
   1. the solver work runs on one worker thread; the caller waits for it at most until the deadline
      minus a small reserve for the rule-based fallback, then abandons it (its late result is
      discarded) and answers with the rule-based plan;
-  2. each solver call gets the remaining time as its own time limit (Clarabel and OSQP both honour
-     one), so an abandoned solve also ends soon and does not pile up;
+  2. each solver call gets the remaining time as its own time limit (HiGHS, Clarabel and OSQP all
+     honour one), so an abandoned solve also ends soon and does not pile up;
   3. the commitment enumeration checks the clock before each candidate and keeps the best so far.
 While an abandoned solve is still running the compiled problem is busy, so a solve that arrives
 then skips the solver rungs (note says so) rather than queueing behind it.
