@@ -140,3 +140,15 @@ def test_segments_reproduce_the_curve_between_floor_and_max() -> None:
         vals = v_lo + np.concatenate(([0.0], np.cumsum(slopes * widths)))
         np.testing.assert_allclose(vals, pwl_value_per_h(bp, val, knots), atol=1e-12)
         assert np.all(np.diff(slopes) <= 1e-12)
+
+
+def test_highs_site_falls_back_to_clarabel_on_the_same_model() -> None:
+    # The simplex form is built for HiGHS; its second rung (Clarabel) solves that same model.
+    site = demo_site(T=24, step_s=3600.0, solver="HIGHS")
+    prob = DispatchProblem(site)
+    x = demo_inputs(site, seed=4)
+    first = prob.solve(x, deadline_s=30)
+    prob.force_fail = {"primary"}
+    second = prob.solve(x, deadline_s=30)
+    assert (first.rung, first.solver, second.rung, second.solver) == ("primary", "HIGHS", "secondary", "CLARABEL")
+    assert second.objective == pytest.approx(first.objective, rel=1e-5, abs=1e-5)
