@@ -109,7 +109,9 @@ class SiteParams:
     reserve_penalty_per_kwh: float = 5.0
     # Small quadratic smoothing on GPU budget changes; 0 makes the problem a pure LP.
     ramp_quad_per_kw2: float = 0.0
-    solver: str = "CLARABEL"
+    # CLARABEL, OSQP, HIGHS (linear model only) or AUTO: HiGHS for the linear model, Clarabel when
+    # ramp_quad_per_kw2 > 0 (see optimizer.validate.primary_solver).
+    solver: str = "AUTO"
     # Candidate start/stop steps tried per genset by the commitment enumeration (besides "stay").
     commitment_candidates: int = 6
     # Safe plan: GPU budget per class when every solver and the rules failed (fraction of p_max).

@@ -89,8 +89,11 @@ def repair_soc(p: SiteParams, v: ParamValues, ch: np.ndarray, dis: np.ndarray) -
         e = float(v.e0[i])
         e_min, e_max = b.capacity_kwh * b.soc_min_pct / 100.0, b.capacity_kwh * b.soc_max_pct / 100.0
         traj = e + np.cumsum(dt_h * (b.eta_charge * ch[i] - dis[i] / b.eta_discharge))
-        if np.all((traj >= e_min) & (traj <= e_max)):
-            continue  # the usual case: nothing to repair, skip the step-by-step pass
+        # A simplex vertex sits exactly on the window's edge, which the cumulative sum misses by
+        # float round-off; that is not worth the step-by-step pass (which rounds the same way).
+        eps = 1e-9 * b.capacity_kwh
+        if np.all((traj >= e_min - eps) & (traj <= e_max + eps)):
+            continue  # the usual case: nothing to repair
         for t in range(dt_h.shape[0]):
             e_new = e + dt_h[t] * (b.eta_charge * ch[i, t] - dis[i, t] / b.eta_discharge)
             if e_new > e_max:
