@@ -403,7 +403,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            name = str(part)
+            # a key is user input: quote one with control characters, so it cannot break the message
+            out += ("." if out else "") + (name if name.isprintable() else repr(name))
     return out or "(top level)"
 
 
