@@ -241,9 +241,10 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
             if bp.size < 2:
                 continue
             widths, slopes, v_min = segments_on(bp, np.asarray(c.value_per_h, dtype=float), c.p_min_kw, c.p_max_kw)
+            # value = v(p_min) + (the part above p_min, by one of the forms below)
             cost.append(cp.Constant(-v_min * float(np.sum(dt_h))))
             if widths.size == 1:
-                cost.append(-slopes[0] * (dt_h @ gpu[j, :]))
+                cost.append(-slopes[0] * (dt_h @ (gpu[j, :] - c.p_min_kw)))
             elif widths.size > 1 and simplex_form:
                 # Concave value as filled segments: gpu = p_min + sum_s seg_s, 0 <= seg_s <= width_s.
                 # Slopes fall from segment to segment, so the optimum fills them in order and the value

@@ -152,3 +152,25 @@ def test_highs_site_falls_back_to_clarabel_on_the_same_model() -> None:
     second = prob.solve(x, deadline_s=30)
     assert (first.rung, first.solver, second.rung, second.solver) == ("primary", "HIGHS", "secondary", "CLARABEL")
     assert second.objective == pytest.approx(first.objective, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["HIGHS", "CLARABEL"])
+def test_solver_objective_equals_the_plan_priced_from_its_powers(solver: str) -> None:
+    # Catches a slip in either model form's constants: the solver's own optimum (plus the fixed
+    # commitment costs) must equal the plan's cost recomputed from its powers (spill unpriced).
+    import time
+
+    from optimizer import GpuClassParams, validate
+
+    site = demo_site(T=24, step_s=3600.0, solver=solver)
+    linear = GpuClassParams("lin", 3.0, 20.0, np.array([0.0, 20.0]), np.array([0.0, 9.0]), 0.002)
+    curved = dataclasses.replace(site.gpu_classes[0], p_min_kw=5.0)
+    site = dataclasses.replace(site, gpu_classes=[curved, linear, site.gpu_classes[2]])
+    prob = DispatchProblem(site)
+    x = validate.check_inputs(site, demo_inputs(site, seed=9))
+    plan = prob.solve(x, deadline_s=30)
+    assert plan.rung == "primary"
+    prob._busy.acquire()
+    solved, _notes = prob._locked_rungs(x, time.perf_counter() + 30)
+    assert solved is not None
+    assert solved.objective == pytest.approx(plan.objective, rel=1e-6, abs=1e-5)
