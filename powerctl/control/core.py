@@ -231,7 +231,8 @@ class ControllerCore:
         assert self.plan_t_s is not None
         elapsed = max(0.0, now_s - self.plan_t_s)
         edges = np.cumsum(self.steps_s)
-        return int(min(np.searchsorted(edges, elapsed, side="right"), len(edges) - 1))
+        idx = int(np.searchsorted(edges, elapsed, side="right"))
+        return min(idx, len(edges) - 1)
 
     def _clamp_battery(self, name: str, p_kw: float) -> float:
         lim = self.cfg.device(name).limits
