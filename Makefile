@@ -38,7 +38,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
-	$(BIN)/mypy optimizer
+	$(BIN)/mypy optimizer powerctl sim
 
 test: venv debs lint typecheck
 	@set +e; $(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import numpy as np
@@ -78,10 +79,10 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
     # real date would say "night" while the demo's sun shines.
     clear = demo_pv_kw_fn(plant.kwp_total, time_scale=time_scale, start_hour=DEMO_START_HOUR, t0_s=t0, cloud_depth=0.0)
     shares = [pv.kwp / plant.kwp_total for pv in plant.pvs.values()]
-    fns = [
-        (lambda ts, k=k: np.array([clear(float(t)) * k for t in np.atleast_1d(ts)], dtype=float)) for k in shares
-    ]
-    forecaster = make_forecaster(cfg, clear_kw_fns=fns)
+    def clear_kw(share: float) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda ts: np.array([clear(float(t)) * share for t in np.atleast_1d(ts)], dtype=float)
+
+    forecaster = make_forecaster(cfg, clear_kw_fns=[clear_kw(k) for k in shares])
 
     def on_cycle(st: Status) -> None:
         if live is not None:
