@@ -7,10 +7,12 @@ becomes row bounds rl <= A_g x <= ru.
 
 Lower bound without solving (`Prices`). For any row prices y,
     c'x >= min_{lo <= x <= hi} (c - A_g'y)'x + min_{rl <= r <= ru} y'r      for every feasible x,
-which is the Lagrangian dual of the LP. Dual feasibility does not depend on b, so the prices of an
-earlier optimum (another commitment candidate, or the same candidate one cycle ago) give a valid
-bound for new bounds at the cost of one sparse mat-vec. If it already exceeds the best total found
-so far, the candidate cannot win and the solver is not called at all.
+which is the Lagrangian dual of the LP: valid for every y, tight at the optimum's own prices. The
+prices of an earlier solve (another commitment candidate, or the same candidate one cycle ago) thus
+bound a new candidate's optimum; per candidate that costs one dot product with b (`Prices`). If the
+bound already exceeds the best total found so far, the candidate cannot win and is not solved.
+Candidates that are solved get HiGHS's objective bound, so dual simplex stops as soon as its
+exact dual objective proves the same.
 """
 
 from __future__ import annotations
