@@ -174,3 +174,23 @@ def test_solver_objective_equals_the_plan_priced_from_its_powers(solver: str) ->
     solved, _notes = prob._locked_rungs(x, time.perf_counter() + 30)
     assert solved is not None
     assert solved.objective == pytest.approx(plan.objective, rel=1e-6, abs=1e-5)
+
+
+def test_highs_missed_deadline_answers_with_rules_then_recovers() -> None:
+    import time
+
+    from optimizer.checks import plan_violations
+
+    site = demo_site(T=288, solver="HIGHS")
+    prob = DispatchProblem(site)
+    x = demo_inputs(site)
+    plan = prob.solve(x, deadline_s=0.002)
+    assert plan.rung == "rule" and plan_violations(site, x, plan) == []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        plan = prob.solve(x, deadline_s=10)
+        if plan.rung == "primary":
+            break
+        time.sleep(0.05)
+    assert (plan.rung, plan.solver) == ("primary", "HIGHS")
+    assert plan_violations(site, x, plan) == []
