@@ -31,7 +31,7 @@ def _demo_with(tmp_path: Path, old: str, new: str) -> Path:
 def test_demo_config_loads() -> None:
     cfg = load_config(DEMO)
     assert cfg.site.id == "demo"
-    assert cfg.gpu.count == 128
+    assert cfg.gpu.count == 192
     assert [d.nature.value for d in cfg.devices] == ["pv", "battery", "genset"]
     assert len(cfg.control.horizon_steps_s) == 152
 
@@ -39,7 +39,7 @@ def test_demo_config_loads() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("max_discharge_kw = 150.0", "max_discharge_kw = -5", "devices[1].limits.max_discharge_kw: must be > 0 (got -5)"),
+        ("max_discharge_kw = 60.0", "max_discharge_kw = -5", "devices[1].limits.max_discharge_kw: must be > 0 (got -5)"),
         ("soc_min_pct = 10.0", "soc_min_pct = 97.0", "devices[1].limits: soc_min_pct (97) must be below soc_max_pct (95)"),
         ("port = 15021", "port = 70000", "devices[1].transport.port: must be <= 65535 (got 70000)"),
         ('kind = "modbus_tcp", host = "127.0.0.1", port = 15022', 'kind = "canbus", host = "127.0.0.1", port = 15022',
@@ -97,7 +97,7 @@ def test_secret_in_world_readable_file_refused(tmp_path: Path) -> None:
 
 
 def test_check_command_prints_message_not_traceback(tmp_path: Path) -> None:
-    path = _demo_with(tmp_path, "max_discharge_kw = 150.0", "max_discharge_kw = 0")
+    path = _demo_with(tmp_path, "max_discharge_kw = 60.0", "max_discharge_kw = 0")
     out = subprocess.run(
         [sys.executable, "-m", "powerctl.cli", "check", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60
     )

@@ -75,11 +75,14 @@ def test_plan_first_step_becomes_commands_within_limits() -> None:
     # the battery setpoint is clamped to the device's discharge limit (the plan asked for 500 kW)
     assert cmd.battery_kw == {"bess": CFG.device("bess").limits.max_discharge_kw}
     assert cmd.genset_run == {"gen1": False}
-    # 55 kW asked; batch's 5 kW is below its 32 x 200 W floors, so some of its GPUs are released
+    # 55 kW asked; batch's 5 kW is below its floors (n x 200 W), so some of its GPUs are released
     # (work shed, drawing idle power) and the rest run at the floor
     assert _draw_kw(cmd) == pytest.approx(55.0, abs=0.3)
     assert all(CFG.gpu.min_w <= c <= CFG.gpu.max_w for c in cmd.gpu_caps_w.values())
-    assert 0 < len(cmd.released) < 32
+    n_batch = next(c.gpus for c in CFG.gpu.classes if c.name == "batch")
+    assert 5.0 < n_batch * CFG.gpu.min_w / 1000
+    assert 0 < len(cmd.released) < n_batch
+    assert all(core.slots[i].klass == "batch" for i in cmd.released)
 
 
 def test_no_plan_and_old_plan_fall_back_to_safe_cap() -> None:
