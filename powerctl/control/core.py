@@ -24,7 +24,7 @@ import numpy as np
 from optimizer import DispatchProblem, Plan
 from powerctl.config import SiteConfig
 from powerctl.control.planner import build_inputs, genset_running, site_params
-from powerctl.control.split import GpuSlot, split_budget
+from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 
@@ -85,6 +85,7 @@ class ControllerCore:
         self._gen_state: dict[str, tuple[bool, float]] = {}
         self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
         self.last_commands: Commands | None = None
+        self.hooked = {h.workload for h in cfg.gpu.shed_hooks}
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class ControllerCore:
                     cmd.reason = (cmd.reason + "; " if cmd.reason else "") + f"{name} at reserve"
         if ov.gpu_budget_max_kw is not None:
             budget = _scale_down(budget, self._priority_order(), ov.gpu_budget_max_kw, self._idle_floor_kw())
-        split = split_budget(budget, self.slots, idle_w=self.cfg.gpu.idle_w)
+        split = self._split(budget)
         cmd.gpu_budget_kw = budget
         cmd.gpu_caps_w = dict(split.caps_w)
         cmd.released = split.released
@@ -216,10 +217,31 @@ class ControllerCore:
     def caps_w_of(self, klass: str) -> list[float]:
         return [self.caps_w[s.index] for s in self.slots if s.klass == klass]
 
+    def _release_w(self, klass: str) -> float:
+        """What a released GPU of this class draws: idle power if a shed hook stops its work,
+        else its minimum cap (nothing stops the job, the cap cannot go lower)."""
+        return self.cfg.gpu.idle_w if klass in self.hooked else self.cfg.gpu.min_w
+
     def _idle_floor_kw(self) -> dict[str, float]:
         return {
-            n: sum(1 for sl in self.slots if sl.klass == n) * self.cfg.gpu.idle_w / 1000.0 for n in self.class_names
+            n: sum(1 for sl in self.slots if sl.klass == n) * self._release_w(n) / 1000.0 for n in self.class_names
         }
+
+    def _split(self, budget: dict[str, float]) -> SplitResult:
+        """Budget split, each class with what its released GPUs really draw."""
+        caps: dict[int, float] = {}
+        released: list[int] = []
+        class_kw: dict[str, float] = {}
+        for name in self.class_names:
+            part = split_budget(
+                {name: budget.get(name, 0.0)},
+                [sl for sl in self.slots if sl.klass == name],
+                idle_w=self._release_w(name),
+            )
+            caps.update(part.caps_w)
+            released.extend(part.released)
+            class_kw.update(part.class_cap_kw)
+        return SplitResult(caps, tuple(sorted(released)), class_kw)
 
     def _priority_order(self) -> list[str]:
         """Class names, least important first (the order budgets are cut in)."""

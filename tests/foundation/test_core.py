@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from optimizer import Plan
-from powerctl.config import load_config
+from powerctl.config import SiteConfig, load_config, parse_config
 from powerctl.control.core import ControllerCore, Overrides
 from powerctl.control.split import slots_from_pool
 from powerctl.natures import SIGNALS, Nature
 from powerctl.process_image import ProcessImage
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = load_config(ROOT / "examples" / "demo-site.toml")
+def _site_with_batch_hook() -> SiteConfig:
+    """The demo site plus a shed hook for the batch class (so released batch GPUs stop working)."""
+    data = tomllib.loads((ROOT / "examples" / "demo-site.toml").read_text())
+    data["gpu"]["shed_hooks"] = [{"workload": "batch", "shed": ["true"], "restore": ["true"]}]
+    return parse_config(data)
+
+
+CFG = _site_with_batch_hook()
 T = len(CFG.control.horizon_steps_s)
 
 
@@ -42,9 +50,19 @@ def _plan(gpu_kw: list[float], battery_kw: float, genset_on: bool, rung: str = "
     del n_c
 
 
-def _draw_kw(cmd) -> float:  # type: ignore[no-untyped-def]
-    """GPU power the commands allow: caps of running GPUs + idle power of released ones."""
-    return sum(CFG.gpu.idle_w if i in cmd.released else c for i, c in cmd.gpu_caps_w.items()) / 1000.0
+def _draw_kw(cmd, cfg: SiteConfig | None = None) -> float:  # type: ignore[no-untyped-def]
+    """GPU power the commands allow: caps of running GPUs; released GPUs draw idle power when a
+    shed hook stops their work, their minimum cap otherwise."""
+    cfg = cfg or CFG
+    hooked = {h.workload for h in cfg.gpu.shed_hooks}
+    slots = {s.index: s for s in slots_from_pool(cfg.gpu)}
+    total = 0.0
+    for i, c in cmd.gpu_caps_w.items():
+        if i in cmd.released:
+            total += cfg.gpu.idle_w if slots[i].klass in hooked else cfg.gpu.min_w
+        else:
+            total += c
+    return total / 1000.0
 
 
 class FixedPlanProblem:
@@ -153,3 +171,19 @@ def test_stale_soc_plans_from_the_floor() -> None:
     core.plan(100.0, img)  # 100 s later: every reading is stale
     assert seen == {"soc": CFG.device("bess").limits.soc_min_pct, "gen": False}
     assert Nature.BATTERY in {d.nature for d in CFG.devices}
+
+
+def test_ceiling_counts_unhooked_released_gpus_at_their_floor() -> None:
+    """Without a shed hook nothing stops a released GPU's job: it draws its minimum cap, so a
+    ceiling is met by cutting other classes, not by pretending the GPU idles."""
+    cfg = load_config(ROOT / "examples" / "demo-site.toml")
+    assert not cfg.gpu.shed_hooks
+
+    def fc(now, image, steps):  # type: ignore[no-untyped-def]
+        return np.zeros((1, len(steps))), np.full((3, len(steps)), 30.0), np.zeros(len(steps))
+
+    core = ControllerCore(cfg, slots_from_pool(cfg.gpu), fc, problem=FixedPlanProblem(_plan([44.8, 44.8, 44.8], 0.0, False)))  # type: ignore[arg-type]
+    img = _image(0.0)
+    core.plan(0.0, img)
+    cmd = core.dispatch(0.5, img, Overrides(gpu_budget_max_kw=60.0))
+    assert _draw_kw(cmd, cfg) <= 60.0 + 0.01
