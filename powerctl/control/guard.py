@@ -228,6 +228,9 @@ class Guard:
         if cut.deficit_w > 0:
             reasons.append(f"{cut.deficit_w / 1000:.1f} kW over even at floors: shed needed")
         dt_s = 0.0 if self.last_t_s is None else max(0.0, now_s - self.last_t_s)
+        # A forward clock step (NTP) must not hand out a large rise budget at once: the guard runs
+        # every period, so more than two periods between passes is a clock jump or a stall.
+        dt_s = min(dt_s, 2.0 * self.cfg.control.guard_period_s)
         caps = self.slew.limit(self.last_caps_w, cut.caps_w, dt_s, self.gpus) if self.last_caps_w else cut.caps_w
         caps = self.clamp(caps)
         if any(caps[i] < self.last_caps_w.get(i, math.inf) - 1e-9 for i in caps):

@@ -199,3 +199,18 @@ def test_load_above_supply_cuts_for_floor_overshoot() -> None:
     assert d.load_kw > d.available_kw - d.margin_kw
     assert set(d.caps_w.values()) == {100.0}
     assert d.deficit_kw > 0
+
+
+def test_forward_clock_step_does_not_release_a_large_rise_at_once() -> None:
+    """An NTP step forward between two passes is not time the supply had to pick up load."""
+    cfg = site()
+    _clk, _sim, guard, img = _setup(cfg)
+    guard.last_caps_w = {i: 100.0 for i in range(40)}
+    guard.last_t_s = 0.0
+    step_s = 3600.0  # the clock jumped an hour between two guard passes
+    img.update("pv1", "p_kw", 25.0, step_s)
+    img.update("bat1", "soc_pct", 80.0, step_s)
+    d = guard.evaluate(img, step_s, requested_caps_w={i: 400.0 for i in range(40)}, gpu_power_w=4000.0)
+    up_w = sum(c - 100.0 for c in d.caps_w.values())
+    allowed_w = 2 * cfg.control.guard_period_s * cfg.gpu.ramp_up_kw_per_s * 1000 / (1 + cfg.gpu.facility_overhead)
+    assert 0 < up_w <= allowed_w + 1e-6
