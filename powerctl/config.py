@@ -285,7 +285,7 @@ class Control(_Model):
         default_factory=lambda: [HorizonSegment(step_s=300, count=288)], min_length=1
     )
     # HIGHS / AUTO (HiGHS for this linear model): several times faster re-solves, see bench/optimizer.py.
-    solver: Literal["CLARABEL", "OSQP", "HIGHS", "AUTO"] = "CLARABEL"
+    solver: Literal["CLARABEL", "OSQP", "HIGHS", "AUTO"] = "AUTO"
     solve_deadline_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     supply_margin_kw: NonNegFloat = 2.0
     supply_margin_pct: Pct = 5.0
