@@ -34,23 +34,37 @@ def _kwp(cfg: SiteConfig) -> float:
 
 
 def status_table(st: Status, t_sim_h: float | None = None) -> Table:
-    def f(v: float | None, fmt: str = "{:.1f}") -> str:
-        return "n/a" if v is None else fmt.format(v)
+    """The live table: one row per quantity, so it fits an 80-column terminal."""
 
-    table = Table(title="powerctl demo site", show_header=True, header_style="bold")
-    for col in ("PV kW", "SoC %", "battery kW", "genset kW", "GPU kW", "GPU budget kW", "caps W (min/mean/max)", "avail kW", "last solve", "mode"):
-        table.add_column(col, justify="right")
-    budget = sum(st.gpu_budget_kw.values()) if st.gpu_budget_kw else None
-    gen = f(st.genset_kw) + ("" if st.genset_running is None else (" (on)" if st.genset_running else " (off)"))
-    solve = "n/a" if st.last_solve_ms is None else f"{st.last_solve_ms:.0f} ms ({st.plan_rung})"
-    table.add_row(
-        f(st.pv_kw), f(st.soc_pct), f(st.battery_kw), gen, f(st.gpu_kw), f(budget),
-        f"{st.caps_w_min:.0f} / {st.caps_w_mean:.0f} / {st.caps_w_max:.0f}", f(st.available_kw), solve, st.mode,
-    )
-    caption = f"cycles {st.cycles}  guard cuts {st.guard_cuts}  stale signals {len(st.stale)}  write errors {st.write_errors}"
+    def f(v: float | None, unit: str, fmt: str = "{:.1f}") -> str:
+        return "n/a" if v is None else fmt.format(v) + " " + unit
+
+    title = "powerctl demo site"
     if t_sim_h is not None:
-        caption = f"simulated time of day {int(t_sim_h):02d}:{int(t_sim_h % 1 * 60):02d}   " + caption
-    table.caption = caption
+        title += f"  (simulated {int(t_sim_h):02d}:{int(t_sim_h % 1 * 60):02d})"
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    gen = f(st.genset_kw, "kW") + ("" if st.genset_running is None else (" (on)" if st.genset_running else " (off)"))
+    solve = "n/a" if st.last_solve_ms is None else f"{st.last_solve_ms:.0f} ms ({st.plan_rung})"
+    rows = [
+        ("PV", f(st.pv_kw, "kW")),
+        ("battery SoC", f(st.soc_pct, "%")),
+        ("battery power (+ = discharge)", f(st.battery_kw, "kW")),
+        ("genset", gen),
+        ("GPU power", f(st.gpu_kw, "kW")),
+        *((f"GPU budget {name}", f(kw, "kW")) for name, kw in st.gpu_budget_kw.items()),
+        ("GPU caps min / mean / max", f"{st.caps_w_min:.0f} / {st.caps_w_mean:.0f} / {st.caps_w_max:.0f} W"),
+        ("supply available (guard)", f(st.available_kw, "kW")),
+        ("last solve", solve),
+        ("mode", st.mode),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    table.caption = (
+        f"cycles {st.cycles}  guard cuts {st.guard_cuts}  stale signals {len(st.stale)}  "
+        f"write errors {st.write_errors}"
+    )
     return table
 
 
