@@ -33,6 +33,10 @@ import numpy as np
 
 from optimizer.params import BoolArray, FloatArray, GensetParams
 
+# Window lengths per switch step (H/2, H/4, H/8 of the horizon H): shorter off-windows rarely pay
+# for a restart, and every length adds one candidate per switch step.
+WINDOW_LENGTHS = 3
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -64,6 +68,46 @@ def switch_steps(gen: GensetParams, on0: bool, state_s: float, steps_s: FloatArr
     targets = [t_start[first]] + [t_start[first] + horizon_s * 2.0 ** -(k_max - i) for i in range(1, k_max)]
     ks = {int(np.searchsorted(t_start, tt - 1e-9)) for tt in targets}
     return sorted(k for k in ks if first <= k < steps_s.shape[0])
+
+
+def window_steps(gen: GensetParams, on0: bool, state_s: float, steps_s: FloatArray,
+                 k_max: int) -> list[tuple[int, int, int]]:
+    """(k1, k2) pairs for a switch at k1 and a switch back at k2 (a window), on a coarse grid.
+
+    k1 is from `switch_steps`; k2 is k1 plus H/2, H/4, H/8 of the horizon H (`WINDOW_LENGTHS`), but at
+    least the minimum time the window itself needs (min down for an off-window of a running
+    genset, min up for an on-window of a stopped one). An off-window's restart runs to the end of
+    the horizon and must leave it at least its minimum up time there; an on-window's stop must
+    fall inside the horizon (the genset then stays off, which min down cannot violate).
+    Returns (k1, k2, j) with j the index of the window length on the grid (1: H/2), which stays
+    the same from one cycle to the next while k1 and k2 move with the clock.
+    """
+    steps = np.asarray(steps_s, dtype=float)
+    T = steps.shape[0]
+    t_start = step_starts_s(steps)
+    horizon_s = float(np.sum(steps))
+    window_min_s = gen.min_down_s if on0 else gen.min_up_s
+    pairs: dict[tuple[int, int], int] = {}
+    for k1 in switch_steps(gen, on0, state_s, steps, k_max):
+        for j in range(1, min(WINDOW_LENGTHS, k_max - 1) + 1):
+            t2 = t_start[k1] + max(window_min_s, horizon_s * 2.0 ** -j)
+            k2 = int(np.searchsorted(t_start, t2 - 1e-9))
+            if k2 >= T or k2 <= k1:
+                continue
+            if on0 and horizon_s - t_start[k2] < gen.min_up_s - 1e-9:
+                continue
+            pairs.setdefault((k1, k2), j)
+    return sorted((k1, k2, j) for (k1, k2), j in pairs.items())
+
+
+def windowed(base: Schedule, gen_idx: int, on0: bool, k1: int, k2: int) -> Schedule:
+    """`base` with genset `gen_idx` in state `on0` except during steps k1..k2-1, where it is flipped."""
+    on = base.on.copy()
+    on[gen_idx, :] = on0
+    on[gen_idx, k1:k2] = not on0
+    verb = "off" if on0 else "on"
+    tag = f"g{gen_idx}:{verb}@{k1}-{k2}"
+    return Schedule(on=on, label=tag if base.label == "stay" else f"{base.label}+{tag}")
 
 
 def switched(base: Schedule, gen_idx: int, on0: bool, k: int) -> Schedule:

@@ -26,7 +26,15 @@ import numpy as np
 
 from optimizer import fallback, validate
 from optimizer.backend import Backend, CandidatePruned, CvxpyBackend, SolverFailed
-from optimizer.commitment import Schedule, commitment_cost, stay_schedule, switch_steps, switched
+from optimizer.commitment import (
+    Schedule,
+    commitment_cost,
+    stay_schedule,
+    switch_steps,
+    switched,
+    window_steps,
+    windowed,
+)
 from optimizer.model import Model, build
 from optimizer.params import DispatchInputs, Plan, SiteParams
 from optimizer.solution import Dispatch, ParamValues, make_plan, param_values
@@ -122,7 +130,7 @@ class DispatchProblem:
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-solver")
         self._busy = threading.Lock()
         # Winning slot per commitment stage last cycle (tried first next cycle).
-        self._last_winner: dict[int, int] = {}
+        self._last_winner: dict[int, tuple[int, int]] = {}
         # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule").
         self.force_fail: set[str] = set()
 
@@ -153,8 +161,8 @@ class DispatchProblem:
     def _enumerate(self, x: DispatchInputs, solver: str, rung: str, deadline_at: float) -> _Solved:
         """Commitment by coordinate search over candidate schedules (see optimizer.commitment).
 
-        Stage 0 tries "stay" and genset 0's switches; stage i > 0 genset i's switches from the
-        incumbent. Within a stage the order does not change the result (the best one wins), so the
+        Stage 0 tries "stay" and genset 0's switches and windows; stage i > 0 genset i's switches
+        and windows from the incumbent. Within a stage the order does not change the result (the best one wins), so the
         slot that won last cycle goes first: it usually wins again, and its cost lets the backend
         prune the others by bounds instead of solving them.
         """
@@ -164,17 +172,28 @@ class DispatchProblem:
         tried = 0
         incumbent = stay_schedule(x.genset_on, T)
         for i in range(max(1, len(p.gensets))):
-            stage: list[tuple[int, Schedule]] = [(0, incumbent)] if i == 0 else []
+            # (key, slot, schedule): the key names the candidate's position (for "last winner
+            # first"), the slot the solver state it shares.
+            stage: list[tuple[tuple[int, int], int, Schedule]] = [((0, 0), 0, incumbent)] if i == 0 else []
             if p.gensets:
                 on0 = bool(x.genset_on[i])
-                ks = switch_steps(p.gensets[i], on0, float(x.genset_state_s[i]), self.steps_s,
-                                  p.commitment_candidates)
+                state_s = float(x.genset_state_s[i])
+                ks = sorted(switch_steps(p.gensets[i], on0, state_s, self.steps_s, p.commitment_candidates),
+                            reverse=True)
                 # Each candidate position ("slot") keeps its own solver state: from one cycle to the
                 # next a slot sees the same kind of schedule, so a hot-started simplex needs few pivots.
                 first = 1 + i * p.commitment_candidates
-                stage += [(first + j, switched(incumbent, i, on0, k)) for j, k in enumerate(sorted(ks, reverse=True))]
+                slot_of = {k: first + j for j, k in enumerate(ks)}
+                stage += [((slot_of[k], 0), slot_of[k], switched(incumbent, i, on0, k)) for k in ks]
+                # Windows (switch at k1, back at k2) get a slot per (k1 position, window length):
+                # a slot's own prices from last cycle are what usually prunes it without a solve.
+                K = p.commitment_candidates
+                win_first = 1 + len(p.gensets) * K + i * K * K
+                for k1, k2, j in window_steps(p.gensets[i], on0, state_s, self.steps_s, K):
+                    slot = win_first + (slot_of[k1] - first) * K + j
+                    stage.append(((slot, 0), slot, windowed(incumbent, i, on0, k1, k2)))
             stage.sort(key=lambda sc: sc[0] != self._last_winner.get(i))
-            for slot, cand in stage:
+            for key, slot, cand in stage:
                 left = deadline_at - time.perf_counter()
                 if left <= 0:
                     if best is None:
@@ -193,7 +212,7 @@ class DispatchProblem:
                     continue  # a candidate the solver cannot do is simply not chosen
                 if best is None or obj < best.objective - 1e-9:
                     best = _Solved(cand, v, d, obj, "optimal", solver, rung, tried)
-                    self._last_winner[i] = slot
+                    self._last_winner[i] = key
             if best is None:
                 raise SolverFailed("no commitment candidate could be solved")
             best.candidates = tried

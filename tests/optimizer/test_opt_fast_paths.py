@@ -9,7 +9,7 @@ import pytest
 from opt_sites import demo_inputs, demo_site
 
 from optimizer import DispatchInputs, DispatchProblem, GensetParams, SiteParams
-from optimizer.commitment import available_fraction, stay_schedule, switched
+from optimizer.commitment import available_fraction, stay_schedule, switch_steps, switched, window_steps
 from optimizer.highs_lp import HighsLp, LpRows, Prices
 from optimizer.model import segments_on
 from optimizer.solution import param_values, pwl_value_per_h
@@ -194,3 +194,25 @@ def test_highs_missed_deadline_answers_with_rules_then_recovers() -> None:
         time.sleep(0.05)
     assert (plan.rung, plan.solver) == ("primary", "HIGHS")
     assert plan_violations(site, x, plan) == []
+
+
+@pytest.mark.parametrize("on0", [False, True])
+def test_pruned_equals_full_with_window_candidates(on0: bool) -> None:
+    # Running genset: off-windows (stop, restart later); stopped genset: on-windows (start, stop).
+    site = dataclasses.replace(demo_site(T=48, step_s=1800.0, solver="HIGHS"), commitment_candidates=6)
+    pruned, full = DispatchProblem(site), DispatchProblem(site)
+    full.backend.prune = False  # type: ignore[attr-defined]
+    expected_solves = 0
+    for x in rolling(site, 12, seed=5):
+        x = dataclasses.replace(x, genset_on=np.array([on0]), genset_state_s=np.array([1e5]))
+        args = (site.gensets[0], on0, 1e5, site.steps_s, 6)
+        windows = window_steps(*args)
+        assert windows, "the test needs window candidates"
+        expected_solves += 1 + len(switch_steps(*args)) + len(windows)
+        a, b = pruned.solve(x, deadline_s=30), full.solve(x, deadline_s=30)
+        assert (a.rung, b.rung) == ("primary", "primary")
+        np.testing.assert_array_equal(a.genset_on, b.genset_on)
+        assert a.objective == pytest.approx(b.objective, rel=1e-6, abs=1e-6)
+    # Without pruning every candidate, windows included, was solved.
+    assert full.backend.stats["solved"] == expected_solves  # type: ignore[attr-defined]
+    assert pruned.backend.stats["solved"] < expected_solves / 3  # type: ignore[attr-defined]

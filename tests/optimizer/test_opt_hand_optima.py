@@ -128,3 +128,26 @@ def test_stale_forecast_extra_reserve_is_met_by_the_battery() -> None:
         x.reserve_extra_kw = np.array([30.0])
         plan = DispatchProblem(site).solve(x, deadline_s=10)
         assert plan.reserve_short_kw[0] == pytest.approx(short, abs=1e-3)
+
+
+@pytest.mark.parametrize("solver", ["HIGHS", "CLARABEL"])
+def test_running_genset_stops_while_pv_covers_the_load_and_restarts(solver: str) -> None:
+    # Twelve 1-h steps, 40 kW load, no battery. PV gives 60 kW in steps 3..8 (a = 3, b = 9
+    # exclusive) and nothing outside, where the genset (running for long) must carry the load.
+    # Staying on costs 6 * 1.2 * (1.6 + 0.25 * 40) + 6 * 1.2 * (1.6 + 0.25 * 30) = 149.04 (min load
+    # 30 kW at noon, PV curtailed); stopping at 3 and restarting at 9 costs 6 * 13.92 + 5 = 88.52.
+    # "Stop now" alone cannot carry the evening, so only an off-window finds it.
+    site = SiteParams(steps_s=np.full(12, 3600.0), pv=[PvParams("pv", 100.0)],
+                      gensets=[GensetParams("g", 100, 30, 1.6, 0.25, 1.2, 5.0, 3600, 3600, 0)],
+                      solver=solver, **no_reserve())
+    pv = [0.0] * 3 + [60.0] * 6 + [0.0] * 3
+    x = inputs(site, pv=[pv], other=[40.0] * 12, on=[True], state_s=[1e5])
+    plan = DispatchProblem(site).solve(x, deadline_s=10)
+    on = plan.genset_on[0]
+    k_stop = int(np.argmin(on))
+    k_restart = k_stop + int(np.argmax(on[k_stop:]))
+    assert not on.all() and 3 <= k_stop < 9 and k_stop < k_restart <= 9 and on[k_restart:].all()
+    np.testing.assert_array_equal(on, [True] * 3 + [False] * 6 + [True] * 3)
+    assert plan.objective == pytest.approx(88.52, rel=1e-5)
+    np.testing.assert_allclose(plan.unserved_kw, 0.0, atol=1e-3)
+    assert plan_violations(site, x, plan) == []
