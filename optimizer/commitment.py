@@ -11,18 +11,26 @@ Why a small candidate set is enough for one to three gensets:
   * So per genset the candidates need to contain "switch now", "stay as is" and a few "switch
     later at step k" (to price waiting correctly). Candidate times are spaced geometrically
     (now, +H/32, +H/16, ... +H/2) because near-term timing matters most and is revisited anyway.
+  * "Switch now" alone is not enough when switching back is what makes it pay: a running genset
+    that could stop while PV carries the day must restart for the night, and "stop now, never
+    restart" cannot carry it. So windows are offered too: switch at k1 and back at k2 (stop and
+    restart for a running genset, start and stop for a stopped one), k1 among the earliest
+    switch steps and k2 - k1 one of H/2, H/4, H/8 (at least the minimum down/up time the window
+    needs; a restart leaves at least the minimum up time before the horizon's end).
   * Minimum up/down times only restrict the earliest switch step, so every candidate respects them
     by construction (a genset that has not yet met its minimum up time is not offered a stop before
     it has; likewise for starts and minimum down time).
   * With n gensets we do not enumerate the product of candidates (exponential); we improve one
     genset at a time holding the others at their incumbent schedule (coordinate search). Gensets
     on one bus are near-substitutes whose ordering is dominated by their fuel curves, so one pass
-    in merit order finds the sensible schedules; the cost is 1 + n * K convex solves, which for
-    n <= 3 and K ~ 6 stays within the deadline. More gensets would want a MILP or a priority list.
+    in merit order finds the sensible schedules; the cost is at most 1 + n * (K + 12) convex
+    solves (K switches, up to 4 x 3 windows), which for n <= 3 and K ~ 6 stays within the
+    deadline. More gensets would want a MILP or a priority list.
   * Most candidates are not solved at all: last cycle's winner is tried first, and the others are
     pruned by a lower bound from stored dual prices (exact, see optimizer.highs_lp), so a cycle
-    usually costs one or two convex solves whatever K is. The tests check that pruning never
-    changes the chosen schedule.
+    usually costs one or two full convex solves whatever K is (with HiGHS, plus a few simplex runs
+    that a near-tie lets stop early at the objective bound). Each window has its own slot, so its
+    own prices from last cycle bound it. The tests check that pruning never changes the choice.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from optimizer.params import BoolArray, FloatArray, GensetParams
 # Window lengths per switch step (H/2, H/4, H/8 of the horizon H): shorter off-windows rarely pay
 # for a restart, and every length adds one candidate per switch step.
 WINDOW_LENGTHS = 3
+# Windows open only at the earliest switch steps: a window opening late is re-decided before it.
+WINDOW_STARTS = 4
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,7 @@ def window_steps(gen: GensetParams, on0: bool, state_s: float, steps_s: FloatArr
     horizon_s = float(np.sum(steps))
     window_min_s = gen.min_down_s if on0 else gen.min_up_s
     pairs: dict[tuple[int, int], int] = {}
-    for k1 in switch_steps(gen, on0, state_s, steps, k_max):
+    for k1 in switch_steps(gen, on0, state_s, steps, k_max)[:WINDOW_STARTS]:
         for j in range(1, min(WINDOW_LENGTHS, k_max - 1) + 1):
             t2 = t_start[k1] + max(window_min_s, horizon_s * 2.0 ** -j)
             k2 = int(np.searchsorted(t_start, t2 - 1e-9))
