@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from optimizer import GensetParams, InputError
-from optimizer.commitment import available_fraction, stay_schedule, switch_steps, switched
+from optimizer.commitment import (
+    available_fraction,
+    stay_schedule,
+    switch_steps,
+    switched,
+    window_steps,
+    windowed,
+)
 from optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
 
 CSV = Path(__file__).resolve().parents[2] / "powerctl" / "data" / "gpu-cap-curves.csv"
@@ -78,3 +85,19 @@ def test_warmup_availability_and_switched_schedule() -> None:
     np.testing.assert_allclose(available_fraction(GEN, s.on[0], False, 0.0, steps), [0, 0, 0, 1])
     # Already on for 90 s: 30 s of warm-up left in step 0 -> half the step available.
     np.testing.assert_allclose(available_fraction(GEN, np.ones(4, bool), True, 90.0, steps), [0.5, 1, 1, 1])
+
+
+def test_window_candidates_respect_min_up_and_down() -> None:
+    steps = np.full(48, 300.0)  # 4 h; GEN: min up 1800 s, min down 900 s
+    t = np.arange(48) * 300.0
+    # Running for 600 s: stop from step 4 (as for plain stops), off >= 900 s, restart >= 1800 s
+    # before the horizon's end.
+    off = window_steps(GEN, True, 600.0, steps, 6)
+    assert off and all(k1 >= 4 and t[k2] - t[k1] >= 900 and 4 * 3600 - t[k2] >= 1800 for k1, k2, _ in off)
+    w = windowed(stay_schedule(np.array([True]), 48), 0, True, *off[0][:2])
+    assert w.on[0, : off[0][0]].all() and not w.on[0, off[0][0]:off[0][1]].any() and w.on[0, off[0][1]:].all()
+    # Off for 100 s: start from step 3, on >= 1800 s before the stop.
+    on = window_steps(GEN, False, 100.0, steps, 6)
+    assert on and all(k1 >= 3 and t[k2] - t[k1] >= 1800 for k1, k2, _ in on)
+    # A tiny window (1 step of 5 min, H/8 = 30 min) is widened to the minimum, never below it.
+    assert min(t[k2] - t[k1] for k1, k2, _ in on) == 1800
