@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -60,12 +61,31 @@ def check(config: Path) -> None:
     print(f"{config}: OK ({len(cfg.devices)} devices, {cfg.gpu.count} GPUs in {len(cfg.gpu.classes)} classes)")
 
 
+STOP_GRACE_S = 15.0
+
+
 async def _until_signal(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    """Run ``coro_factory(stop)`` until SIGTERM/SIGINT sets ``stop``.
+
+    Once stopping, the run gets ``STOP_GRACE_S`` to finish. A task that lost its cancellation
+    (a third-party await that swallowed it) must not keep the process alive: the daemon applies
+    its safe caps before cancelling anything, so exiting hard after the grace period is safe.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await coro_factory(stop)
+    main = asyncio.ensure_future(coro_factory(stop))
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not main.done():
+        done, _pending = await asyncio.wait({main}, timeout=STOP_GRACE_S)
+        if not done:
+            stuck = [t.get_name() for t in asyncio.all_tasks() if not t.done() and t is not asyncio.current_task()]
+            err.print(f"stop: tasks still running after {STOP_GRACE_S:g} s ({', '.join(stuck)}); exiting (GPUs already at the safe cap)")
+            os._exit(1)
+    stopper.cancel()
+    main.result()
 
 
 @app.command()

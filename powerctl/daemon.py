@@ -461,6 +461,9 @@ class Daemon:
                 )
                 tg.create_task(self._dispatcher(), name="dispatcher")
                 await stop.wait()
+                # Safe caps first, before anything is cancelled: a task that is slow to cancel
+                # (a solver thread, a device driver) must not delay the fail-safe.
+                apply_caps(self.gpu, self.guard.safe_caps())
                 raise _Stop
         except* _Stop:
             pass

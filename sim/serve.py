@@ -98,7 +98,8 @@ class SimSite:
         for (host, port) in groups:
             for _ in range(100):
                 try:
-                    _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
+                    async with asyncio.timeout(0.5):
+                        _r, w = await asyncio.open_connection(host, port)
                     w.close()
                     break
                 except OSError:

@@ -142,7 +142,8 @@ async def _run_argv(argv: list[str], timeout_s: float) -> tuple[bool, str]:
     except OSError as exc:
         return False, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -194,9 +195,8 @@ class HookRunner:
             ok, detail = await _run_argv([_fill(x, a) for x in argv], hook.timeout_s)
         if ok and url:
             body = {"class": a.klass, "action": a.action, "gpus": a.gpus, "site": self._site}
-            ok, detail = await asyncio.wait_for(
-                asyncio.to_thread(_post, _fill(url, a), body, hook.timeout_s), hook.timeout_s + 1.0
-            )
+            async with asyncio.timeout(hook.timeout_s + 1.0):
+                ok, detail = await asyncio.to_thread(_post, _fill(url, a), body, hook.timeout_s)
         result = HookResult(a, ok, detail)
         (log.info if ok else log.error)("%s hook for class %r %s: %s", a.action, a.klass,
                                         "done" if ok else "FAILED", detail)

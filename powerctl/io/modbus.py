@@ -156,7 +156,10 @@ class ModbusDevice:
             return
         self.stats.reconnects += 1
         try:
-            ok = await asyncio.wait_for(self._client.connect(), self._timeout_s + 0.5)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancel that races with
+            # completion, and a poller that loses its cancel keeps the daemon from stopping
+            async with asyncio.timeout(self._timeout_s + 0.5):
+                ok = await self._client.connect()
         except (TimeoutError, OSError) as exc:
             raise DeviceError(f"connect failed: {exc or type(exc).__name__}") from None
         if not ok:
@@ -177,7 +180,8 @@ class ModbusDevice:
                 await asyncio.sleep(wait)
         self.stats.requests += 1
         try:
-            rr = await asyncio.wait_for(make_call(), self._timeout_s + 0.5)
+            async with asyncio.timeout(self._timeout_s + 0.5):
+                rr = await make_call()
         except TimeoutError:
             self._client.close()  # a late answer must not be taken for the next request's
             raise DeviceError("timeout") from None

@@ -87,7 +87,8 @@ async def ascan(host: str, port: int = 502, unit: int = 1, timeout_s: float = 2.
     client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
     try:
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout_s + 0.5)
+            async with asyncio.timeout(timeout_s + 0.5):
+                ok = await client.connect()
         except (TimeoutError, OSError) as exc:
             raise ScanError(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from None
         if not ok:
@@ -95,9 +96,8 @@ async def ascan(host: str, port: int = 502, unit: int = 1, timeout_s: float = 2.
 
         async def read(address: int, count: int) -> list[int]:
             try:
-                rr = await asyncio.wait_for(
-                    client.read_holding_registers(address, count=count, device_id=unit), timeout_s + 0.5
-                )
+                async with asyncio.timeout(timeout_s + 0.5):
+                    rr = await client.read_holding_registers(address, count=count, device_id=unit)
             except TimeoutError:
                 raise ScanError(f"timeout reading {count} registers at {address}") from None
             except ModbusException as exc:
