@@ -6,7 +6,7 @@ Every figure goes through the public path (`DispatchProblem.solve`: input checks
 solve, bound clean-up, plan assembly). Inputs change on every solve, harder than in the daemon:
 the forecast rolls on by a whole step with fresh noise on every step, SoC and the previous GPU
 budget come from the last plan. "re-solve" is one convex solve (commitment fixed:
-commitment_candidates=0); "commitment" is the full enumeration (1 + 6 candidates for one genset);
+commitment_candidates=0); "commitment" enumerates 1 + 6 switch + 12 window candidates for one genset (pruned by bounds);
 "rebuild" builds the cvxpy problem from scratch and solves it through cvxpy each time (what "build
 once" saves), per solver. p50/p99 are wall-clock; "cpu" is the process CPU time per solve (both
 threads), which shows what a busy machine adds: the load average is printed before and after.
@@ -136,7 +136,7 @@ def main() -> None:
     for solver in solvers:
         for label, steps, cand in (("288 x 5 min, re-solve", fixed, 0),
                                    (f"variable {variable.size} steps (1 min/15 min)", variable, 0),
-                                   ("288 x 5 min, commitment (1+6 cand.)", fixed, 6)):
+                                   ("288 x 5 min, commitment (1+6+12 cand.)", fixed, 6)):
             c_s, t, cpu, rungs = run(site(steps, solver, cand), a.n)
             if cand == 0 and steps is fixed:
                 base_p50[solver] = float(np.median(t))
