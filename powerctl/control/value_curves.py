@@ -5,24 +5,25 @@ class of ``n`` GPUs at per-GPU cap ``f * max_w`` draws ``n * f * max_w`` and del
 full throughput. Below the floor the class can only run fewer GPUs, so value between 0 and any
 point is at best linear: the upper concave hull of {(0, 0)} and the measured points is exactly
 what the planner can achieve by mixing whole GPUs off with GPUs at efficient caps. The hull is
-concave, so maximising it stays a convex problem.
+concave, so maximising it stays a convex problem; ``optimizer.curves.fit_concave_pwl`` computes it
+(and keeps at most three segments, which describe these curves to within a few per cent).
 """
 
 from __future__ import annotations
 
-import csv
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from optimizer.curves import fit_concave_pwl, load_curve_rows
 
 CURVES_CSV = Path(__file__).resolve().parent.parent / "data" / "gpu-cap-curves.csv"
 
 
 @cache
 def _rows() -> list[dict[str, str]]:
-    with CURVES_CSV.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    return load_curve_rows(CURVES_CSV)
 
 
 def throughput_curve(workload: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,22 +44,6 @@ def throughput_curve(workload: str) -> tuple[np.ndarray, np.ndarray]:
     return caps / caps.max(), tput
 
 
-def upper_concave_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Upper concave hull of points sorted by x (monotone chain)."""
-    hull: list[tuple[float, float]] = []
-    for px, py in zip(x.tolist(), y.tolist(), strict=True):
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            # drop the middle point when it lies on or below the chord
-            if (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1) >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append((px, py))
-    hx, hy = zip(*hull, strict=True)
-    return np.array(hx), np.array(hy)
-
-
 def class_value_pwl(
     workload: str, n_gpus: int, max_w: float, value_per_kwh: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +53,5 @@ def class_value_pwl(
     """
     frac, tput = throughput_curve(workload)
     p_max_kw = n_gpus * max_w / 1000.0
-    x = np.concatenate([[0.0], frac * p_max_kw])
-    y = np.concatenate([[0.0], tput * p_max_kw * value_per_kwh])
-    keep = np.concatenate([[True], np.diff(x) > 1e-12])
-    return upper_concave_hull(x[keep], y[keep])
+    # the optimizer's fit: upper concave hull through the origin, reduced to a few segments
+    return fit_concave_pwl(frac * p_max_kw, tput * p_max_kw * value_per_kwh, max_segments=3, include_origin=True)
