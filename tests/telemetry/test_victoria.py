@@ -119,7 +119,14 @@ async def test_server_down_30s_mid_stream_and_daemon_restart_lose_and_double_not
         await stop(task, tel)
 
         expected = [1_700_000_000_000 + i for i in range(k)]
+        # Every write was acknowledged (spool empty, nothing dropped); a just-restarted
+        # VictoriaMetrics can take a moment to make acknowledged rows searchable, so read until
+        # the counts settle (a loss or a double still fails the exact checks below).
+        deadline = time.monotonic() + 20.0
         got = timestamps_ms(vm, "battery_p_kw")
+        while time.monotonic() < deadline and any(len(ts) != k for ts in got.values()):
+            await asyncio.sleep(1.0)
+            got = timestamps_ms(vm, "battery_p_kw")
         assert sorted(got) == [f"b{d}" for d in range(5)]
         for dev, ts in got.items():
             assert len(ts) == k, f"{dev}: {len(ts)} samples, expected {k} (lost or doubled)"
