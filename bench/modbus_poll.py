@@ -48,7 +48,7 @@ def synthetic_profile(n_points: int) -> Profile:
 
 def serve(ports: list[int], n_points: int, ready: Any) -> None:
     """Child process: one pymodbus server per device."""
-    from sim.devices import DeviceSimulator, SimServer
+    from powerctl.sim.devices import DeviceSimulator, SimServer
 
     async def main() -> None:
         profile = synthetic_profile(n_points)

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizer import (
+from powerctl.optimizer import (
     BatteryParams,
     DispatchInputs,
     DispatchProblem,

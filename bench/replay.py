@@ -35,9 +35,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from powerctl.config import load_config
-    from sim.kpi import compute_kpis
-    from sim.replay import simulate
-    from sim.traces.site_trace import build_site_trace
+    from powerctl.sim.kpi import compute_kpis
+    from powerctl.sim.replay import simulate
+    from powerctl.sim.traces.site_trace import build_site_trace
 
     cfg = load_config(a.config, check_secrets=False)
     t0 = time.perf_counter()

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from powerctl.config import SiteConfig, load_config  # noqa: E402
 from powerctl.daemon import Daemon, Status  # noqa: E402
-from sim.plant.site import Plant  # noqa: E402
-from sim.serve import PlantGpus, SimSite  # noqa: E402
+from powerctl.sim.plant.site import Plant  # noqa: E402
+from powerctl.sim.serve import PlantGpus, SimSite  # noqa: E402
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ See optimizer.model for the formulation, optimizer.problem for the deadline and 
 optimizer.commitment for genset commitment, optimizer.curves for GPU value curves.
 """
 
-from optimizer.params import (
+from powerctl.optimizer.params import (
     BatteryParams,
     DispatchInputs,
     GensetParams,
@@ -20,7 +20,7 @@ from optimizer.params import (
     SiteParams,
     SlackUse,
 )
-from optimizer.problem import DispatchProblem
+from powerctl.optimizer.problem import DispatchProblem
 
 __all__ = [
     "BatteryParams",

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 import cvxpy as cp
 import numpy as np
 
-from optimizer.model import Model
-from optimizer.params import FloatArray
-from optimizer.solution import Dispatch, ParamValues
+from powerctl.optimizer.model import Model
+from powerctl.optimizer.params import FloatArray
+from powerctl.optimizer.solution import Dispatch, ParamValues
 
 
 class SolverFailed(RuntimeError):

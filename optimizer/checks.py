@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer.commitment import available_fraction, step_starts_s
-from optimizer.params import DispatchInputs, Plan, SiteParams
-from optimizer.solution import gpu_upper_kw
+from powerctl.optimizer.commitment import available_fraction, step_starts_s
+from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
+from powerctl.optimizer.solution import gpu_upper_kw
 
 
 def plan_violations(p: SiteParams, x: DispatchInputs, plan: Plan, tol_kw: float = 1e-3) -> list[str]:

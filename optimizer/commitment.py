@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.params import BoolArray, FloatArray, GensetParams
+from powerctl.optimizer.params import BoolArray, FloatArray, GensetParams
 
 # Window lengths per switch step (H/2, H/4, H/8 of the horizon H): shorter off-windows rarely pay
 # for a restart, and every length adds one candidate per switch step.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.params import FloatArray, InputError
+from powerctl.optimizer.params import FloatArray, InputError
 
 
 def upper_concave_hull(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:

@@ -35,11 +35,11 @@ import osqp
 import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
-from optimizer.backend import CandidatePruned, SolverFailed, set_parameters
-from optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows, Prices
-from optimizer.model import Model
-from optimizer.params import FloatArray, SiteParams
-from optimizer.solution import Dispatch, ParamValues
+from powerctl.optimizer.backend import CandidatePruned, SolverFailed, set_parameters
+from powerctl.optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows, Prices
+from powerctl.optimizer.model import Model
+from powerctl.optimizer.params import FloatArray, SiteParams
+from powerctl.optimizer.solution import Dispatch, ParamValues
 
 
 class DirectBackend:

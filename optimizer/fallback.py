@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer.commitment import Schedule, stay_schedule
-from optimizer.params import DispatchInputs, FloatArray, SiteParams
-from optimizer.solution import Dispatch, ParamValues, param_values
+from powerctl.optimizer.commitment import Schedule, stay_schedule
+from powerctl.optimizer.params import DispatchInputs, FloatArray, SiteParams
+from powerctl.optimizer.solution import Dispatch, ParamValues, param_values
 
 
 def _first_slope(p: SiteParams, j: int) -> float:

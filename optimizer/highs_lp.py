@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from optimizer.backend import CandidatePruned, SolverFailed
-from optimizer.params import FloatArray
+from powerctl.optimizer.backend import CandidatePruned, SolverFailed
+from powerctl.optimizer.params import FloatArray
 
 # Reduced costs smaller than this on a side with no bound count as zero in the Lagrangian bound.
 # The error this allows (|z| x summed over such columns: slacks and ramps, kW-sized) is far below

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from optimizer.params import FloatArray, SiteParams
+from powerctl.optimizer.params import FloatArray, SiteParams
 
 
 @dataclass

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer import fallback, validate
-from optimizer.backend import Backend, CandidatePruned, CvxpyBackend, SolverFailed
-from optimizer.commitment import (
+from powerctl.optimizer import fallback, validate
+from powerctl.optimizer.backend import Backend, CandidatePruned, CvxpyBackend, SolverFailed
+from powerctl.optimizer.commitment import (
     Schedule,
     commitment_cost,
     stay_schedule,
@@ -35,9 +35,9 @@ from optimizer.commitment import (
     window_steps,
     windowed,
 )
-from optimizer.model import Model, build
-from optimizer.params import DispatchInputs, Plan, SiteParams
-from optimizer.solution import Dispatch, ParamValues, make_plan, param_values
+from powerctl.optimizer.model import Model, build
+from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
+from powerctl.optimizer.solution import Dispatch, ParamValues, make_plan, param_values
 
 # Time kept back from the deadline for the rule-based fallback and plan assembly.
 FALLBACK_RESERVE_S = 0.01
@@ -137,7 +137,7 @@ class DispatchProblem:
     def _make_backend(self, kind: str) -> Backend:
         if kind in ("auto", "direct"):
             try:
-                from optimizer.direct import DirectBackend
+                from powerctl.optimizer.direct import DirectBackend
 
                 return DirectBackend(self.model, self.params)
             except Exception:

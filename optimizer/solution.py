@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.commitment import Schedule, available_fraction, commitment_cost
-from optimizer.params import BoolArray, DispatchInputs, FloatArray, Plan, SiteParams, SlackUse
+from powerctl.optimizer.commitment import Schedule, available_fraction, commitment_cost
+from powerctl.optimizer.params import BoolArray, DispatchInputs, FloatArray, Plan, SiteParams, SlackUse
 
 # Below this a slack is numerical noise, not a plan that needs explaining.
 SLACK_TOL_KW = 1e-3

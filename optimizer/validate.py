@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer.params import DispatchInputs, FloatArray, InputError, SiteParams
+from powerctl.optimizer.params import DispatchInputs, FloatArray, InputError, SiteParams
 
 # Supported solvers and the second rung each one falls back to.
 SOLVERS = {"CLARABEL": "OSQP", "OSQP": "CLARABEL", "HIGHS": "CLARABEL"}

@@ -113,8 +113,8 @@ def sim_serve(
     _logging(verbose)
     import time
 
-    from sim.plant.site import Plant
-    from sim.serve import SimSite
+    from powerctl.sim.plant.site import Plant
+    from powerctl.sim.serve import SimSite
 
     async def main(stop: asyncio.Event) -> None:
         site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
@@ -200,7 +200,7 @@ def capsetter(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v
 
 def main() -> None:
     try:
-        from sim.cli_sim import register as _register_sim
+        from powerctl.sim.cli_sim import register as _register_sim
 
         _register_sim(sim_app)
     except ImportError:

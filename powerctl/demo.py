@@ -69,9 +69,9 @@ def status_table(st: Status, t_sim_h: float | None = None) -> Table:
 
 
 async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0, plain: bool = False) -> int:
-    from sim.plant.pv import demo_pv_kw_fn
-    from sim.plant.site import Plant
-    from sim.serve import PlantGpus, SimSite
+    from powerctl.sim.plant.pv import demo_pv_kw_fn
+    from powerctl.sim.plant.site import Plant
+    from powerctl.sim.serve import PlantGpus, SimSite
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 
 from powerctl.config import ConfigError
-from sim.sweep import SweepError
-from sim.traces.loaders import TraceError
-from sim.traces.site_trace import DATA_DIR
+from powerctl.sim.sweep import SweepError
+from powerctl.sim.traces.loaders import TraceError
+from powerctl.sim.traces.site_trace import DATA_DIR
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -55,8 +55,8 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Replay the controller against the simulated plant on a trace; write KPIs, Parquet and plots."""
-    from sim.kpi import compare_table, format_kpis
-    from sim.replay import CONTROLLERS, run_replay
+    from powerctl.sim.kpi import compare_table, format_kpis
+    from powerctl.sim.replay import CONTROLLERS, run_replay
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     runs: list[tuple[str, str, bool]]
@@ -120,7 +120,7 @@ def sweep(
     """Replay a grid of sizes x controllers on Dask and rank them by a KPI."""
     from rich.progress import Progress
 
-    from sim.sweep import run_sweep
+    from powerctl.sim.sweep import run_sweep
 
     try:
         with Progress(transient=True) as prog:

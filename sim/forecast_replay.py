@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.traces.site_trace import SiteTrace
+from powerctl.sim.traces.site_trace import SiteTrace
 
 DAY_S = 86400.0
 

@@ -34,9 +34,9 @@ import pandas as pd
 from powerctl.config import SiteConfig, load_config
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
-from sim.forecast_replay import ReplayForecaster, make_forecaster
-from sim.plant.site import Plant
-from sim.traces.site_trace import DATA_DIR, SiteTrace, build_site_trace
+from powerctl.sim.forecast_replay import ReplayForecaster, make_forecaster
+from powerctl.sim.plant.site import Plant
+from powerctl.sim.traces.site_trace import DATA_DIR, SiteTrace, build_site_trace
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def run_replay(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Replay and write ``kpi.json``, ``kpi.txt``, ``series.parquet`` and PNG plots to ``out_dir``."""
-    from sim.kpi import compute_kpis, format_kpis
+    from powerctl.sim.kpi import compute_kpis, format_kpis
 
     cfg = load_config(cfg_path, check_secrets=False)
     irr = Path(trace) if trace is not None else DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
@@ -476,7 +476,7 @@ def run_replay(
 def write_outputs(res: ReplayResult, kpis: dict[str, Any], out: Path, *, plots: bool = True) -> None:
     import json
 
-    from sim.kpi import format_kpis
+    from powerctl.sim.kpi import format_kpis
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "kpi.json").write_text(json.dumps(kpis, indent=2, default=float) + "\n")
@@ -485,6 +485,6 @@ def write_outputs(res: ReplayResult, kpis: dict[str, Any], out: Path, *, plots: 
     series["mode"] = series["mode"].astype(str)
     series.to_parquet(out / "series.parquet")
     if plots:
-        from sim.plots import plot_replay
+        from powerctl.sim.plots import plot_replay
 
         plot_replay(res.series, res.plant, out, title=f"{kpis['run']['controller'] if 'run' in kpis else ''}")

@@ -22,8 +22,8 @@ from powerctl.config import ModbusTcp, SiteConfig
 from powerctl.gpu.base import CapResult, GpuInfo
 from powerctl.natures import Nature
 from powerctl.profiles import load_profile
-from sim.devices import DeviceSimulator
-from sim.plant.site import Plant
+from powerctl.sim.devices import DeviceSimulator
+from powerctl.sim.plant.site import Plant
 
 log = logging.getLogger(__name__)
 

@@ -155,9 +155,9 @@ def run_point(
     base_cfg_json: dict[str, Any], point: dict[str, Any], opts: dict[str, Any], capex: dict[str, float]
 ) -> dict[str, Any]:
     """One sweep task (runs on a Dask worker): size the site, replay, flatten the KPIs."""
-    from sim.kpi import compute_kpis
-    from sim.replay import simulate
-    from sim.traces.site_trace import build_site_trace
+    from powerctl.sim.kpi import compute_kpis
+    from powerctl.sim.replay import simulate
+    from powerctl.sim.traces.site_trace import build_site_trace
 
     base = parse_config(base_cfg_json, "sweep")
     cfg = sized_config(base, point["sizes"])
@@ -196,7 +196,7 @@ def run_sweep(
     """Run every grid point on Dask; write sweep.parquet, sweep.csv, sweep.png; return the table."""
     from dask.distributed import Client, LocalCluster, as_completed
 
-    from sim.traces.site_trace import DATA_DIR
+    from powerctl.sim.traces.site_trace import DATA_DIR
 
     base = load_config(cfg_path, check_secrets=False)
     g = load_grid(grid_path)
@@ -244,7 +244,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "sweep.parquet")
     df.to_csv(out / "sweep.csv", index=False)
-    from sim.plots import plot_sweep
+    from powerctl.sim.plots import plot_sweep
 
     plot_sweep(df, rank_by, out / "sweep.png")
     return df

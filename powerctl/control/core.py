@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimizer import DispatchProblem, Plan
 from powerctl.config import SiteConfig
 from powerctl.control.planner import build_inputs, genset_running, site_params
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.natures import Nature
+from powerctl.optimizer import DispatchProblem, Plan
 from powerctl.process_image import ProcessImage
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer import BatteryParams, DispatchInputs, GensetParams, GpuClassParams, PvParams, SiteParams
 from powerctl.config import SiteConfig
 from powerctl.control.value_curves import class_value_pwl
 from powerctl.natures import Nature
+from powerctl.optimizer import (
+    BatteryParams,
+    DispatchInputs,
+    GensetParams,
+    GpuClassParams,
+    PvParams,
+    SiteParams,
+)
 from powerctl.process_image import ProcessImage
 
 

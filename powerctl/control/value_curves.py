@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.curves import fit_concave_pwl, load_curve_rows
+from powerctl.optimizer.curves import fit_concave_pwl, load_curve_rows
 
 CURVES_CSV = Path(__file__).resolve().parent.parent / "data" / "gpu-cap-curves.csv"
 

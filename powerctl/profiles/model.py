@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-import device_profiles
+from powerctl import device_profiles
 from powerctl.natures import Nature, signal_spec
 from powerctl.profiles.codec import INTEGER_TYPES, SUNSPEC_SENTINELS, WordOrder, register_count
 

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import device_profiles
+from powerctl import device_profiles
 
 MODELS_DIR = Path(device_profiles.__file__).parent / "sunspec" / "models"
 

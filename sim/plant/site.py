@@ -38,10 +38,10 @@ import numpy as np
 
 from powerctl.config import SiteConfig
 from powerctl.natures import Nature
-from sim.plant.battery import Battery
-from sim.plant.genset import Genset, GensetStatus
-from sim.plant.gpu_cluster import DemandFn, GpuCluster
-from sim.plant.pv import PvArray, demo_pv_kw_fn
+from powerctl.sim.plant.battery import Battery
+from powerctl.sim.plant.genset import Genset, GensetStatus
+from powerctl.sim.plant.gpu_cluster import DemandFn, GpuCluster
+from powerctl.sim.plant.pv import PvArray, demo_pv_kw_fn
 
 _EPS = 1e-9
 

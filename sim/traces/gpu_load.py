@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.traces.loaders import TraceError, load_series
+from powerctl.sim.traces.loaders import TraceError, load_series
 
 # Fitted once from splitwise_sim_perf_model.csv (llama2-70b, a100-80gb, TP 8, batch 1):
 # prompt_time slope ≈ 0.188 ms per prompt token (least squares over 128-8,192 tokens);

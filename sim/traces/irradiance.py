@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.traces.loaders import TraceError, unit, validate
+from powerctl.sim.traces.loaders import TraceError, unit, validate
 
 log = logging.getLogger(__name__)
 

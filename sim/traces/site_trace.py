@@ -27,10 +27,10 @@ import pandas as pd
 
 from powerctl.config import SiteConfig
 from powerctl.natures import Nature
-from sim.plant.pv import clear_sky_ac_kw, pv_ac_kw_from_weather
-from sim.traces.gpu_load import azure_demand_series
-from sim.traces.irradiance import read_irradiance
-from sim.traces.loaders import TraceError, interp_to
+from powerctl.sim.plant.pv import clear_sky_ac_kw, pv_ac_kw_from_weather
+from powerctl.sim.traces.gpu_load import azure_demand_series
+from powerctl.sim.traces.irradiance import read_irradiance
+from powerctl.sim.traces.loaders import TraceError, interp_to
 
 log = logging.getLogger(__name__)
 

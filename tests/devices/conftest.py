@@ -11,7 +11,7 @@ from powerctl.io.modbus import ModbusDevice
 from powerctl.natures import SIGNALS
 from powerctl.process_image import ProcessImage
 from powerctl.profiles.model import Profile
-from sim.devices import RegisterDevice, SimServer
+from powerctl.sim.devices import RegisterDevice, SimServer
 from tests.servers import free_port
 
 

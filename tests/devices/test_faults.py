@@ -20,8 +20,8 @@ from powerctl.process_image import ProcessImage, Quality
 from powerctl.profiles import load_profile
 from powerctl.profiles.model import parse_profile
 from powerctl.profiles.values import SetpointRangeError
+from powerctl.sim.devices import DeviceSimulator, Fault, RegisterDevice, SimServer
 from powerctl.sunspec.encode import ImageSpec, build_image
-from sim.devices import DeviceSimulator, Fault, RegisterDevice, SimServer
 from tests.devices.conftest import make_driver, served
 from tests.servers import free_port
 

@@ -13,7 +13,7 @@ import pytest
 from powerctl.profiles import load_profile
 from powerctl.profiles.codec import encode
 from powerctl.profiles.values import encode_point, scale_factors
-from sim.devices import DeviceSimulator
+from powerctl.sim.devices import DeviceSimulator
 from tests.devices.conftest import served
 
 MBPOLL = "/usr/bin/mbpoll"

@@ -16,7 +16,7 @@ from powerctl.process_image import ProcessImage
 from powerctl.profiles import list_profiles, load_profile
 from powerctl.profiles.model import Point, Profile, signal_factor
 from powerctl.profiles.values import SetpointRangeError, scale_factors
-from sim.devices import DeviceSimulator
+from powerctl.sim.devices import DeviceSimulator
 from tests.devices.conftest import make_driver, served
 
 PROFILES = [k for k in list_profiles() if load_profile(k).protocol == "modbus"]

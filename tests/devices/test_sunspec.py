@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
+from powerctl.sim.devices import RegisterDevice
 from powerctl.sunspec.decode import decode_model
 from powerctl.sunspec.encode import ImageSpec, build_image, encode_model, model_addresses
 from powerctl.sunspec.models import load_model, shipped_model_ids
 from powerctl.sunspec.scan import ScanError, ascan, format_scan, parse_target
-from sim.devices import RegisterDevice
 from tests.devices.conftest import served
 
 # chosen engineering values per model (scale factors as exponents), incl. negative and scaled ones

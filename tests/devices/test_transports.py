@@ -11,7 +11,7 @@ from powerctl.config import ModbusRtu
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
 from powerctl.profiles import load_profile
-from sim.devices import DeviceSimulator
+from powerctl.sim.devices import DeviceSimulator
 from tests.devices.conftest import declare, served, tcp
 
 

@@ -34,9 +34,9 @@ from powerctl.daemon import Daemon, Status
 from powerctl.gpu.base import CapResult
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
-from sim.devices import DeviceSimulator, Fault, SimServer
-from sim.plant.site import Plant
-from sim.serve import PlantGpus, SimSite
+from powerctl.sim.devices import DeviceSimulator, Fault, SimServer
+from powerctl.sim.plant.site import Plant
+from powerctl.sim.serve import PlantGpus, SimSite
 from tests.servers import free_port
 
 # NVML takes limits in integer mW: a "rise" below 1 mW is float noise, not a rise.

@@ -16,7 +16,7 @@ from powerctl.profiles.values import (
     setpoint_registers,
     setpoint_value_from_registers,
 )
-from sim.devices import DeviceSimulator
+from powerctl.sim.devices import DeviceSimulator
 
 
 def test_word_order_with_distinct_halves() -> None:

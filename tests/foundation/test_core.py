@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optimizer import Plan
 from powerctl.config import SiteConfig, load_config, parse_config
 from powerctl.control.core import ControllerCore, Overrides
 from powerctl.control.split import slots_from_pool
 from powerctl.natures import SIGNALS, Nature
+from powerctl.optimizer import Plan
 from powerctl.process_image import ProcessImage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import pytest
 
 from powerctl.config import SiteConfig, load_config
 from powerctl.daemon import Daemon
-from sim.plant.site import Plant
-from sim.serve import PlantGpus, SimSite
+from powerctl.sim.plant.site import Plant
+from powerctl.sim.serve import PlantGpus, SimSite
 
 ROOT = Path(__file__).resolve().parents[2]
 

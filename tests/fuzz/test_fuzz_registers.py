@@ -16,7 +16,7 @@ from powerctl.process_image import ProcessImage, Quality
 from powerctl.profiles import load_profile
 from powerctl.profiles.model import Profile, list_profiles
 from powerctl.profiles.values import RegisterImage, decode_points, decode_signals
-from sim.devices import DeviceSimulator, Fault
+from powerctl.sim.devices import DeviceSimulator, Fault
 from tests.devices.conftest import make_driver, served
 from tests.fuzz.settings import fuzz
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sim.traces.gpu_load import load_demand_csv, read_azure_llm
-from sim.traces.irradiance import read_irradiance
-from sim.traces.loaders import TraceError, load_series
+from powerctl.sim.traces.gpu_load import load_demand_csv, read_azure_llm
+from powerctl.sim.traces.irradiance import read_irradiance
+from powerctl.sim.traces.loaders import TraceError, load_series
 from tests.fuzz.settings import fuzz
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.filterwarnings("ignore")]  # parsers warn about odd input by design

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer import (
+from powerctl.optimizer import (
     BatteryParams,
     DispatchInputs,
     GensetParams,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optimizer import GensetParams, InputError
-from optimizer.commitment import (
+from powerctl.optimizer import GensetParams, InputError
+from powerctl.optimizer.commitment import (
     available_fraction,
     stay_schedule,
     switch_steps,
@@ -16,7 +16,7 @@ from optimizer.commitment import (
     window_steps,
     windowed,
 )
-from optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
+from powerctl.optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
 
 CSV = Path(__file__).resolve().parents[2] / "powerctl" / "data" / "gpu-cap-curves.csv"
 

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 from opt_sites import demo_inputs, demo_site
 
-from optimizer import DispatchInputs, DispatchProblem, GensetParams, SiteParams
-from optimizer.commitment import available_fraction, stay_schedule, switch_steps, switched, window_steps
-from optimizer.highs_lp import HighsLp, LpRows, Prices
-from optimizer.model import segments_on
-from optimizer.solution import param_values, pwl_value_per_h
+from powerctl.optimizer import DispatchInputs, DispatchProblem, GensetParams, SiteParams
+from powerctl.optimizer.commitment import (
+    available_fraction,
+    stay_schedule,
+    switch_steps,
+    switched,
+    window_steps,
+)
+from powerctl.optimizer.highs_lp import HighsLp, LpRows, Prices
+from powerctl.optimizer.model import segments_on
+from powerctl.optimizer.solution import param_values, pwl_value_per_h
 
 
 def rolling(site: SiteParams, n: int, seed: int = 0) -> list[DispatchInputs]:
@@ -160,7 +166,7 @@ def test_solver_objective_equals_the_plan_priced_from_its_powers(solver: str) ->
     # commitment costs) must equal the plan's cost recomputed from its powers (spill unpriced).
     import time
 
-    from optimizer import GpuClassParams, validate
+    from powerctl.optimizer import GpuClassParams, validate
 
     site = demo_site(T=24, step_s=3600.0, solver=solver)
     linear = GpuClassParams("lin", 3.0, 20.0, np.array([0.0, 20.0]), np.array([0.0, 9.0]), 0.002)
@@ -179,7 +185,7 @@ def test_solver_objective_equals_the_plan_priced_from_its_powers(solver: str) ->
 def test_highs_missed_deadline_answers_with_rules_then_recovers() -> None:
     import time
 
-    from optimizer.checks import plan_violations
+    from powerctl.optimizer.checks import plan_violations
 
     site = demo_site(T=288, solver="HIGHS")
     prob = DispatchProblem(site)

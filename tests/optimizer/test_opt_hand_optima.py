@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from opt_sites import inputs, no_reserve
 
-from optimizer import BatteryParams, DispatchProblem, GensetParams, GpuClassParams, PvParams, SiteParams
-from optimizer.checks import plan_violations
+from powerctl.optimizer import (
+    BatteryParams,
+    DispatchProblem,
+    GensetParams,
+    GpuClassParams,
+    PvParams,
+    SiteParams,
+)
+from powerctl.optimizer.checks import plan_violations
 
 SOLVERS = ["CLARABEL", "HIGHS", "OSQP"]
 

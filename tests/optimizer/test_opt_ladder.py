@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from opt_sites import demo_inputs, demo_site
 
-from optimizer import DispatchProblem, InputError, SiteParams
-from optimizer.checks import plan_violations
+from powerctl.optimizer import DispatchProblem, InputError, SiteParams
+from powerctl.optimizer.checks import plan_violations
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from optimizer import (
+from powerctl.optimizer import (
     BatteryParams,
     DispatchInputs,
     DispatchProblem,
@@ -20,7 +20,7 @@ from optimizer import (
     PvParams,
     SiteParams,
 )
-from optimizer.model import value_segments
+from powerctl.optimizer.model import value_segments
 
 
 def scenario(solver: str) -> tuple[SiteParams, DispatchInputs]:

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optimizer import (
+from powerctl.optimizer import (
     BatteryParams,
     DispatchInputs,
     DispatchProblem,
@@ -17,9 +17,9 @@ from optimizer import (
     PvParams,
     SiteParams,
 )
-from optimizer.checks import plan_violations
-from optimizer.fallback import rule_dispatch
-from optimizer.solution import make_plan
+from powerctl.optimizer.checks import plan_violations
+from powerctl.optimizer.fallback import rule_dispatch
+from powerctl.optimizer.solution import make_plan
 
 floats = st.floats
 

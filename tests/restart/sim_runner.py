@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from powerctl.config import load_config
-from sim.plant.genset import GensetStatus
-from sim.plant.site import Plant
-from sim.serve import SimSite
+from powerctl.sim.plant.genset import GensetStatus
+from powerctl.sim.plant.site import Plant
+from powerctl.sim.serve import SimSite
 
 
 def _atomic_write(path: Path, text: str) -> None:

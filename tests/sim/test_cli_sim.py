@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from sim.cli_sim import app
+from powerctl.sim.cli_sim import app
 
 runner = CliRunner()
 DEMO = Path(__file__).resolve().parents[2] / "examples/demo-site.toml"

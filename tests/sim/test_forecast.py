@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.forecast_replay import make_forecaster
-from sim.traces import build_site_trace
-from sim.traces.site_trace import DATA_DIR, SiteTrace
+from powerctl.sim.forecast_replay import make_forecaster
+from powerctl.sim.traces import build_site_trace
+from powerctl.sim.traces.site_trace import DATA_DIR, SiteTrace
 from tests.sim.conftest import make_cfg
 
 DATA = DATA_DIR

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.plant import Plant, demo_pv_kw_fn
-from sim.plant.battery import Battery
-from sim.plant.genset import Genset, GensetStatus
-from sim.plant.pv import clear_sky_shape
-from sim.traces.site_trace import DATA_DIR
+from powerctl.sim.plant import Plant, demo_pv_kw_fn
+from powerctl.sim.plant.battery import Battery
+from powerctl.sim.plant.genset import Genset, GensetStatus
+from powerctl.sim.plant.pv import clear_sky_shape
+from powerctl.sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import make_cfg
 
 
@@ -189,7 +189,7 @@ def test_grid_connected_battery_follows_setpoint() -> None:
 
 
 def test_fuel_fit_from_shared_genset_points() -> None:
-    from sim.plant.genset import fuel_coeffs_from_points
+    from powerctl.sim.plant.genset import fuel_coeffs_from_points
 
     f0, f1 = fuel_coeffs_from_points(
         DATA_DIR / "genset/genset_fuel_points.csv", "cummins_qsk23_g3_fr50011", 701
@@ -203,7 +203,7 @@ def test_fuel_fit_from_shared_genset_points() -> None:
 def test_pvlib_model_kwp_orientation_temperature() -> None:
     import pandas as pd
 
-    from sim.plant.pv import pv_ac_kw_from_weather
+    from powerctl.sim.plant.pv import pv_ac_kw_from_weather
 
     idx = pd.date_range("2021-06-21 06:00", periods=12, freq="1h", tz="Etc/GMT+5")
     w = pd.DataFrame(
@@ -222,7 +222,7 @@ def test_pvlib_model_kwp_orientation_temperature() -> None:
 
 def test_plant_curves_match_planner_table() -> None:
     from powerctl.control.value_curves import throughput_curve
-    from sim.plant.gpu_cluster import get_curve
+    from powerctl.sim.plant.gpu_cluster import get_curve
 
     for name in ("infer_llama_8b", "pt_mpt_7b_fast", "ft_llama_8b_dolly"):
         frac, tput = throughput_curve(name)

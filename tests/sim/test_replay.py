@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.kpi import compute_kpis
-from sim.replay import simulate, write_outputs
-from sim.traces import build_site_trace
-from sim.traces.site_trace import DATA_DIR, SiteTrace
+from powerctl.sim.kpi import compute_kpis
+from powerctl.sim.replay import simulate, write_outputs
+from powerctl.sim.traces import build_site_trace
+from powerctl.sim.traces.site_trace import DATA_DIR, SiteTrace
 from tests.sim.conftest import make_cfg
 
 DATA = DATA_DIR
@@ -80,7 +80,7 @@ def test_ours_short_replay_plans_with_the_optimizer(trace: SiteTrace, tmp_path: 
 
 
 def test_planner_failure_falls_to_safe_caps_never_max(trace: SiteTrace) -> None:
-    from sim import replay as r
+    from powerctl.sim import replay as r
 
     cfg = make_cfg()
     orig = r.CoreController.__init__

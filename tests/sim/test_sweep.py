@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim.sweep import SweepError, load_grid, run_point, run_sweep, sized_config, sweep_points
-from sim.traces.site_trace import DATA_DIR
+from powerctl.sim.sweep import SweepError, load_grid, run_point, run_sweep, sized_config, sweep_points
+from powerctl.sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import site_dict
 
 GRID = """

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.traces import TraceError, build_site_trace, load_series, read_psm3, read_rmis, read_tmy3
-from sim.traces.gpu_load import azure_demand_series, inference_demand_w, read_azure_llm, work_rate
-from sim.traces.site_trace import DATA_DIR
+from powerctl.sim.traces import TraceError, build_site_trace, load_series, read_psm3, read_rmis, read_tmy3
+from powerctl.sim.traces.gpu_load import azure_demand_series, inference_demand_w, read_azure_llm, work_rate
+from powerctl.sim.traces.site_trace import DATA_DIR
 from tests.sim.conftest import make_cfg
 
 DATA = DATA_DIR
@@ -148,8 +148,8 @@ def test_site_trace_pv_shape_and_energy() -> None:
     night = df.between_time("00:00", "04:00")
     assert night["pv_kw"].max() == 0 and night["pv_clear_kw"].max() == 0
     # the clear-sky-index interpolation keeps the hourly model's energy (within a few %)
-    from sim.plant.pv import pv_ac_kw_from_weather
-    from sim.traces.irradiance import read_tmy3 as rt
+    from powerctl.sim.plant.pv import pv_ac_kw_from_weather
+    from powerctl.sim.traces.irradiance import read_tmy3 as rt
 
     w, _ = rt(TMY3)
     w = w.loc["2021-05-31":"2021-06-02"]
