@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -35,11 +36,30 @@ log = logging.getLogger(__name__)
 Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, ...]]
 
 
+class OperatorMode(StrEnum):
+    """What the operator asked for (an MQTT lease): the plan, hold the last commands, or manual."""
+
+    AUTO = "auto"
+    HOLD = "hold"
+    MANUAL = "manual"
+
+
+class DispatchMode(StrEnum):
+    """Where one dispatch cycle's commands came from."""
+
+    STARTING = "starting"  # no cycle yet
+    PLAN = "plan"
+    SAFE = "safe"  # no plan, or too old: safe-cap budget
+    HOLD = "hold"
+    MANUAL = "manual"
+    STATIC = "static"  # the fixed-cap baseline of the replay
+
+
 @dataclass(frozen=True)
 class Overrides:
     """Operator commands in force (leases from MQTT); None fields mean "no command"."""
 
-    mode: str = "auto"  # auto | hold | manual
+    mode: OperatorMode = OperatorMode.AUTO
     gpu_budget_max_kw: float | None = None
     battery_reserve_pct: float | None = None
 
@@ -53,8 +73,8 @@ class Commands:
     genset_run: dict[str, bool] = field(default_factory=dict)
     gpu_budget_kw: dict[str, float] = field(default_factory=dict)  # per class, GPU power
     gpu_caps_w: dict[int, float] = field(default_factory=dict)
-    released: tuple[int, ...] = ()
-    mode: str = "plan"  # plan | safe
+    released: tuple[int, ...] = ()  # parked at their minimum cap (idled only if their class is shed)
+    mode: DispatchMode = DispatchMode.PLAN
     reason: str = ""
 
 
@@ -148,12 +168,12 @@ class ControllerCore:
           discharge the plan counted on out of the GPU budget.
         """
         ov = overrides or Overrides()
-        if ov.mode == "hold" and self.last_commands is not None:
+        if ov.mode is OperatorMode.HOLD and self.last_commands is not None:
             held = self.last_commands
             return Commands(
                 t_s=now_s, battery_kw=dict(held.battery_kw), genset_run=dict(held.genset_run),
                 gpu_budget_kw=dict(held.gpu_budget_kw), gpu_caps_w=dict(held.gpu_caps_w),
-                released=held.released, mode="hold", reason="operator hold",
+                released=held.released, mode=DispatchMode.HOLD, reason="operator hold",
             )
         cmd = self._dispatch_plan(now_s, image, ov)
         self.last_commands = cmd
@@ -163,7 +183,7 @@ class ControllerCore:
         cmd = Commands(t_s=now_s)
         plan = self.plan_result
         if plan is None or not self.plan_is_fresh(now_s):
-            cmd.mode = "safe"
+            cmd.mode = DispatchMode.SAFE
             cmd.reason = "no plan" if plan is None else "plan too old or safe rung"
             budget = {
                 c.name: c.gpus * self.cfg.gpu.safe_cap_w / 1000.0 for c in self.cfg.gpu.classes
@@ -179,8 +199,8 @@ class ControllerCore:
                 if image.value(name, "running", now_s) is None:
                     continue  # state unknown (not read yet, or stale): no start or stop on a guess
                 cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
-        if ov.mode == "manual":
-            cmd.mode, cmd.reason = "manual", "operator manual mode"
+        if ov.mode is OperatorMode.MANUAL:
+            cmd.mode, cmd.reason = DispatchMode.MANUAL, "operator manual mode"
             cmd.battery_kw = {}
             cmd.genset_run = {}
             if ov.gpu_budget_max_kw is None:
