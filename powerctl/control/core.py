@@ -63,6 +63,10 @@ class Overrides:
     gpu_budget_max_kw: float | None = None
     battery_reserve_pct: float | None = None
 
+    def __post_init__(self) -> None:
+        # a mode as received ("hold"): the enum, or a ValueError naming the bad value
+        object.__setattr__(self, "mode", OperatorMode(self.mode))
+
 
 @dataclass
 class Commands:
