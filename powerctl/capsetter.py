@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from powerctl.config import ConfigError, SiteConfig, load_config
-from powerctl.gpu.base import GpuBackend, GpuError, GpuInfo, make_backend
+from powerctl.gpu.base import GpuBackend, GpuError, GpuInfo
+from powerctl.gpu.factory import make_backend
+from powerctl.gpu.socket import DEFAULT_SOCKET_PATH
 
 log = logging.getLogger("powerctl.capsetter")
 
-DEFAULT_SOCKET_PATH = "/run/powerctl/capsetter.sock"
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 512  # the longest valid request is ~60 bytes
 MAX_CONNECTIONS = 8  # the daemon, the watchdog, apply-safe-caps, an operator: a few at most

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -27,6 +28,22 @@ def _load(path: Path) -> SiteConfig:
     except ConfigError as exc:
         err.print(f"[bold red]config error[/]\n{exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+# The [sim] extra (pyproject.toml): the simulator's plots, Parquet output and sweeps.
+SIM_EXTRA_MODULES = ("matplotlib", "pyarrow", "dask")
+
+
+def _require_sim_extra(command: str) -> None:
+    """Exit 2 with one line when the [sim] extra is not installed (never an ImportError deep inside)."""
+    missing = [m for m in SIM_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        err.print(
+            f"powerctl {command} needs the simulator: install powerctl[sim] "
+            f"(pip install 'powerctl[sim]'; missing: {', '.join(missing)})",
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 def _logging(verbose: bool) -> None:
@@ -102,31 +119,6 @@ def run(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v")) ->
     asyncio.run(_until_signal(main))
 
 
-@sim_app.command("serve")
-def sim_serve(
-    config: Path,
-    time_scale: float = typer.Option(20.0, help="simulated PV day speed-up (1 = real time)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
-    """Serve the site's devices from a simulated plant over Modbus TCP (hardware in the loop)."""
-    cfg = _load(config)
-    _logging(verbose)
-    import time
-
-    from powerctl.sim.plant.site import Plant
-    from powerctl.sim.serve import SimSite
-
-    async def main(stop: asyncio.Event) -> None:
-        site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
-        task = asyncio.create_task(site.run(time.time))
-        print(f"serving {len(site.sims)} simulated devices; Ctrl-C to stop", flush=True)
-        await stop.wait()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(_until_signal(main))
-
-
 @app.command()
 def demo(
     config: Path = typer.Argument(Path("examples/demo-site.toml")),
@@ -136,7 +128,8 @@ def demo(
 ) -> None:
     """Run the demo: simulated plant over Modbus on 127.0.0.1 + the daemon + a live table."""
     cfg = _load(config)
-    from powerctl.demo import run_demo
+    _require_sim_extra("demo")
+    from powerctl.sim.demo import run_demo
 
     code = asyncio.run(run_demo(cfg, seconds=seconds, time_scale=time_scale, plain=plain or not sys.stdout.isatty()))
     raise typer.Exit(code)
@@ -199,12 +192,14 @@ def capsetter(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v
 
 
 def main() -> None:
-    try:
+    # The simulator's commands are mounted only when asked for: `powerctl run` never loads
+    # powerctl.sim, and the edge install (no [sim] extra) still has a working daemon.
+    if sys.argv[1:2] == ["sim"]:
+        if sys.argv[2:3] not in ([], ["--help"], ["-h"]):
+            _require_sim_extra("sim")
         from powerctl.sim.cli_sim import register as _register_sim
 
         _register_sim(sim_app)
-    except ImportError:
-        pass
     app()
 
 

@@ -216,7 +216,7 @@ class GpuPool(_Model):
     socket_path: str | None = None  # for backend = "socket" (privileged cap-setter)
     # The cap-setter (`powerctl capsetter site.toml`, the only privileged process) reads these from
     # ITS copy of the config: the socket's group and mode (never world-accessible), and the backend it
-    # drives. `socket_path` None = powerctl.capsetter.DEFAULT_SOCKET_PATH.
+    # drives. `socket_path` None = powerctl.gpu.socket.DEFAULT_SOCKET_PATH.
     socket_group: str | None = None  # None: the cap-setter's own group (systemd Group=)
     socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
     socket_timeout_s: PositiveFloat = 2.0  # client side: per request to the cap-setter

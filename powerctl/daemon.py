@@ -25,7 +25,8 @@ from powerctl.control.core import Commands, ControllerCore, Forecaster, Override
 from powerctl.control.guard import Guard, GuardDecision, apply_caps, run_guard
 from powerctl.control.shed import HookRunner
 from powerctl.control.split import slots_from_pool
-from powerctl.gpu.base import GpuBackend, make_backend
+from powerctl.gpu.base import GpuBackend
+from powerctl.gpu.factory import make_backend
 from powerctl.gpu.failsafe import apply_safe_caps_to
 from powerctl.io.modbus import DeviceError, ModbusDevice
 from powerctl.natures import SIGNALS, Nature

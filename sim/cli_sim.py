@@ -1,6 +1,7 @@
-"""``powerctl sim replay`` and ``powerctl sim sweep``: a typer sub-app the main CLI mounts.
+"""``powerctl sim serve``, ``sim replay`` and ``sim sweep``: a typer sub-app the main CLI mounts.
 
-``register(sim_app)`` adds the two commands to the lead's ``sim`` Typer group. Bad input (config,
+``register(sim_app)`` adds the three commands to the ``sim`` Typer group of ``powerctl/cli.py``,
+which mounts them only when ``powerctl sim ...`` is run (the edge daemon never loads the simulator). Bad input (config,
 trace, grid file) exits 2 with a message naming the file, field and problem, never a traceback.
 """
 
@@ -28,6 +29,33 @@ _AZURE = DATA_DIR / "gpu_load/azure_llm_inference_trace_2023_code.csv"
 def _fail(kind: str, exc: Exception) -> None:
     err.print(f"[bold red]{kind}[/]\n{exc}", highlight=False)
     raise typer.Exit(2) from None
+
+
+def serve(
+    config: Path,
+    time_scale: float = typer.Option(20.0, help="simulated PV day speed-up (1 = real time)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the site's devices from a simulated plant over Modbus TCP (hardware in the loop)."""
+    import asyncio
+    import time
+
+    from powerctl.cli import _load, _logging, _until_signal
+    from powerctl.sim.plant.site import Plant
+    from powerctl.sim.serve import SimSite
+
+    cfg = _load(config)
+    _logging(verbose)
+
+    async def main(stop: asyncio.Event) -> None:
+        site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
+        task = asyncio.create_task(site.run(time.time))
+        print(f"serving {len(site.sims)} simulated devices; Ctrl-C to stop", flush=True)
+        await stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(_until_signal(main))
 
 
 def replay(
@@ -144,7 +172,8 @@ def sweep(
 
 
 def register(sim_app: typer.Typer) -> None:
-    """Add ``replay`` and ``sweep`` to the ``powerctl sim`` group."""
+    """Add ``serve``, ``replay`` and ``sweep`` to the ``powerctl sim`` group."""
+    sim_app.command("serve")(serve)
     sim_app.command("replay")(replay)
     sim_app.command("sweep")(sweep)
 

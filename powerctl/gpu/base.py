@@ -6,13 +6,9 @@ back, because some NVML versions report success whatever the driver said (gpu-po
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from powerctl.config import GpuPool
+from typing import Protocol, runtime_checkable
 
 Clock = Callable[[], float]
 DemandFn = Callable[[int, float], float]  # (gpu index, t_s) -> demanded power W
@@ -71,33 +67,6 @@ class GpuBackend(Protocol):
 
 # Read-back tolerance: NVML works in mW and some drivers round to whole W.
 READBACK_TOL_W = 1.0
-
-
-def make_backend(
-    gpu_cfg: GpuPool,
-    clock: Clock = time.monotonic,
-    demand_w: DemandFn | None = None,
-) -> GpuBackend:
-    """The backend named in ``gpu_cfg.backend``; imports NVML lazily (no GPU, no import)."""
-    kind = gpu_cfg.backend
-    if kind == "simulated":
-        from powerctl.gpu.simulated import SimulatedGpus
-
-        return SimulatedGpus.from_pool(gpu_cfg, clock=clock, demand_w=demand_w)
-    if kind == "nvml":
-        from powerctl.gpu.nvml import NvmlGpus
-
-        return NvmlGpus(site_min_w=gpu_cfg.min_w, site_max_w=gpu_cfg.max_w)
-    if kind == "none":
-        from powerctl.gpu.none import NoGpus
-
-        return NoGpus.from_pool(gpu_cfg)
-    if kind == "socket":
-        from powerctl.capsetter import DEFAULT_SOCKET_PATH
-        from powerctl.gpu.socket import SocketGpus
-
-        return SocketGpus(gpu_cfg.socket_path or DEFAULT_SOCKET_PATH, timeout_s=gpu_cfg.socket_timeout_s)
-    raise GpuError(f"gpu.backend: unknown backend {kind!r}")
 
 
 def clamp_w(cap_w: float, lo_w: float, hi_w: float) -> float:

@@ -9,7 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from powerctl.gpu.base import CapResult, GpuBackend, GpuError, clamp_w, make_backend
+from powerctl.gpu.base import CapResult, GpuBackend, GpuError, clamp_w
+from powerctl.gpu.factory import make_backend
 
 if TYPE_CHECKING:
     from powerctl.config import SiteConfig

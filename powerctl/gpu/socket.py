@@ -18,6 +18,8 @@ from typing import Any
 
 from powerctl.gpu.base import CapResult, GpuError, GpuInfo
 
+# Where the cap-setter listens when the config names no ``gpu.socket_path``.
+DEFAULT_SOCKET_PATH = "/run/powerctl/capsetter.sock"
 MAX_REPLY_BYTES = 1 << 20  # a list of 1000 GPUs is ~150 kB
 
 

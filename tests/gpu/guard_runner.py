@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from powerctl.config import load_config
 from powerctl.control.guard import Guard, GuardDecision, run_guard
 from powerctl.control.split import slots_from_pool
-from powerctl.gpu.base import make_backend
+from powerctl.gpu.factory import make_backend
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 from powerctl.watchdog import touch_heartbeat

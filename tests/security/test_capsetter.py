@@ -19,7 +19,8 @@ import pytest
 from powerctl.capsetter import MAX_CONNECTIONS, MAX_REQUEST_BYTES
 from powerctl.config import ConfigError, load_config
 from powerctl.daemon import Daemon
-from powerctl.gpu.base import GpuError, make_backend
+from powerctl.gpu.base import GpuError
+from powerctl.gpu.factory import make_backend
 from powerctl.gpu.socket import SocketGpus
 
 ROOT = Path(__file__).resolve().parents[2]

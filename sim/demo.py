@@ -1,5 +1,7 @@
 """``powerctl demo``: the simulated site and the daemon in one process, with a live table.
 
+Part of the simulator (``pip install 'powerctl[sim]'``), never imported by the edge daemon.
+
 The plant (PV day with a passing cloud, battery, genset, GPUs) is served as Modbus TCP devices on
 127.0.0.1 from the same profiles the daemon reads; the daemon polls them over real sockets, plans,
 writes the battery setpoint and genset commands over Modbus, and caps the plant's GPUs through a
