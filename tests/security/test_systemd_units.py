@@ -90,3 +90,29 @@ def test_systemd_rates_the_units_ok(unit: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     score = float(out.stdout.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
     assert score <= 2.0, out.stdout[-2000:]
+
+
+@pytest.mark.parametrize("unit", ["powerctl-safe-caps.service", "powerctl-watchdog.service"])
+def test_failsafe_units_reach_the_gpus_without_the_capsetter(unit: str) -> None:
+    """The fail-safe units set caps themselves (CAP_SYS_ADMIN, NVML; powerctl/gpu/failsafe.py):
+    they neither wait for nor depend on the cap-setter, and are sandboxed like the others."""
+    parsed = parse_unit(UNITS / unit)
+    svc, head = parsed["Service"], parsed["Unit"]
+    assert svc["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"] and svc["AmbientCapabilities"] == ["CAP_SYS_ADMIN"]
+    for key in ("After", "Requires", "BindsTo", "PartOf", "Requisite"):
+        for value in head.get(key, []):
+            assert "powerctl-capsetter.service" not in value.split(), f"{unit}: {key}={value}"
+            assert "powerctl.service" not in value.split(), f"{unit}: {key}={value}"
+    for key, want in COMMON.items():
+        assert svc.get(key) == [want], f"{unit}: {key} should be {want}, is {svc.get(key)}"
+    assert svc.get("PrivateDevices", ["no"]) == ["no"], "NVML needs /dev/nvidia*"
+    assert svc["ExecStart"][0].split()[1:2] == [unit.removeprefix("powerctl-").removesuffix(".service")
+                                               .replace("safe-caps", "apply-safe-caps")]
+
+
+def test_boot_order_puts_safe_caps_first() -> None:
+    before = parse_unit(UNITS / "powerctl-safe-caps.service")["Unit"]["Before"][0].split()
+    assert {"powerctl.service", "powerctl-capsetter.service", "powerctl-watchdog.service",
+            "slurmd.service", "kubelet.service"} <= set(before)
+    capsetter_after = parse_unit(UNITS / "powerctl-capsetter.service")["Unit"]["After"][0].split()
+    assert "powerctl-safe-caps.service" in capsetter_after
