@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from powerctl.process_image import ProcessImage, Quality
 from powerctl.profiles import load_profile
 from powerctl.profiles.values import SetpointRangeError
 from powerctl.telemetry import Telemetry
+from powerctl.watchdog import touch_heartbeat
 
 log = logging.getLogger("powerctl")
 
@@ -86,6 +86,7 @@ class Daemon:
         self.on_cycle = on_cycle
         self.image = ProcessImage()
         self.status = Status()
+        self._heartbeat_failed = False  # logged once
         self.gpu = gpu_backend if gpu_backend is not None else make_backend(cfg.gpu)
         infos = self.gpu.list_gpus()
         self.slots = slots_from_pool(cfg.gpu, infos)
@@ -321,14 +322,10 @@ class Daemon:
             self.telemetry.emit("event", {"kind": "write_error", "message": str(exc)}, self.clock(), device)
 
     def _heartbeat(self) -> None:
-        path = Path(self.cfg.control.heartbeat_path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(f"{self.clock():.3f}\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("heartbeat: %s", exc)
+        # utime, no data written: works on a full disk (see powerctl/watchdog.py)
+        if not touch_heartbeat(self.cfg.control.heartbeat_path) and not self._heartbeat_failed:
+            self._heartbeat_failed = True
+            log.warning("heartbeat: cannot touch %s or its directory", self.cfg.control.heartbeat_path)
 
     # --- status and telemetry -----------------------------------------------------------------
 
