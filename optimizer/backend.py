@@ -52,12 +52,22 @@ def solver_options(solver: str, time_limit_s: float) -> dict[str, Any]:
     raise SolverFailed(f"unknown solver {solver}")
 
 
-def set_parameters(m: Model, v: ParamValues) -> None:
-    """Copy numeric values into the model's Parameters."""
+def parameter_pairs(m: Model, v: ParamValues) -> list[tuple[cp.Parameter | None, FloatArray]]:
+    """Each Parameter of the model with its value in `v`."""
     pairs: list[tuple[cp.Parameter | None, FloatArray]] = [
         (m.pv_ub, v.pv_ub), (m.gpu_ub, v.gpu_ub), (m.other, v.other), (m.e0, v.e0),
         (m.avail, v.avail), (m.prev_gpu, v.prev), (m.extra, v.extra)]
-    for param, val in pairs:
+    if m.grid is not None and v.grid is not None:
+        gm, gv = m.grid, v.grid
+        pairs += [(gm.imp_price, gv.imp_price), (gm.exp_price, gv.exp_price), (gm.imp_ub, gv.imp_ub),
+                  (gm.exp_ub, gv.exp_ub), (gm.peak_floor, np.asarray(gv.peak_floor)), (gm.m_cur, gv.m_cur),
+                  (gm.m_next, gv.m_next)]
+    return pairs
+
+
+def set_parameters(m: Model, v: ParamValues) -> None:
+    """Copy numeric values into the model's Parameters."""
+    for param, val in parameter_pairs(m, v):
         if param is not None:
             param.value = np.asarray(val, dtype=float).reshape(param.shape)
 
@@ -73,7 +83,9 @@ def read_dispatch(m: Model, v: ParamValues) -> Dispatch:
     T = v.other.shape[0]
     n_bat = v.e0.shape[0]
     return Dispatch(pv=_val(m.pv, v.pv_ub.shape), ch=_val(m.ch, (n_bat, T)), dis=_val(m.dis, (n_bat, T)),
-                    g=_val(m.g, v.avail.shape), gpu=_val(m.gpu, v.gpu_ub.shape))
+                    g=_val(m.g, v.avail.shape), gpu=_val(m.gpu, v.gpu_ub.shape),
+                    imp=None if m.imp is None else _val(m.imp, (T,)),
+                    exp=None if m.exp is None else _val(m.exp, (T,)))
 
 
 class CvxpyBackend:

@@ -5,6 +5,8 @@ It recomputes from the plan's own arrays; it does not trust anything the solver 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from powerctl.optimizer.commitment import available_fraction, step_starts_s
@@ -66,9 +68,25 @@ def plan_violations(p: SiteParams, x: DispatchInputs, plan: Plan, tol_kw: float 
         d = np.diff(np.concatenate((prev_gpu[:, None], plan.gpu_kw), axis=1), axis=1)
         rate = np.array([c.ramp_up_kw_per_s for c in p.gpu_classes])[:, None]
         bad("gpu ramp-up limit", d > rate * steps[None, :] + tol_kw)
+    imp, exp = _grid_violations(p, x, plan, tol_kw, bad)
     load = np.asarray(x.other_load_kw, float) + (1 + p.facility_overhead) * plan.gpu_kw.sum(axis=0)
-    supply = plan.pv_kw.sum(axis=0) + plan.battery_kw.sum(axis=0) + plan.genset_kw.sum(axis=0)
+    supply = plan.pv_kw.sum(axis=0) + plan.battery_kw.sum(axis=0) + plan.genset_kw.sum(axis=0) + imp - exp
     resid = supply + plan.unserved_kw - load - plan.spill_kw
     bad("power balance", np.abs(resid) > tol_kw)
     bad("negative slack", (plan.unserved_kw < -tol_kw) | (plan.spill_kw < -tol_kw) | (plan.reserve_short_kw < -tol_kw))
     return out
+
+
+def _grid_violations(p: SiteParams, x: DispatchInputs, plan: Plan, tol_kw: float,
+                     bad: Callable[[str, np.ndarray], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Grid limits (nameplate and per step) and one direction per step; returns (import, export)."""
+    T = p.horizon_steps
+    if p.grid is None:
+        return np.zeros(T), np.zeros(T)
+    imp, exp = np.asarray(plan.grid_import_kw, float), np.asarray(plan.grid_export_kw, float)
+    imp_max = np.minimum(p.grid.import_max_kw, np.inf if x.grid_import_max_kw is None else x.grid_import_max_kw)
+    exp_max = np.minimum(p.grid.export_max_kw, np.inf if x.grid_export_max_kw is None else x.grid_export_max_kw)
+    bad("grid import below 0 or above limit", (imp < -tol_kw) | (imp > imp_max + tol_kw))
+    bad("grid export below 0 or above limit", (exp < -tol_kw) | (exp > exp_max + tol_kw))
+    bad("grid import and export at once", (imp > tol_kw) & (exp > tol_kw))
+    return imp, exp

@@ -35,7 +35,7 @@ import osqp
 import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
-from powerctl.optimizer.backend import CandidatePruned, SolverFailed, set_parameters
+from powerctl.optimizer.backend import CandidatePruned, SolverFailed, parameter_pairs, set_parameters
 from powerctl.optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows, Prices
 from powerctl.optimizer.model import Model
 from powerctl.optimizer.params import FloatArray, SiteParams
@@ -65,9 +65,10 @@ class DirectBackend:
         a_end = int(indptr[n])
         if sp.csr_matrix(mat[:a_end, :n_theta]).count_nonzero() != 0:
             raise SolverFailed("direct: constraint matrix depends on parameters")
+        # The objective's linear part may depend on Parameters (grid prices): c = Q [theta; 1].
         q_tensor = sp.csc_matrix(prog.q)
-        if sp.csc_matrix(q_tensor[:, :n_theta]).count_nonzero() != 0:
-            raise SolverFailed("direct: objective depends on parameters")
+        self.Q = sp.csr_matrix(q_tensor)
+        self.c_varies = sp.csc_matrix(q_tensor[:, :n_theta]).count_nonzero() != 0
         # b = B @ theta_vec, B scattered from the tensor rows that hold b's entries.
         b_rows = np.asarray(indices[a_end:], dtype=np.int64)
         self.B = sp.csr_matrix(sp.coo_matrix(mat[a_end:, :]).tocsr()[np.argsort(b_rows)])
@@ -86,10 +87,13 @@ class DirectBackend:
         for prm in model.parameters():
             prm.value = rng.uniform(0.0, 2.0, prm.shape)
         check, _, _ = model.problem.get_problem_data(cp.CLARABEL, ignore_dpp=False)
-        mine = self._b_from_params({prm.id: np.asarray(prm.value) for prm in model.parameters()})
-        if not np.allclose(mine, check["b"], rtol=1e-10, atol=1e-10):
+        theta = self._theta({prm.id: np.asarray(prm.value) for prm in model.parameters()})
+        if not np.allclose(self._b_from_theta(theta), check["b"], rtol=1e-10, atol=1e-10):
             raise SolverFailed("direct: parameter map does not reproduce cvxpy's data")
-        self.d = float(q_tensor[self.n_x, n_theta])  # constant term of the objective
+        if not np.allclose(self._c_from_theta(theta)[0], check["c"], rtol=1e-10, atol=1e-10):
+            raise SolverFailed("direct: cost map does not reproduce cvxpy's data")
+        self.d = float(q_tensor[self.n_x, n_theta])  # constant term of the objective (without Parameters)
+        self._cost: FloatArray = self.c  # the cost vector of the current solve
         self._clarabel: Any = None
         self._osqp: Any = None
         self._highs: dict[int, HighsLp] = {}
@@ -106,7 +110,7 @@ class DirectBackend:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def _b_from_params(self, values: dict[int, FloatArray]) -> FloatArray:
+    def _theta(self, values: dict[int, FloatArray]) -> FloatArray:
         theta = np.zeros(self.n_theta + 1)
         for pid, col in self.param_cols.items():
             if pid == -1:
@@ -114,15 +118,29 @@ class DirectBackend:
             else:
                 val = np.asarray(values[pid], dtype=float).flatten(order="F")
                 theta[col:col + val.size] = val
+        return theta
+
+    def _b_from_theta(self, theta: FloatArray) -> FloatArray:
         b = np.zeros(self.m)
         b[self._b_index] = self.B @ theta
         return b
 
+    def _c_from_theta(self, theta: FloatArray) -> tuple[FloatArray, float]:
+        """(c, constant) of the objective for these Parameter values."""
+        q = self.Q @ theta
+        return np.asarray(q[:self.n_x], dtype=float), float(q[self.n_x])
+
     def _b(self, v: ParamValues) -> FloatArray:
-        m = self.model
-        pairs = [(m.pv_ub, v.pv_ub), (m.gpu_ub, v.gpu_ub), (m.other, v.other), (m.e0, v.e0),
-                 (m.avail, v.avail), (m.prev_gpu, v.prev), (m.extra, v.extra)]
-        return self._b_from_params({prm.id: val for prm, val in pairs if prm is not None})
+        """The right-hand side b for the values `v`."""
+        return self._data(v)[0]
+
+    def _data(self, v: ParamValues) -> tuple[FloatArray, FloatArray, float]:
+        """(b, c, objective constant) for the values `v`."""
+        theta = self._theta({prm.id: val for prm, val in parameter_pairs(self.model, v) if prm is not None})
+        if not self.c_varies:
+            return self._b_from_theta(theta), self.c, self.d
+        c, d = self._c_from_theta(theta)
+        return self._b_from_theta(theta), c, d
 
     def _unpack(self, xsol: FloatArray, v: ParamValues) -> Dispatch:
         T = v.other.shape[0]
@@ -136,11 +154,14 @@ class DirectBackend:
 
         m = self.model
         return Dispatch(pv=get(m.pv, v.pv_ub.shape), ch=get(m.ch, (n_bat, T)), dis=get(m.dis, (n_bat, T)),
-                        g=get(m.g, v.avail.shape), gpu=get(m.gpu, v.gpu_ub.shape))
+                        g=get(m.g, v.avail.shape), gpu=get(m.gpu, v.gpu_ub.shape),
+                        imp=None if m.imp is None else get(m.imp, (T,)),
+                        exp=None if m.exp is None else get(m.exp, (T,)))
 
     # -- solvers -------------------------------------------------------------------------------
 
-    def _solve_clarabel(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
+    def _solve_clarabel(self, b: FloatArray, c: FloatArray,
+                        time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
         if self._clarabel is None:
             st = clarabel.DefaultSettings()
             st.verbose = False
@@ -149,16 +170,16 @@ class DirectBackend:
             # optima beyond 1e-9 in our tests; every solution is bound-checked afterwards anyway.
             st.iterative_refinement_enable = False
             st.time_limit = time_limit_s
-            self._clarabel = clarabel.DefaultSolver(self.P, self.c, self.A, b, dims_to_solver_cones(self.dims), st)
+            self._clarabel = clarabel.DefaultSolver(self.P, c, self.A, b, dims_to_solver_cones(self.dims), st)
             self._clarabel_tl = time_limit_s
         else:
             if abs(time_limit_s - self._clarabel_tl) > 1e-3:
                 st = self._clarabel.get_settings()
                 st.time_limit = time_limit_s
-                self._clarabel.update(b=b, settings=st)
+                self._clarabel.update(b=b, q=c, settings=st)
                 self._clarabel_tl = time_limit_s
             else:
-                self._clarabel.update(b=b)
+                self._clarabel.update(b=b, q=c)
         sol = self._clarabel.solve()
         status = str(sol.status)
         if status not in ("Solved", "AlmostSolved"):
@@ -166,15 +187,15 @@ class DirectBackend:
         # Clarabel's z >= 0 prices A x <= b; in the row-bound convention that is -z.
         return np.asarray(sol.x, dtype=float), float(sol.obj_val), -np.asarray(sol.z, dtype=float)
 
-    def _solve_osqp(self, b: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
+    def _solve_osqp(self, b: FloatArray, c: FloatArray, time_limit_s: float) -> tuple[FloatArray, float, FloatArray]:
         lo = np.full(self.m, -np.inf)
         lo[: self.n_zero] = b[: self.n_zero]
         if self._osqp is None:
             self._osqp = osqp.OSQP()
-            self._osqp.setup(self.P, self.c, self.A, lo, b, verbose=False, eps_abs=1e-4, eps_rel=1e-4,
+            self._osqp.setup(self.P, c, self.A, lo, b, verbose=False, eps_abs=1e-4, eps_rel=1e-4,
                              max_iter=20000, polishing=True, warm_starting=True, time_limit=time_limit_s)
         else:
-            self._osqp.update(l=lo, u=b)
+            self._osqp.update(q=c, l=lo, u=b)
             self._osqp.update_settings(time_limit=time_limit_s)
         res = self._osqp.solve(raise_error=False)
         status = str(res.info.status)
@@ -182,7 +203,7 @@ class DirectBackend:
             raise SolverFailed(f"OSQP: status {status}")
         return np.asarray(res.x, dtype=float), float(res.info.obj_val), -np.asarray(res.y, dtype=float)
 
-    def _solve_highs(self, bd: Bounds, time_limit_s: float, slot: int,
+    def _solve_highs(self, bd: Bounds, c: FloatArray, time_limit_s: float, slot: int,
                      obj_bound: float) -> tuple[FloatArray, float]:
         # One HiGHS instance per commitment slot, each hot-started from its own last basis: from one
         # cycle to the next a slot sees the same kind of schedule, so few pivots are needed.
@@ -196,7 +217,7 @@ class DirectBackend:
         lp = self._highs[slot]
         self._last_highs = lp
         try:
-            return lp.solve(bd, time_limit_s, obj_bound)
+            return lp.solve(bd, time_limit_s, obj_bound, cost=c)
         finally:
             if lp.solved:
                 # Prices are fetched from HiGHS only if pruning asks for them.
@@ -208,7 +229,7 @@ class DirectBackend:
 
         def get() -> Prices | None:
             if not cache:
-                cache.append(Prices(self._rows(), y))
+                cache.append(Prices(self._rows(), y, self._cost))
             return cache[0]
 
         return get
@@ -221,7 +242,8 @@ class DirectBackend:
     def _prune(self, b: FloatArray, slot: int, obj_bound: float) -> None:
         """Raise CandidatePruned if stored row prices prove the LP optimum is above `obj_bound`."""
         sources = [src for src in (self._prices.get(slot), self._last_prices) if src is not None]
-        prices = [pr for pr in (src() for src in sources) if pr is not None]
+        # Prices priced for another cost vector (grid prices of an earlier cycle) are re-priced.
+        prices = [pr.for_cost(self._cost) for pr in (src() for src in sources) if pr is not None]
         lb = max((pr.bound(b) for pr in prices), default=-np.inf)
         if lb > obj_bound + PRUNE_MARGIN * (1.0 + abs(obj_bound)):
             self.stats["pruned_by_prices"] += 1
@@ -234,27 +256,28 @@ class DirectBackend:
         For a linear model and a finite `bound`, a candidate whose objective is proved >= bound
         raises CandidatePruned, often without calling the solver (see optimizer.highs_lp).
         """
-        b = self._b(v)
+        b, c, d = self._data(v)
+        self._cost = c
         tl = max(1e-3, float(time_limit_s))
         lp = self.P.nnz == 0
-        obj_bound = bound - self.d if (lp and self.prune) else np.inf
+        obj_bound = bound - d if (lp and self.prune) else np.inf
         # A HiGHS slot is solved in full the first time (its basis is what makes later solves cheap).
         if np.isfinite(obj_bound) and (solver != "HIGHS" or slot in self._highs):
             self._prune(b, slot, obj_bound)
         y: FloatArray | None
         if solver == "CLARABEL":
-            x, obj, z = self._solve_clarabel(b, tl)
+            x, obj, z = self._solve_clarabel(b, c, tl)
             y = z[self._rows().g_rows] if lp else None
             status = "optimal"
         elif solver == "OSQP":
-            x, obj, z = self._solve_osqp(b, tl)
+            x, obj, z = self._solve_osqp(b, c, tl)
             y = z[self._rows().g_rows] if lp else None
             status = "optimal"
         elif solver == "HIGHS":
             if not lp:
                 raise SolverFailed("HIGHS: only for linear problems (ramp_quad_per_kw2 must be 0)")
             try:
-                x, obj = self._solve_highs(self._rows().bounds(b), tl, slot, obj_bound)
+                x, obj = self._solve_highs(self._rows().bounds(b), c, tl, slot, obj_bound)
             except CandidatePruned:
                 self.stats["pruned_by_solver"] += 1
                 raise
@@ -266,7 +289,7 @@ class DirectBackend:
         if not np.all(np.isfinite(x)):
             raise SolverFailed(f"{solver}: non-finite solution")
         self.stats["solved"] += 1
-        return self._unpack(x, v), obj + self.d, status
+        return self._unpack(x, v), obj + d, status
 
     def reference_solve(self, v: ParamValues, solver: str) -> float:
         """The same solve through cvxpy (tests compare against it)."""

@@ -8,8 +8,9 @@ Rules (per step, in order), the third rung of the ladder:
      this step: PV and committed genset headroom left after the essential load (the battery is kept
      for the essential load, never spent on extra compute). Extra goes to classes by their first
      value slope, within demand and the ramp-up limit.
-  3. The battery covers any remaining deficit (power- and SoC-limited) and absorbs surplus; then PV is
-     curtailed; what is left is unserved load or spill.
+  3. The battery covers any remaining deficit (power- and SoC-limited) and absorbs surplus; then the
+     grid imports the rest of a deficit and exports PV surplus, within the step's limits; then PV is
+     curtailed; what is left is unserved load or spill. (Grid import counts as supply in rules 1-2.)
 The safe plan (fourth rung) is even simpler: GPUs at their floor, battery idle, gensets as they are.
 """
 
@@ -28,6 +29,22 @@ def _first_slope(p: SiteParams, j: int) -> float:
     return float((v[1] - v[0]) / (bp[1] - bp[0])) if bp.size >= 2 else 0.0
 
 
+def _import_max_kw(p: SiteParams, x: DispatchInputs) -> FloatArray:
+    """Grid import limit per step (zeros without a grid)."""
+    if p.grid is None:
+        return np.zeros(p.horizon_steps)
+    lim = np.full(p.horizon_steps, p.grid.import_max_kw)
+    return lim if x.grid_import_max_kw is None else np.minimum(lim, x.grid_import_max_kw)
+
+
+def _grid_fill(v: ParamValues, residual_kw: FloatArray, pv_left_kw: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Import for the residual deficit, export of the PV left over, within the step's limits."""
+    if v.grid is None:
+        return np.zeros_like(residual_kw), np.zeros_like(residual_kw)
+    return (np.minimum(np.maximum(residual_kw, 0.0), v.grid.imp_ub),
+            np.minimum(np.maximum(pv_left_kw, 0.0), v.grid.exp_ub))
+
+
 def rule_schedule(p: SiteParams, x: DispatchInputs) -> Schedule:
     """Current commitment, plus a start now for an off genset when the essential load is not covered."""
     T = p.horizon_steps
@@ -41,7 +58,7 @@ def rule_schedule(p: SiteParams, x: DispatchInputs) -> Schedule:
     for i, b in enumerate(p.batteries):
         e_avail = b.capacity_kwh * (x.soc_pct[i] - b.soc_min_pct) / 100.0 * b.eta_discharge
         bat += min(b.max_discharge_kw, e_avail / dt_h0)
-    deficit = essential - float(x.pv_forecast_kw[:, 0].sum()) - bat
+    deficit = essential - float(x.pv_forecast_kw[:, 0].sum()) - bat - _import_max_kw(p, x)[0]
     if deficit <= 0:
         return sched
     on = sched.on.copy()
@@ -72,12 +89,14 @@ def rule_dispatch(p: SiteParams, x: DispatchInputs) -> tuple[Schedule, ParamValu
     ramp = np.array([c.ramp_up_kw_per_s for c in p.gpu_classes])
     order = sorted(range(n_cls), key=lambda j: -_first_slope(p, j))
     prev = v.prev.astype(float).copy()
+    grid_kw = np.zeros(T) if v.grid is None else v.grid.imp_ub
+    residual_end, pv_left = np.zeros(T), np.zeros(T)
     for t in range(T):
         pv_avail = float(v.pv_ub[:, t].sum())
         g_lo, g_hi = gmin * v.avail[:, t], rating * v.avail[:, t]
         essential = float(v.other[t]) + oh * float(floors.sum())
-        # Extra compute from PV + genset headroom left after the essential load.
-        spare = max(0.0, pv_avail + float(g_hi.sum()) - essential)
+        # Extra compute from PV + genset headroom + grid import left after the essential load.
+        spare = max(0.0, pv_avail + float(g_hi.sum()) + float(grid_kw[t]) - essential)
         gpu[:, t] = floors
         for j in order:
             cap = min(float(v.gpu_ub[j, t]), prev[j] + ramp[j] * steps[t])
@@ -87,7 +106,7 @@ def rule_dispatch(p: SiteParams, x: DispatchInputs) -> tuple[Schedule, ParamValu
         load = float(v.other[t]) + oh * float(gpu[:, t].sum())
         # Gensets at min load while available, raised only if PV cannot cover the load.
         g[:, t] = g_lo
-        need = load - pv_avail - float(g_lo.sum())
+        need = load - pv_avail - float(g_lo.sum()) - float(grid_kw[t])
         if need > 0 and n_gen:
             room = g_hi - g_lo
             share = room / room.sum() if room.sum() > 0 else room
@@ -108,10 +127,15 @@ def rule_dispatch(p: SiteParams, x: DispatchInputs) -> tuple[Schedule, ParamValu
                 ch[i, t] = c
                 pv_use += c
             e[i] += dt_h[t] * (b.eta_charge * ch[i, t] - dis[i, t] / b.eta_discharge)
+        residual_end[t], pv_left[t] = residual, pv_avail - pv_use
+        _imp_t, exp_t = _grid_fill(v, residual_end[t:t + 1], pv_left[t:t + 1])
+        pv_use += float(exp_t[0])
         # Split PV use over inverters in proportion to their forecast.
         pv[:, t] = v.pv_ub[:, t] * (pv_use / pv_avail) if pv_avail > 0 else 0.0
         prev = gpu[:, t].copy()
-    return sched, v, Dispatch(pv=pv, ch=ch, dis=dis, g=g, gpu=gpu)
+    imp, exp = _grid_fill(v, residual_end, pv_left)
+    return sched, v, Dispatch(pv=pv, ch=ch, dis=dis, g=g, gpu=gpu,
+                              imp=None if v.grid is None else imp, exp=None if v.grid is None else exp)
 
 
 def safe_dispatch(p: SiteParams, x: DispatchInputs) -> tuple[Schedule, ParamValues, Dispatch]:
@@ -134,7 +158,10 @@ def safe_dispatch(p: SiteParams, x: DispatchInputs) -> tuple[Schedule, ParamValu
     share: FloatArray = np.divide(room, room_sum, out=np.zeros_like(room), where=room_sum > 0)
     g = lo + share * np.minimum(need, room_sum)
     pv_use = np.minimum(pv_avail, np.maximum(0.0, load - g.sum(axis=0)))
+    imp, _exp = _grid_fill(v, load - g.sum(axis=0) - pv_use, np.zeros(T))
     frac = np.divide(pv_use, pv_avail, out=np.zeros_like(pv_use), where=pv_avail > 0)
     pv = v.pv_ub * frac
     z = np.zeros((len(p.batteries), T))
-    return sched, v, Dispatch(pv=pv, ch=z, dis=z.copy(), g=g, gpu=gpu)
+    # The safe plan never exports (PV only to the load).
+    return sched, v, Dispatch(pv=pv, ch=z, dis=z.copy(), g=g, gpu=gpu, imp=None if v.grid is None else imp,
+                              exp=None if v.grid is None else np.zeros(T))

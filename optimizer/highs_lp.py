@@ -104,12 +104,15 @@ class Prices:
     uses one of them: a weaker bound, still valid.)
     """
 
-    def __init__(self, rows: LpRows, y: FloatArray) -> None:
+    def __init__(self, rows: LpRows, y: FloatArray, c: FloatArray | None = None) -> None:
+        self.rows, self.y = rows, y
+        self.c = rows.c if c is None else c
+        self._repriced: Prices | None = None
         # Changing y is always exact (any y gives a valid bound): a tiny wrong-signed price on an
         # inequality row becomes 0. Reduced costs follow from y; only a tiny one that would need a
         # missing (infinite) bound is set to 0, the one approximation, covered by PRUNE_MARGIN.
         y = np.where((np.abs(y) < _Z_TINY) & ~rows.g_eq, 0.0, y)
-        z = rows.c - rows.A_gT @ y
+        z = self.c - rows.A_gT @ y
         tiny = np.abs(z) < _Z_TINY
         z = np.where(tiny & (((z > 0) & (rows.lo_row < 0)) | ((z < 0) & (rows.up_row < 0))), 0.0, z)
         w = np.zeros(rows.m)
@@ -124,6 +127,14 @@ class Prices:
                 np.add.at(w, r, z[mask] / rows.row_coef[r])
         self._idx = np.nonzero(w)[0] if ok else None
         self._w_nz = w[self._idx] if ok else w[:0]
+
+    def for_cost(self, c: FloatArray) -> Prices:
+        """The same row prices for cost vector c (any y bounds any c; only w changes)."""
+        if c is self.c or np.array_equal(c, self.c):
+            return self
+        if self._repriced is None or not np.array_equal(c, self._repriced.c):
+            self._repriced = Prices(self.rows, self.y, c)  # one cycle's candidates share one cost
+        return self._repriced
 
     def bound(self, b: FloatArray) -> float:
         """Lower bound on the LP optimum for right-hand side b (-inf when these prices give none)."""
@@ -166,6 +177,7 @@ class HighsLp:
         self.col_idx = np.arange(rows.n, dtype=np.int32)
         self.row_idx = np.arange(rows.g_rows.size, dtype=np.int32)
         self._last: Bounds | None = None
+        self._cost: FloatArray = rows.c
         self._obj_bound = np.inf
         self._prices: Prices | None = None
         self._prices_ready = False  # prices of the last run are fetched from HiGHS only when asked for
@@ -176,7 +188,8 @@ class HighsLp:
         """Row prices of the last run (optimal, or stopped at the bound), None before the first."""
         if not self._prices_ready:
             sol = self.h.getSolution()
-            self._prices = Prices(self.rows, np.array(sol.row_dual, dtype=np.float64)) if sol.dual_valid else None
+            self._prices = (Prices(self.rows, np.array(sol.row_dual, dtype=np.float64), self._cost)
+                            if sol.dual_valid else None)
             self._prices_ready = True
         return self._prices
 
@@ -185,8 +198,17 @@ class HighsLp:
         """True once this instance has a basis from a finished run."""
         return self._solved
 
-    def solve(self, bd: Bounds, time_limit_s: float, obj_bound: float = np.inf) -> tuple[FloatArray, float]:
-        """(x, objective) for bounds `bd`; CandidatePruned if the optimum is proved >= obj_bound."""
+    def solve(self, bd: Bounds, time_limit_s: float, obj_bound: float = np.inf,
+              cost: FloatArray | None = None) -> tuple[FloatArray, float]:
+        """(x, objective) for bounds `bd` (and cost vector `cost`, default the model's); CandidatePruned
+        if the optimum is proved >= obj_bound."""
+        if cost is not None and cost is not self._cost:
+            # Grid prices move the cost; only changed entries go to HiGHS (the basis stays primal
+            # feasible, so the hot start still helps).
+            changed = self.col_idx[cost != self._cost]
+            if changed.size:
+                self.h.changeColsCost(changed.size, changed, cost[changed])
+            self._cost = cost
         # Pass only what changed since the last solve (the rest of the model is already in HiGHS).
         if self._last is None:
             cols, rws = self.col_idx, self.row_idx

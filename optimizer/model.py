@@ -15,6 +15,9 @@ Per step t (length dt_h[t] hours; steps may grow along the horizon):
             concave PWL curve restricted to [p_min, p_max] (`segments_on`), see the two forms below
   ramp      d = gpu_t - gpu_{t-1}: L1 penalty on |d|, d <= ramp_up * dt (hard; only increases)
   balance   pv + (dis - ch) + g + unserved >= (1 + overhead) gpu + other       spill = lhs - rhs
+  grid      0 <= imp <= imp_max, 0 <= exp <= exp_max (Parameters per step: 0 = grid gone, zero export);
+            balance gets + imp - exp, reserve + (imp_max - imp); cost dt (price_imp imp - price_exp exp)
+            + demand charge on the billing period's peak (see _grid)
   reserve   sum(rating a - g) + sum_b min(dis_max - (dis - ch), (e - e_min) eta_d / duration) + short
               >= r_load (load) + r_pv pv + extra                  (see _reserve_rows)
 
@@ -29,7 +32,7 @@ Two equivalent forms of the GPU terms, chosen by the solver (same optimum, check
                          bench site against 25 and 52 in the simplex form.
 
 Objective (minimise, currency): variable fuel + wear + ramp + penalties(unserved, spill, reserve
-short) - terminal energy value - value of compute. Idle fuel and start costs depend only on the
+short) + grid import cost + demand charge - export revenue - terminal energy value - value of compute. Idle fuel and start costs depend only on the
 commitment candidate, so they are added outside the convex solve (`costs.commitment_cost`).
 """
 
@@ -59,6 +62,8 @@ class Model:
     gpu: cp.Variable | None
     unserved: cp.Variable
     short: cp.Variable
+    imp: cp.Variable | None
+    exp: cp.Variable | None
     # parameters
     pv_ub: cp.Parameter | None
     gpu_ub: cp.Parameter | None
@@ -68,11 +73,66 @@ class Model:
     prev_gpu: cp.Parameter | None
     extra: cp.Parameter
     quad: bool
+    grid: GridModel | None = None
 
     def parameters(self) -> list[cp.Parameter]:
         """All Parameters in a fixed order (the order `direct` identifies them in)."""
         ps = [self.pv_ub, self.gpu_ub, self.other, self.e0, self.avail, self.prev_gpu, self.extra]
+        if self.grid is not None:
+            ps += self.grid.parameters()
         return [p for p in ps if p is not None]
+
+
+@dataclass
+class GridModel:
+    """The grid's Parameters (prices in the objective, limits and billing masks in the rows)."""
+
+    imp_price: cp.Parameter
+    exp_price: cp.Parameter
+    imp_ub: cp.Parameter
+    exp_ub: cp.Parameter
+    peak_floor: cp.Parameter | None
+    m_cur: cp.Parameter | None
+    m_next: cp.Parameter | None
+    peak_cur: cp.Variable | None
+    peak_next: cp.Variable | None
+
+    def parameters(self) -> list[cp.Parameter]:
+        ps = [self.imp_price, self.exp_price, self.imp_ub, self.exp_ub, self.peak_floor, self.m_cur, self.m_next]
+        return [p for p in ps if p is not None]
+
+
+def _grid(p: SiteParams, dt_h: FloatArray) -> tuple[GridModel, cp.Variable, cp.Variable,
+                                                    list[cp.Constraint], list[cp.Expression]]:
+    """Import/export variables, their limits, energy prices and the demand charge.
+
+    Prices are Parameters in the objective (cost c depends on them; `optimizer.direct` maps them like
+    the right-hand side). The demand charge prices one peak per billing period met in the horizon:
+    peak_cur >= max(peak so far, import in the current period), peak_next >= import after it; a
+    step outside a period gets a big-M right-hand side (M = the import nameplate), so which steps
+    belong where is a Parameter and the matrix stays fixed.
+    """
+    assert p.grid is not None
+    T = dt_h.shape[0]
+    imp = cp.Variable(T, name="grid_import_kw")
+    exp = cp.Variable(T, name="grid_export_kw")
+    imp_price = cp.Parameter(T, name="import_price_per_kwh")
+    exp_price = cp.Parameter(T, name="export_price_per_kwh")
+    imp_ub = cp.Parameter(T, nonneg=True, name="grid_import_max_kw")
+    exp_ub = cp.Parameter(T, nonneg=True, name="grid_export_max_kw")
+    cons: list[cp.Constraint] = [imp >= 0, exp >= 0, imp <= imp_ub, exp <= exp_ub]
+    cost: list[cp.Expression] = [cp.multiply(imp_price, dt_h) @ imp - cp.multiply(exp_price, dt_h) @ exp]
+    gm = GridModel(imp_price, exp_price, imp_ub, exp_ub, None, None, None, None, None)
+    if p.grid.demand_charge_per_kw > 0:
+        gm.peak_floor = cp.Parameter(nonneg=True, name="peak_import_kw")
+        gm.m_cur = cp.Parameter(T, nonneg=True, name="demand_mask_current")
+        gm.m_next = cp.Parameter(T, nonneg=True, name="demand_mask_next")
+        gm.peak_cur = cp.Variable(name="peak_import_current_kw")
+        gm.peak_next = cp.Variable(name="peak_import_next_kw")
+        cons += [gm.peak_cur >= gm.peak_floor, gm.peak_next >= 0,
+                 imp - gm.peak_cur <= gm.m_cur, imp - gm.peak_next <= gm.m_next]
+        cost.append(p.grid.demand_charge_per_kw * (gm.peak_cur + gm.peak_next))
+    return gm, imp, exp, cons, cost
 
 
 def value_segments(bp_kw: FloatArray, v_per_h: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -263,6 +323,15 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
                 cons.append(v[None, :] <= slopes[:, None] @ gpu[j:j + 1, :] + icpts[:, None] * np.ones((1, T)))
                 cost.append(-(dt_h @ v))
 
+    imp = exp = gm = None
+    if p.grid is not None:
+        gm, imp, exp, g_cons, g_cost = _grid(p, dt_h)
+        cons += g_cons
+        cost += g_cost
+        supply = supply + imp - exp
+        # Import headroom is reserve: the grid takes a load step within its limit.
+        reserve_have = reserve_have + (gm.imp_ub - imp)
+
     load = other + gpu_load
     cons.append(supply >= load)
     # Spill = supply - load. Its penalty leaves out the other-load Parameter: a constant that does
@@ -278,5 +347,5 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
 
     problem = cp.Problem(cp.Minimize(sum(cost, cp.Constant(0.0))), cons)
     return Model(problem=problem, dt_h=dt_h, pv=pv, ch=ch, dis=dis, e=e, g=g, gpu=gpu, unserved=unserved,
-                 short=short, pv_ub=pv_ub, gpu_ub=gpu_ub, other=other, e0=e0, avail=avail, prev_gpu=prev,
-                 extra=extra, quad=quad)
+                 short=short, imp=imp, exp=exp, pv_ub=pv_ub, gpu_ub=gpu_ub, other=other, e0=e0, avail=avail,
+                 prev_gpu=prev, extra=extra, quad=quad, grid=gm)

@@ -91,6 +91,22 @@ class GpuClassParams:
 
 
 @dataclass(frozen=True)
+class GridParams:
+    """The utility connection at the site's meter. Power + = import, - = export.
+
+    `import_max_kw` / `export_max_kw` are the connection's nameplate limits (export 0 = zero
+    export); a solve may lower them per step (`DispatchInputs.grid_import_max_kw`, ...: a lost grid,
+    a stale meter, an outage), islanded operation being both at zero. `demand_charge_per_kw` is the
+    price of the billing period's peak import (currency per kW of peak per period, 0 = none).
+    """
+
+    name: str
+    import_max_kw: float
+    export_max_kw: float = 0.0
+    demand_charge_per_kw: float = 0.0
+
+
+@dataclass(frozen=True)
 class SiteParams:
     """Everything about the site that is fixed for the life of a compiled DispatchProblem."""
 
@@ -99,6 +115,7 @@ class SiteParams:
     batteries: list[BatteryParams] = field(default_factory=list)
     gensets: list[GensetParams] = field(default_factory=list)
     gpu_classes: list[GpuClassParams] = field(default_factory=list)
+    grid: GridParams | None = None
     facility_overhead: float = 0.08
     reserve_load_pct: float = 10.0
     reserve_pv_pct: float = 25.0
@@ -135,6 +152,18 @@ class DispatchInputs:
     prev_gpu_kw: FloatArray  # (n_class,) last applied budget
     # Extra operating reserve per step (kW), e.g. because a forecast is stale. None = zeros.
     reserve_extra_kw: FloatArray | None = None
+    # Grid (only with SiteParams.grid). Prices per kWh per step (None = 0); export may be <= 0.
+    import_price_per_kwh: FloatArray | None = None
+    export_price_per_kwh: FloatArray | None = None
+    # Per-step limits (None = the nameplate); 0 = grid gone / islanded for that step.
+    grid_import_max_kw: FloatArray | None = None
+    grid_export_max_kw: FloatArray | None = None
+    # Demand charge: the billing period's peak import so far (the floor of this plan's peak), and
+    # which steps lie in the current billing period (None = all; the rest begin the next period).
+    peak_import_kw: float = 0.0
+    in_billing_period: BoolArray | None = None
+    # Grid CO2 intensity per step (kg/kWh), reported in the plan, not priced. None = not given.
+    co2_kg_per_kwh: FloatArray | None = None
 
 
 @dataclass
@@ -174,6 +203,9 @@ class Plan:
     objective: float = float("nan")
     # Why lower rungs were used (one line per failed rung), empty for a primary plan.
     notes: list[str] = field(default_factory=list)
+    # Grid import and export per step (kW, both >= 0, never both > 0); zeros without a grid.
+    grid_import_kw: FloatArray = field(default_factory=lambda: np.zeros(0))
+    grid_export_kw: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     def explain(self) -> str:
         """Human-readable one-paragraph summary of the plan's status and slack use."""

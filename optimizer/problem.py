@@ -37,7 +37,7 @@ from powerctl.optimizer.commitment import (
 )
 from powerctl.optimizer.model import Model, build
 from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
-from powerctl.optimizer.solution import Dispatch, ParamValues, make_plan, param_values
+from powerctl.optimizer.solution import Dispatch, ParamValues, make_plan, net_grid, param_values, price_notes
 
 # Time kept back from the deadline for the rule-based fallback and plan assembly.
 FALLBACK_RESERVE_S = 0.01
@@ -85,8 +85,12 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
         for t in range(gpu.shape[1]):
             gpu[:, t] = np.maximum(floors[:, 0], np.minimum(gpu[:, t], prev + rate * steps[t]))
             prev = gpu[:, t]
+    imp = exp = None
+    if v.grid is not None and d.imp is not None and d.exp is not None:
+        imp, exp = net_grid(clip("grid import", d.imp, 0.0, v.grid.imp_ub),
+                            clip("grid export", d.exp, 0.0, v.grid.exp_ub))
     return Dispatch(pv=clip("pv", d.pv, 0.0, v.pv_ub), ch=ch, dis=dis,
-                    g=clip("genset", d.g, gmin * v.avail, rating * v.avail), gpu=gpu)
+                    g=clip("genset", d.g, gmin * v.avail, rating * v.avail), gpu=gpu, imp=imp, exp=exp)
 
 
 def repair_soc(p: SiteParams, v: ParamValues, ch: np.ndarray, dis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +267,8 @@ class DispatchProblem:
                 notes.append(f"solvers: deadline {deadline_s * 1e3:.0f} ms passed, late result abandoned")
             except Exception as exc:
                 notes.append(f"solvers: {type(exc).__name__}: {exc}")
+        if self.params.grid is not None:
+            notes += price_notes(x)
         if solved is not None:
             return make_plan(self.params, x, solved.values, solved.sched, solved.dispatch,
                              status=solved.status, solver=solved.solver, rung=solved.rung,

@@ -28,6 +28,28 @@ class ParamValues:
     avail: FloatArray  # (n_gen, T) fraction of step the genset can carry load
     prev: FloatArray  # (n_cls,)
     extra: FloatArray  # (T,)
+    grid: GridValues | None = None
+
+
+@dataclass
+class GridValues:
+    """The grid's Parameter values for one solve (prices as the planner uses them, see grid_values)."""
+
+    imp_price: FloatArray  # (T,) per kWh, >= 0
+    exp_price: FloatArray  # (T,) per kWh, <= imp_price
+    imp_ub: FloatArray  # (T,) kW
+    exp_ub: FloatArray  # (T,) kW
+    peak_floor: float  # kW, the billing period's peak so far
+    in_period: BoolArray  # (T,) step lies in the current billing period
+    big_m_kw: float
+
+    @property
+    def m_cur(self) -> FloatArray:
+        return np.where(self.in_period, 0.0, self.big_m_kw)
+
+    @property
+    def m_next(self) -> FloatArray:
+        return np.where(self.in_period, self.big_m_kw, 0.0)
 
 
 @dataclass
@@ -39,6 +61,62 @@ class Dispatch:
     dis: FloatArray
     g: FloatArray
     gpu: FloatArray
+    # Grid import and export (T,); None without a grid.
+    imp: FloatArray | None = None
+    exp: FloatArray | None = None
+
+
+def net_grid(imp: FloatArray, exp: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Import and export with the same net but never both at once.
+
+    With export priced at most at import (`grid_values` makes it so) this never raises the cost
+    (it saves (price_imp - price_exp) min(imp, exp) per step) and never raises the peak, so it keeps
+    an optimum optimal: a tie the LP broke with simultaneous flows becomes one direction.
+    """
+    net = imp - exp
+    return np.maximum(net, 0.0), np.maximum(-net, 0.0)
+
+
+def grid_values(p: SiteParams, x: DispatchInputs) -> GridValues | None:
+    """Grid Parameter values: per-step limits within the nameplate, prices as the planner uses them.
+
+    Simultaneous import and export can only pay where export is priced above import, and import
+    beyond need (balanced by spill) only where import is priced below zero. The planner therefore
+    takes import prices below zero as zero and export prices above the step's import price as the
+    import price (plan notes name such steps, see `price_notes`); with those prices one direction
+    per step is optimal and `net_grid` makes it exact without a binary.
+    """
+    if p.grid is None:
+        return None
+    T = p.horizon_steps
+
+    def arr(a: FloatArray | None, default: float) -> FloatArray:
+        return np.full(T, default) if a is None else np.asarray(a, dtype=float)
+
+    imp_price = np.maximum(arr(x.import_price_per_kwh, 0.0), 0.0)
+    exp_price = np.minimum(arr(x.export_price_per_kwh, 0.0), imp_price)
+    imp_ub = np.clip(arr(x.grid_import_max_kw, p.grid.import_max_kw), 0.0, p.grid.import_max_kw)
+    exp_ub = np.clip(arr(x.grid_export_max_kw, p.grid.export_max_kw), 0.0, p.grid.export_max_kw)
+    in_period = np.ones(T, dtype=bool) if x.in_billing_period is None else np.asarray(x.in_billing_period, bool)
+    return GridValues(imp_price=imp_price, exp_price=exp_price, imp_ub=imp_ub, exp_ub=exp_ub,
+                      peak_floor=float(min(x.peak_import_kw, p.grid.import_max_kw)), in_period=in_period,
+                      big_m_kw=float(p.grid.import_max_kw))
+
+
+def price_notes(x: DispatchInputs) -> list[str]:
+    """Plan notes for prices the planner changed (see grid_values)."""
+    out: list[str] = []
+    if x.import_price_per_kwh is not None:
+        neg = np.nonzero(np.asarray(x.import_price_per_kwh) < 0)[0]
+        if neg.size:
+            out.append(f"grid: import price below 0 taken as 0 at {neg.size} steps (first {int(neg[0])})")
+    if x.export_price_per_kwh is not None:
+        imp = np.maximum(0.0, np.zeros(1) if x.import_price_per_kwh is None else np.asarray(x.import_price_per_kwh))
+        hi = np.nonzero(np.asarray(x.export_price_per_kwh) > imp)[0]
+        if hi.size:
+            out.append(f"grid: export price above import price taken as the import price at {hi.size} steps "
+                       f"(first {int(hi[0])})")
+    return out
 
 
 def gpu_upper_kw(p: SiteParams, demand_kw: FloatArray) -> FloatArray:
@@ -62,7 +140,8 @@ def param_values(p: SiteParams, x: DispatchInputs, sched: Schedule) -> ParamValu
     # A budget at the floor is always allowed, so ramp-up limits count from at least the floor.
     prev = np.maximum(x.prev_gpu_kw, [c.p_min_kw for c in p.gpu_classes]) if p.gpu_classes else x.prev_gpu_kw
     return ParamValues(pv_ub=x.pv_forecast_kw, gpu_ub=gpu_upper_kw(p, x.gpu_demand_kw), other=x.other_load_kw,
-                       e0=e0, avail=avail, prev=np.asarray(prev, dtype=float), extra=extra)
+                       e0=e0, avail=avail, prev=np.asarray(prev, dtype=float), extra=extra,
+                       grid=grid_values(p, x))
 
 
 def soc_trajectory_pct(p: SiteParams, e0_kwh: FloatArray, ch: FloatArray, dis: FloatArray) -> FloatArray:
@@ -101,7 +180,35 @@ def reserve_shortfall_kw(p: SiteParams, v: ParamValues, d: Dispatch, e_end_kwh: 
                                            (e_end_kwh[i] - e_min) * b.eta_discharge / dur_h))
     for i, g in enumerate(p.gensets):
         have += g.rating_kw * v.avail[i] - d.g[i]
+    if v.grid is not None and d.imp is not None:
+        have += v.grid.imp_ub - d.imp
     return np.asarray(np.maximum(0.0, need - have), dtype=float)
+
+
+def grid_flows(v: ParamValues, d: Dispatch) -> tuple[FloatArray, FloatArray]:
+    """(import, export) per step; zeros without a grid."""
+    T = v.other.shape[0]
+    if d.imp is None or d.exp is None:
+        return np.zeros(T), np.zeros(T)
+    return d.imp, d.exp
+
+
+def grid_terms(p: SiteParams, x: DispatchInputs, v: ParamValues, imp: FloatArray, exp: FloatArray) -> dict[str, float]:
+    """Grid cost, export revenue and the demand charge this plan adds above the peak so far."""
+    if v.grid is None or p.grid is None:
+        return {}
+    gv = v.grid
+    dt_h = np.asarray(p.steps_s, dtype=float) / 3600.0
+    terms = {"grid_import_cost": float((gv.imp_price * dt_h) @ imp),
+             "export_revenue": float((gv.exp_price * dt_h) @ exp),
+             "grid_import_kwh": float(dt_h @ imp), "grid_export_kwh": float(dt_h @ exp)}
+    peak_cur = max(gv.peak_floor, float(np.max(imp[gv.in_period], initial=0.0)))
+    peak_next = float(np.max(imp[~gv.in_period], initial=0.0))
+    terms["demand_charge"] = p.grid.demand_charge_per_kw * (peak_cur - gv.peak_floor + peak_next)
+    terms["peak_import_kw"] = peak_cur
+    if x.co2_kg_per_kwh is not None:
+        terms["grid_co2_kg"] = float((np.asarray(x.co2_kg_per_kwh, float) * dt_h) @ imp)
+    return terms
 
 
 def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule, d: Dispatch, *,
@@ -113,7 +220,8 @@ def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule,
     cap_kwh = np.array([b.capacity_kwh for b in p.batteries]).reshape(-1, 1)
     e_end = soc[:, 1:] * cap_kwh / 100.0
     load = v.other + (1.0 + p.facility_overhead) * d.gpu.sum(axis=0)
-    supply = d.pv.sum(axis=0) + (d.dis - d.ch).sum(axis=0) + d.g.sum(axis=0)
+    imp, exp = grid_flows(v, d)
+    supply = d.pv.sum(axis=0) + (d.dis - d.ch).sum(axis=0) + d.g.sum(axis=0) + imp - exp
     unserved = np.maximum(0.0, load - supply)
     spill = np.maximum(0.0, supply - load)
     short = reserve_shortfall_kw(p, v, d, e_end)
@@ -137,9 +245,12 @@ def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule,
     terms["unserved_penalty"] = p.unserved_penalty_per_kwh * float(dt_h @ unserved)
     terms["spill_penalty"] = p.spill_penalty_per_kwh * float(dt_h @ spill)
     terms["reserve_penalty"] = p.reserve_penalty_per_kwh * float(dt_h @ short)
+    gt = grid_terms(p, x, v, imp, exp)
+    terms.update(gt)
     objective = (terms["fuel_variable"] + terms["fuel_idle"] + terms["start_cost"] + terms["battery_wear"]
                  + terms["gpu_ramp"] + terms["unserved_penalty"] + terms["spill_penalty"] + terms["reserve_penalty"]
-                 - terms["terminal_energy_value"] - terms["value_of_compute"])
+                 - terms["terminal_energy_value"] - terms["value_of_compute"]
+                 + gt.get("grid_import_cost", 0.0) - gt.get("export_revenue", 0.0) + gt.get("demand_charge", 0.0))
     terms["total_cost"] = objective
 
     slack: list[SlackUse] = []
@@ -153,4 +264,4 @@ def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule,
     return Plan(pv_kw=d.pv, battery_kw=bat_kw, soc_pct=soc, genset_kw=d.g, genset_on=sched.on.copy(), gpu_kw=d.gpu,
                 unserved_kw=unserved, spill_kw=spill, reserve_short_kw=short, objective_terms=terms, slack=slack,
                 status=status, solver=solver, rung=rung, solve_time_s=solve_time_s, steps_s=steps.copy(),
-                objective=objective, notes=list(notes or []))
+                objective=objective, notes=list(notes or []), grid_import_kw=imp, grid_export_kw=exp)

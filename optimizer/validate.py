@@ -84,6 +84,12 @@ def check_site(p: SiteParams) -> None:
                 raise InputError(f"{where}: value curve must be concave (slopes non-increasing)")
         if c.ramp_penalty_per_kw < 0 or c.ramp_up_kw_per_s <= 0:
             raise InputError(f"{where}: ramp_penalty_per_kw must be >= 0 and ramp_up_kw_per_s > 0")
+    if p.grid is not None:
+        gr = p.grid
+        for name in ("import_max_kw", "export_max_kw", "demand_charge_per_kw"):
+            val = getattr(gr, name)
+            if not np.isfinite(val) or val < 0:
+                raise InputError(f"grid ({gr.name}).{name}: {val!r} must be finite and >= 0")
     if p.facility_overhead < 0:
         raise InputError("facility_overhead: must be >= 0")
     for name in ("unserved_penalty_per_kwh", "spill_penalty_per_kwh", "reserve_penalty_per_kwh",
@@ -124,6 +130,37 @@ def check_inputs(p: SiteParams, x: DispatchInputs) -> DispatchInputs:
                 f"[{b.soc_min_pct}, {b.soc_max_pct}] %"
             )
     soc = np.clip(soc, [b.soc_min_pct for b in p.batteries], [b.soc_max_pct for b in p.batteries])
-    return DispatchInputs(pv_forecast_kw=pv, gpu_demand_kw=gpu, other_load_kw=other, soc_pct=soc,
-                          genset_on=gen_on_raw.astype(bool), genset_state_s=state, prev_gpu_kw=prev,
-                          reserve_extra_kw=extra)
+    out = DispatchInputs(pv_forecast_kw=pv, gpu_demand_kw=gpu, other_load_kw=other, soc_pct=soc,
+                         genset_on=gen_on_raw.astype(bool), genset_state_s=state, prev_gpu_kw=prev,
+                         reserve_extra_kw=extra)
+    return _check_grid_inputs(p, x, out) if p.grid is not None else out
+
+
+def _check_grid_inputs(p: SiteParams, x: DispatchInputs, out: DispatchInputs) -> DispatchInputs:
+    """Grid prices, limits, billing mask and peak: shapes and finiteness (prices may be negative)."""
+    T = p.horizon_steps
+
+    def opt(name: str, a: object, nonneg: bool) -> FloatArray | None:
+        if a is None:
+            return None
+        arr = _shape(name, a, (T,))
+        _finite(name, arr)
+        if nonneg:
+            _nonneg(name, arr)
+        return arr
+
+    out.import_price_per_kwh = opt("import_price_per_kwh", x.import_price_per_kwh, False)
+    out.export_price_per_kwh = opt("export_price_per_kwh", x.export_price_per_kwh, False)
+    out.grid_import_max_kw = opt("grid_import_max_kw", x.grid_import_max_kw, True)
+    out.grid_export_max_kw = opt("grid_export_max_kw", x.grid_export_max_kw, True)
+    out.co2_kg_per_kwh = opt("co2_kg_per_kwh", x.co2_kg_per_kwh, True)
+    if x.in_billing_period is not None:
+        mask = np.asarray(x.in_billing_period)
+        if mask.shape != (T,):
+            raise InputError(f"in_billing_period: expected shape {(T,)}, got {mask.shape}")
+        out.in_billing_period = mask.astype(bool)
+    peak = float(x.peak_import_kw)
+    if not np.isfinite(peak) or peak < 0:
+        raise InputError(f"peak_import_kw: {peak!r} must be finite and >= 0")
+    out.peak_import_kw = peak
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from powerctl.optimizer import (
     BatteryParams,
@@ -61,3 +62,11 @@ def demo_inputs(site: SiteParams, seed: int = 0) -> DispatchInputs:
                           other_load_kw=np.full(T, 5.0) + rng.uniform(0, 2), soc_pct=np.array([50.0]),
                           genset_on=np.array([False]), genset_state_s=np.array([3600.0]),
                           prev_gpu_kw=np.zeros(3))
+
+
+def sparse_rows(rows: list[tuple[dict[int, float], float]], n: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Rows given as ({column: coefficient}, rhs) as a sparse matrix with n columns and the rhs."""
+    r = [i for i, (row, _) in enumerate(rows) for _k in row]
+    cc = [k for row, _ in rows for k in row]
+    v = [val for row, _ in rows for val in row.values()]
+    return sp.csr_matrix((v, (r, cc)), shape=(len(rows), n)), np.array([rhs for _, rhs in rows])

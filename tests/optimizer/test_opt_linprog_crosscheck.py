@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from opt_sites import sparse_rows
 from scipy.optimize import linprog
 
 from powerctl.optimizer import (
@@ -127,17 +127,8 @@ def lp_optimum(site: SiteParams, x: DispatchInputs) -> float:
                 A_ub.append((row, sign * prev_const))
     c[ix("e", T - 1)] -= b.terminal_value_per_kwh
 
-    def mat(rows: list[tuple[dict[int, float], float]]) -> tuple[sp.csr_matrix, np.ndarray]:
-        r, cc, v = [], [], []
-        for i, (row, _) in enumerate(rows):
-            for k, val in row.items():
-                r.append(i)
-                cc.append(k)
-                v.append(val)
-        return sp.csr_matrix((v, (r, cc)), shape=(len(rows), n)), np.array([rhs for _, rhs in rows])
-
-    Aub, bub = mat(A_ub)
-    Aeq, beq = mat(A_eq)
+    Aub, bub = sparse_rows(A_ub, n)
+    Aeq, beq = sparse_rows(A_eq, n)
     res = linprog(c, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=np.column_stack([lb, ub]), method="highs")
     assert res.status == 0, res.message
     return float(res.fun + const)
