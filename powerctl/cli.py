@@ -13,11 +13,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from powerctl.agent.cli import agent as agent_command
+from powerctl.agent.cli import certs_app
 from powerctl.config import ConfigError, SiteConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Microgrid power controller for AI compute sites.")
 sim_app = typer.Typer(no_args_is_help=True, help="Simulated plant: serve, replay, sweep.")
 app.add_typer(sim_app, name="sim")
+app.add_typer(certs_app, name="certs")  # site CA + agent/controller certificates (powerctl.agent.cli)
+app.command("agent")(agent_command)  # the GPU server agent (powerctl.agent.server)
 err = Console(stderr=True, soft_wrap=True)
 
 

@@ -211,8 +211,48 @@ class ShedHook(_Model):
     timeout_s: PositiveFloat = 10.0
 
 
+class AgentNode(_Model):
+    """One GPU server reached through its ``powerctl agent`` (``gpu.backend = "agents"``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # = the agent certificate's name
+    address: Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}$")]  # host:port
+    gpus: Annotated[int, Field(ge=1, le=64)]
+    workload: str | None = None  # the class of every GPU of this node, or
+    workloads: list[str] | None = None  # one class per GPU
+    min_w: PositiveFloat | None = None  # this node's GPU model range (None: gpu.min_w / gpu.max_w);
+    max_w: PositiveFloat | None = None  # the agent's own reported range narrows it once it answers
+
+    @model_validator(mode="after")
+    def _classes(self) -> AgentNode:
+        if (self.workload is None) == (self.workloads is None):
+            raise ValueError("give exactly one of workload (per node) or workloads (per GPU)")
+        if self.workloads is not None and len(self.workloads) != self.gpus:
+            raise ValueError(f"workloads lists {len(self.workloads)} classes for {self.gpus} GPUs")
+        if not 0 < int(self.address.rsplit(":", 1)[1]) < 65536:
+            raise ValueError(f"address {self.address!r}: port must be in 1..65535")
+        if self.min_w is not None and self.max_w is not None and self.min_w >= self.max_w:
+            raise ValueError(f"min_w ({self.min_w:g}) must be below max_w ({self.max_w:g})")
+        return self
+
+    def classes_per_gpu(self) -> list[str]:
+        return list(self.workloads) if self.workloads is not None else [str(self.workload)] * self.gpus
+
+
+class AgentsTls(_Model):
+    """The controller's side of the agents' mutual TLS (files from ``powerctl certs init``)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
 class GpuPool(_Model):
-    backend: Literal["simulated", "nvml", "none", "socket"] = "simulated"
+    backend: Literal["simulated", "nvml", "none", "socket", "agents"] = "simulated"
+    # backend = "agents": the GPU servers' agents (powerctl.gpu.agents), leases and timeouts
+    nodes: list[AgentNode] = Field(default_factory=list)
+    agent_tls: AgentsTls | None = None
+    lease_s: Annotated[float, Field(ge=0.2, le=600)] = 2.0  # caps fall back to the safe cap after this
+    node_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.1  # per node and request
     socket_path: str | None = None  # for backend = "socket" (privileged cap-setter)
     # The cap-setter (`powerctl capsetter site.toml`, the only privileged process) reads these from
     # ITS copy of the config: the socket's group and mode (never world-accessible), and the backend it
@@ -265,7 +305,32 @@ class GpuPool(_Model):
         for hook in self.shed_hooks:
             if hook.workload not in names:
                 raise ValueError(f"shed_hooks: workload {hook.workload!r} is not a class ({', '.join(names)})")
+        if self.backend == "agents":
+            self._check_nodes(names)
         return self
+        return self
+
+    def _check_nodes(self, names: list[str]) -> None:
+        if not self.nodes:
+            raise ValueError("backend = 'agents' needs gpu.nodes (one per GPU server)")
+        if self.agent_tls is None:
+            raise ValueError("backend = 'agents' needs gpu.agent_tls (ca, cert, key)")
+        if self.node_timeout_s * 3 > self.lease_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must be at least 3 x node_timeout_s ({self.node_timeout_s:g})")
+        for field_name, values in (("name", [n.name for n in self.nodes]), ("address", [n.address for n in self.nodes])):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"nodes: duplicate {field_name} {', '.join(dup)}")
+        counts = {c.name: 0 for c in self.classes}
+        for n in self.nodes:
+            for cls in n.classes_per_gpu():
+                if cls not in counts:
+                    raise ValueError(f"nodes: {n.name}: workload {cls!r} is not a class ({', '.join(names)})")
+                counts[cls] += 1
+        wrong = [f"{c.name}: classes say {c.gpus}, nodes have {counts[c.name]}" for c in self.classes
+                 if counts[c.name] != c.gpus]
+        if wrong:
+            raise ValueError("nodes: GPUs per class do not match gpu.classes (" + "; ".join(wrong) + ")")
 
 
 # --- control, telemetry, mqtt -----------------------------------------------------------------

@@ -34,4 +34,8 @@ def make_backend(
         from powerctl.gpu.socket import DEFAULT_SOCKET_PATH, SocketGpus
 
         return SocketGpus(gpu_cfg.socket_path or DEFAULT_SOCKET_PATH, timeout_s=gpu_cfg.socket_timeout_s)
+    if kind == "agents":
+        from powerctl.gpu.agents import AgentGpus
+
+        return AgentGpus(gpu_cfg, clock=clock)
     raise GpuError(f"gpu.backend: unknown backend {kind!r}")

@@ -1,0 +1,345 @@
+"""The ``agents`` backend: the GPUs of every GPU server, through each server's ``powerctl agent``.
+
+``gpu.nodes`` lists the servers (address, GPU count, workload class per node or per GPU). GPU
+indices are numbered in the order of ``gpu.classes``, then of the nodes, then of each node's GPUs,
+so the budget split sees one pool of GPUs of mixed models (each with its own agent-reported range).
+
+Transport: one mutual-TLS connection per node (``powerctl.agent.protocol``), all driven by one
+asyncio loop on a thread of its own, so the guard's synchronous calls stay synchronous while a batch
+of caps goes to every node at once (``set_caps_w``), each node within ``gpu.node_timeout_s``.
+
+Every set carries ``lease_s``; the agent drops to its safe cap when the lease runs out. This
+backend renews the leases of the caps last asked for every ``lease_s / 4``, but only while its
+caller is alive (it has asked something within ``lease_s / 2``): a stalled guard lets the leases
+run out. Between renewals it polls each node's state (power, limits), which the guard's reads use.
+
+Stale means worst case: a node that does not answer counts, for the guard (``read_power_w``), as
+drawing the highest cap it may still hold: the highest cap sent to it whose lease may not have run
+out yet (sent or not acknowledged alike: an unanswered request may still have been applied), then
+min(safe cap, that cap) once every such lease is over. A node never heard from since start counts
+at its maximum for one lease (a previous controller's lease may still run), then at the safe cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from powerctl.agent.protocol import FrameError, client_context, encode, frame_length
+from powerctl.gpu.base import CapResult, Clock, GpuError, GpuInfo
+
+if TYPE_CHECKING:
+    from powerctl.config import AgentNode, GpuPool
+
+log = logging.getLogger("powerctl.gpu.agents")
+T = TypeVar("T")
+
+CLOCK_ALLOWANCE_S = 0.25  # controller/agent clock offset tolerated (NTP keeps it to milliseconds)
+CONNECT_TIMEOUT_S = 2.0  # first contact at start-up
+RECONNECT_S = 0.5  # an unreachable node is tried again this often (besides the guard's own sets)
+
+
+@dataclass
+class _Node:
+    cfg: AgentNode
+    host: str
+    port: int
+    gpus: list[int]  # global index of each local GPU
+    min_w: float
+    max_w: float
+    safe_w: float
+    started_s: float
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    lock: asyncio.Lock | None = None
+    state: dict[str, Any] | None = None  # the agent's last reply
+    state_t: float = -math.inf  # when it came (monotonic)
+    last_try_t: float = -math.inf
+    last_set_t: float = -math.inf
+    desired_w: list[float | None] = field(default_factory=list)
+    sent: list[deque[tuple[float, float]]] = field(default_factory=list)  # per GPU: (lease end, cap)
+    last_cap_w: list[float | None] = field(default_factory=list)
+    error: str = ""
+
+
+class AgentGpus:
+    """GPU backend over the node agents (see module docstring)."""
+
+    name = "agents"
+
+    def __init__(self, gpu_cfg: GpuPool, *, clock: Clock = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if not gpu_cfg.nodes or gpu_cfg.agent_tls is None:
+            raise GpuError("gpu.backend = 'agents' needs gpu.nodes and gpu.agent_tls")
+        tls = gpu_cfg.agent_tls
+        try:
+            self._ctx = client_context(Path(tls.ca), Path(tls.cert), Path(tls.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise GpuError(f"gpu.agent_tls: {exc}") from None
+        self.clock, self.wall = clock, wall
+        self.lease_s = gpu_cfg.lease_s
+        self.timeout_s = gpu_cfg.node_timeout_s
+        self.poll_s = min(0.5, self.lease_s / 4)
+        self._seq = 0
+        self._touched = clock()
+        now = clock()
+        self.nodes: list[_Node] = []
+        self._where: dict[int, tuple[_Node, int]] = {}
+        for n in gpu_cfg.nodes:
+            host, port = n.address.rsplit(":", 1)
+            lo, hi = n.min_w or gpu_cfg.min_w, n.max_w or gpu_cfg.max_w
+            node = _Node(n, host.strip("[]"), int(port), [-1] * n.gpus, lo, hi, min(max(gpu_cfg.safe_cap_w, lo), hi),
+                         now, desired_w=[None] * n.gpus, sent=[deque() for _ in range(n.gpus)],
+                         last_cap_w=[None] * n.gpus)
+            self.nodes.append(node)
+        index = 0
+        for c in gpu_cfg.classes:
+            for node in self.nodes:
+                for local, cls in enumerate(node.cfg.classes_per_gpu()):
+                    if cls == c.name:
+                        node.gpus[local] = index
+                        self._where[index] = (node, local)
+                        index += 1
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agents-backend", daemon=True)
+        self._thread.start()
+        self._run(self._start(), CONNECT_TIMEOUT_S + 1.0)
+        self._poller = asyncio.run_coroutine_threadsafe(self._poll_all(), self._loop)
+
+    # --- the loop thread -------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            raise GpuError(f"agents: no answer within {timeout_s:g} s") from None
+
+    async def _start(self) -> None:
+        for node in self.nodes:
+            node.lock = asyncio.Lock()
+        async with asyncio.TaskGroup() as tg:
+            for node in self.nodes:
+                tg.create_task(self._try(node, self._state_doc(), CONNECT_TIMEOUT_S))
+
+    def _next_seq(self) -> int:
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        return self._seq
+
+    def _state_doc(self) -> dict[str, Any]:
+        return {"op": "state", "seq": self._next_seq(), "ts": self.wall()}
+
+    async def _close(self, node: _Node) -> None:
+        w, node.reader, node.writer = node.writer, None, None
+        if w is not None:
+            w.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.2):
+                    await w.wait_closed()
+
+    async def _exchange(self, node: _Node, doc: dict[str, Any]) -> dict[str, Any]:
+        if node.writer is None or node.reader is None:
+            node.reader, node.writer = await asyncio.open_connection(
+                node.host, node.port, ssl=self._ctx, server_hostname=node.cfg.name)
+        node.writer.write(encode(doc))
+        await node.writer.drain()
+        n = frame_length(await node.reader.readexactly(4))
+        reply: dict[str, Any] = json.loads(await node.reader.readexactly(n))
+        return reply
+
+    async def _try(self, node: _Node, doc: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        """One request to one node within ``timeout_s``; None (and the node marked down) on failure."""
+        assert node.lock is not None
+        node.last_try_t = self.clock()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with node.lock:
+                    reply = await self._exchange(node, doc)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError) as exc:
+            await self._close(node)
+            why = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            if node.error != why:
+                log.warning("node %s (%s): %s", node.cfg.name, node.cfg.address, why)
+            node.error = why
+            return None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            node.error = "malformed reply"
+            return None
+        if "gpus" in reply and isinstance(reply["gpus"], list) and len(reply["gpus"]) == len(node.gpus):
+            if node.error:
+                log.info("node %s answers again", node.cfg.name)
+            node.state, node.state_t, node.error = reply, self.clock(), ""
+        else:
+            log.error("node %s refused: %s", node.cfg.name, reply.get("error", "?"))
+            node.error = f"refused: {reply.get('error', '?')}"
+        return reply
+
+    async def _set_node(self, node: _Node) -> dict[str, Any] | None:
+        caps = [self._fill(node, local) for local in range(len(node.gpus))]
+        now = self.clock()
+        for local, cap in enumerate(caps):
+            q = node.sent[local]
+            q.append((now + self.lease_s + CLOCK_ALLOWANCE_S, cap))
+            while q and q[0][0] <= now:
+                node.last_cap_w[local] = q.popleft()[1]
+        node.last_set_t = now
+        doc = {"op": "set", "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps, "lease_s": self.lease_s}
+        return await self._try(node, doc, self.timeout_s)
+
+    def _fill(self, node: _Node, local: int) -> float:
+        """The cap to send for a GPU nobody asked about yet: what it holds, else its safe cap."""
+        want = node.desired_w[local]
+        if want is None:
+            row = node.state["gpus"][local] if node.state else {}
+            held = row.get("requested_w")
+            want = min(node.safe_w, float(held)) if isinstance(held, int | float) else node.safe_w
+            node.desired_w[local] = want
+        return want
+
+    async def _poll_all(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.05, self.poll_s / 4))
+            now = self.clock()
+            live = now - self._touched <= self.lease_s / 2
+            for node in self.nodes:
+                assert node.lock is not None
+                if node.lock.locked() or (node.error and now - node.last_try_t < RECONNECT_S):
+                    continue
+                if live and any(d is not None for d in node.desired_w) and now - node.last_set_t >= self.lease_s / 4:
+                    self._loop.create_task(self._set_node(node))
+                elif now - max(node.state_t, node.last_try_t) >= self.poll_s:
+                    self._loop.create_task(self._try(node, self._state_doc(), self.timeout_s))
+
+    async def _set_many(self, nodes: list[_Node]) -> dict[str, dict[str, Any] | None]:
+        async def one(node: _Node) -> tuple[str, dict[str, Any] | None]:
+            return node.cfg.name, await self._set_node(node)
+
+        return dict(await asyncio.gather(*(one(n) for n in nodes)))
+
+    # --- worst case for a node that does not answer --------------------------------------------
+
+    def _fresh(self, node: _Node) -> bool:
+        return not node.error and self.clock() - node.state_t <= max(3 * self.poll_s, 2 * self.timeout_s)
+
+    def assumed_cap_w(self, index: int) -> float:
+        """The highest cap GPU ``index`` may hold now, as far as this controller can know."""
+        node, local = self._node(index)
+        now = self.clock()
+        live = [cap for end, cap in node.sent[local] if end > now]
+        if live:
+            return max(live)
+        last = node.last_cap_w[local]
+        for end, cap in node.sent[local]:
+            last = cap if end <= now else last
+        if last is None:  # never sent: a previous controller's lease may still hold it at max
+            return node.max_w if now - node.started_s < self.lease_s + CLOCK_ALLOWANCE_S else node.safe_w
+        return min(node.safe_w, last)
+
+    def node_of(self, index: int) -> str:
+        return self._node(index)[0].cfg.name
+
+    # --- GpuBackend ------------------------------------------------------------------------------
+
+    def _node(self, index: int) -> tuple[_Node, int]:
+        try:
+            return self._where[index]
+        except KeyError:
+            raise GpuError(f"GPU {index} does not exist ({len(self._where)} GPUs on the agents)") from None
+
+    def _row(self, index: int) -> dict[str, Any] | None:
+        node, local = self._node(index)
+        if not self._fresh(node) or node.state is None:
+            return None
+        row: dict[str, Any] = node.state["gpus"][local]
+        return row
+
+    def list_gpus(self) -> list[GpuInfo]:
+        out = []
+        for index in sorted(self._where):
+            node, local = self._where[index]
+            row = node.state["gpus"][local] if node.state else {}
+            lo, hi = float(row.get("min_w", node.min_w)), float(row.get("max_w", node.max_w))
+            out.append(GpuInfo(index, f"{node.cfg.name}/{row.get('name', 'GPU')}",
+                               str(row.get("uuid", f"{node.cfg.name}-gpu{local}")), lo, hi, hi))
+        return out
+
+    def read_power_w(self, index: int) -> float:
+        self._touched = self.clock()
+        row = self._row(index)
+        p = None if row is None else row.get("power_w")
+        return float(p) if isinstance(p, int | float) else self.assumed_cap_w(index)
+
+    def read_energy_j(self, index: int) -> float:
+        row = self._row(index)
+        if row is None or not isinstance(row.get("energy_j"), int | float):
+            raise GpuError(f"GPU {index}: node {self.node_of(index)} does not answer")
+        return float(row["energy_j"])
+
+    def read_limits_w(self, index: int) -> tuple[float, float]:
+        row = self._row(index)
+        if row is None:
+            raise GpuError(f"GPU {index}: node {self.node_of(index)} does not answer")
+        req, enf = row.get("requested_w"), row.get("enforced_w")
+        return (math.nan if req is None else float(req), math.nan if enf is None else float(enf))
+
+    def set_caps_w(self, caps_w: Mapping[int, float]) -> list[CapResult]:
+        """All caps at once: each node that has a change gets its whole caps vector, concurrently."""
+        self._touched = self.clock()
+        todo: dict[str, _Node] = {}
+        bad: list[CapResult] = []
+        for index, cap in caps_w.items():
+            node, local = self._node(index)
+            if not math.isfinite(cap):
+                bad.append(CapResult(index, cap, None, None, False, f"GPU {index}: refusing a non-finite cap"))
+                continue
+            node.desired_w[local] = float(cap)
+            todo[node.cfg.name] = node
+        replies = self._run(self._set_many(list(todo.values())), self.timeout_s + 1.0) if todo else {}
+        results = list(bad)
+        for index, cap in caps_w.items():
+            node, local = self._node(index)
+            if node.cfg.name not in todo:
+                continue
+            reply = replies.get(node.cfg.name)
+            rows = reply.get("gpus") if isinstance(reply, dict) else None
+            if not isinstance(rows, list):
+                why = node.error or "no answer"
+                results.append(CapResult(index, cap, None, None, False,
+                                         f"GPU {index} on node {node.cfg.name}: {why} (counted at "
+                                         f"{self.assumed_cap_w(index):.0f} W until its lease ends)"))
+                continue
+            row = rows[local]
+            rb, enf = row.get("requested_w"), row.get("enforced_w")
+            ok = bool(row.get("set_ok", False))
+            outside = isinstance(rb, int | float) and isinstance(enf, int | float) and enf < rb - 1.0
+            results.append(CapResult(index, cap, None if rb is None else float(rb),
+                                     None if enf is None else float(enf), ok,
+                                     str(row.get("message", "")), outside))
+        return results
+
+    def set_cap_w(self, index: int, cap_w: float) -> CapResult:
+        return self.set_caps_w({index: cap_w})[0]
+
+    def close(self) -> None:
+        self._poller.cancel()
+
+        async def close_all() -> None:
+            for node in self.nodes:
+                await self._close(node)
+
+        with contextlib.suppress(Exception):
+            self._run(close_all(), 2.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(2.0)
