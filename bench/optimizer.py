@@ -7,6 +7,7 @@ solve, bound clean-up, plan assembly). Inputs change on every solve, harder than
 the forecast rolls on by a whole step with fresh noise on every step, SoC and the previous GPU
 budget come from the last plan. "re-solve" is one convex solve (commitment fixed:
 commitment_candidates=0); "commitment" enumerates 1 + 6 switch + 12 window candidates for one genset (pruned by bounds);
+"grid-tied" swaps the genset for a grid (import/export limits, time-of-use prices, demand charge);
 "rebuild" builds the cvxpy problem from scratch and solves it through cvxpy each time (what "build
 once" saves), per solver. p50/p99 are wall-clock; "cpu" is the process CPU time per solve (both
 threads), which shows what a busy machine adds: the load average is printed before and after.
@@ -30,20 +31,26 @@ from powerctl.optimizer import (
     DispatchProblem,
     GensetParams,
     GpuClassParams,
+    GridParams,
     Plan,
     PvParams,
     SiteParams,
 )
 
 
-def site(steps_s: np.ndarray, solver: str, candidates: int) -> SiteParams:
-    """PV, one battery, one genset, three GPU classes (A100-like concave values, 3 segments)."""
+def site(steps_s: np.ndarray, solver: str, candidates: int, grid: bool = False) -> SiteParams:
+    """PV, one battery, one genset, three GPU classes (A100-like concave values, 3 segments).
+
+    grid=True: the grid-tied case, a 60 kW import / 30 kW export connection with a demand charge
+    instead of the genset (time-of-use prices from `Inputs`).
+    """
     bp = np.array([0.0, 12.8, 16.0, 25.6])
     val = np.array([0.0, 7.8, 8.7, 10.0])
     return SiteParams(
         steps_s=steps_s, pv=[PvParams("pv1", 100.0)],
         batteries=[BatteryParams("bess", 200, 100, 100, 10, 95, 0.95, 0.95, 0.02, 0.08)],
-        gensets=[GensetParams("gen1", 150, 45, 1.6, 0.25, 1.2, 5.0, 900, 600, 60)],
+        gensets=[] if grid else [GensetParams("gen1", 150, 45, 1.6, 0.25, 1.2, 5.0, 900, 600, 60)],
+        grid=GridParams("grid", 60.0, 30.0, 12.0) if grid else None,
         gpu_classes=[GpuClassParams(n, 0.0, 25.6, bp, val * k, 0.001) for n, k in
                      (("inference", 1.0), ("training", 0.7), ("batch", 0.4))],
         solver=solver, commitment_candidates=candidates)
@@ -58,6 +65,7 @@ class Inputs:
         self.t0_s = 6 * 3600.0
         self.soc = np.array([50.0])
         self.prev = np.zeros(3)
+        self.peak_kw = 0.0
         self.offsets_s = np.concatenate(([0.0], np.cumsum(p.steps_s)[:-1])) + p.steps_s / 2
 
     def next(self, plan: Plan | None) -> DispatchInputs:
@@ -72,10 +80,19 @@ class Inputs:
         pv = clear * np.clip(0.8 + 0.15 * self.rng.standard_normal(T), 0, 1)
         demand = np.clip(np.vstack([20 + 5 * np.sin(t_h / 24 * 2 * np.pi), np.full(T, 25.6), 18 + 0 * t_h])
                          + self.rng.normal(0, 1, (3, T)), 0, 25.6)
-        return DispatchInputs(pv_forecast_kw=pv[None, :], gpu_demand_kw=demand,
-                              other_load_kw=6 + self.rng.uniform(0, 2, T), soc_pct=self.soc,
-                              genset_on=np.array([False]), genset_state_s=np.array([7200.0]),
-                              prev_gpu_kw=self.prev)
+        n_gen = len(self.p.gensets)
+        x = DispatchInputs(pv_forecast_kw=pv[None, :], gpu_demand_kw=demand,
+                           other_load_kw=6 + self.rng.uniform(0, 2, T), soc_pct=self.soc,
+                           genset_on=np.zeros(n_gen, bool), genset_state_s=np.full(n_gen, 7200.0),
+                           prev_gpu_kw=self.prev)
+        if self.p.grid is not None:
+            # Time of use: night 0.12, day 0.30, evening peak (17-21 h) 0.45 per kWh; export 0.05.
+            x.import_price_per_kwh = np.where((t_h >= 22) | (t_h < 7), 0.12, np.where((t_h >= 17) & (t_h < 21), 0.45, 0.30))
+            x.export_price_per_kwh = np.full(T, 0.05)
+            if plan is not None:
+                self.peak_kw = max(self.peak_kw, float(plan.grid_import_kw[0]))
+            x.peak_import_kw = self.peak_kw
+        return x
 
 
 def run(p: SiteParams, n: int, backend: str = "auto") -> tuple[float, np.ndarray, np.ndarray, list[str]]:
@@ -136,8 +153,9 @@ def main() -> None:
     for solver in solvers:
         for label, steps, cand in (("288 x 5 min, re-solve", fixed, 0),
                                    (f"variable {variable.size} steps (1 min/15 min)", variable, 0),
-                                   ("288 x 5 min, commitment (1+6+12 cand.)", fixed, 6)):
-            c_s, t, cpu, rungs = run(site(steps, solver, cand), a.n)
+                                   ("288 x 5 min, commitment (1+6+12 cand.)", fixed, 6),
+                                   ("288 x 5 min, grid-tied (TOU, demand ch.)", fixed, -1)):
+            c_s, t, cpu, rungs = run(site(steps, solver, max(cand, 0), grid=cand < 0), a.n)
             if cand == 0 and steps is fixed:
                 base_p50[solver] = float(np.median(t))
             tally = ", ".join(f"{r}={rungs.count(r)}" for r in sorted(set(rungs)))
