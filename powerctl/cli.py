@@ -16,12 +16,14 @@ from rich.console import Console
 from powerctl.agent.cli import agent as agent_command
 from powerctl.agent.cli import certs_app
 from powerctl.config import ConfigError, SiteConfig, load_config
+from powerctl.mqtt.operator_cli import command_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Microgrid power controller for AI compute sites.")
 sim_app = typer.Typer(no_args_is_help=True, help="Simulated plant: serve, replay, sweep.")
 app.add_typer(sim_app, name="sim")
 app.add_typer(certs_app, name="certs")  # site CA + agent/controller certificates (powerctl.agent.cli)
 app.command("agent")(agent_command)  # the GPU server agent (powerctl.agent.server)
+app.add_typer(command_app, name="command")  # operator keys and signed commands (powerctl.mqtt.operator_cli)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -38,13 +40,21 @@ def _load(path: Path) -> SiteConfig:
 SIM_EXTRA_MODULES = ("matplotlib", "pyarrow", "dask")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        return False
+
+
 def _require_sim_extra(command: str) -> None:
     """Exit 2 with one line when the [sim] extra is not installed (never an ImportError deep inside)."""
-    missing = [m for m in SIM_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    missing = [m for m in SIM_EXTRA_MODULES if not _installed(m)]
     if missing:
         err.print(
             f"powerctl {command} needs the simulator: install powerctl[sim] "
             f"(pip install 'powerctl[sim]'; missing: {', '.join(missing)})",
+            markup=False,
             highlight=False,
         )
         raise typer.Exit(2)
@@ -200,7 +210,10 @@ def main() -> None:
     # powerctl.sim, and the edge install (no [sim] extra) still has a working daemon.
     if sys.argv[1:2] == ["sim"]:
         if sys.argv[2:3] not in ([], ["--help"], ["-h"]):
-            _require_sim_extra("sim")
+            try:
+                _require_sim_extra("sim")
+            except typer.Exit as exc:  # outside the typer app here
+                raise SystemExit(exc.exit_code) from None
         from powerctl.sim.cli_sim import register as _register_sim
 
         _register_sim(sim_app)

@@ -22,11 +22,11 @@ import numpy as np
 from powerctl.config import ModbusRtu, ModbusTcp, SiteConfig
 from powerctl.control.core import Commands, ControllerCore, Forecaster, Overrides
 from powerctl.control.guard import Guard, GuardDecision, apply_caps, run_guard
-from powerctl.control.shed import HookRunner
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.base import GpuBackend
 from powerctl.gpu.factory import make_backend
 from powerctl.gpu.failsafe import apply_safe_caps_to
+from powerctl.hooks import HookRunner
 from powerctl.io.modbus import DeviceError, ModbusDevice
 from powerctl.natures import SIGNALS, Nature
 from powerctl.process_image import ProcessImage, Quality

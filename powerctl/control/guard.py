@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from powerctl.control.shed import HookResult, HookRunner, ShedAction, ShedPolicy
+from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.slew import SlewLimiter
 from powerctl.control.split import GpuSlot, cut_to_total
+from powerctl.hooks import HookResult, HookRunner
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 

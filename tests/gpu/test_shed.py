@@ -14,8 +14,9 @@ import pytest
 
 from powerctl.config import ShedHook
 from powerctl.control.guard import Guard
-from powerctl.control.shed import HookRunner, ShedAction, ShedPolicy
+from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.split import GpuSlot, slots_from_pool
+from powerctl.hooks import HookRunner
 from tests.gpu.site import image_for, site
 
 HOOK_SCRIPT = """
