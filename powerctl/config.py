@@ -408,6 +408,23 @@ class Mqtt(_Model):
     max_payload_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = 65536
 
 
+class Http(_Model):
+    """The local status page, JSON API and Prometheus metrics (powerctl/web). Read-only."""
+
+    listen: str = "127.0.0.1"  # another address only on a trusted network: the API has no login
+    port: Port = 8780
+    max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
+    request_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class Scada(_Model):
+    """Read-only Modbus TCP server for SCADA/BMS (powerctl/scada.py; register map in the README)."""
+
+    listen: str = "127.0.0.1"
+    port: Port = 1502
+    unit_id: Annotated[int, Field(ge=1, le=247)] = 1
+
+
 class SiteInfo(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     module: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -424,6 +441,8 @@ class SiteConfig(_Model):
     gpu: GpuPool
     telemetry: Telemetry = Telemetry()
     mqtt: Mqtt | None = None
+    http: Http | None = None
+    scada: Scada | None = None
 
     @field_validator("devices")
     @classmethod
