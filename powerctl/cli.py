@@ -18,7 +18,7 @@ from powerctl.agent.cli import certs_app
 from powerctl.config import ConfigError, SiteConfig, load_config
 from powerctl.mqtt.operator_cli import command_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Microgrid power controller for AI compute sites.")
+app = typer.Typer(no_args_is_help=True, help="Microgrid power controller for AI compute sites.")  # --install-completion
 sim_app = typer.Typer(no_args_is_help=True, help="Simulated plant: serve, replay, sweep.")
 app.add_typer(sim_app, name="sim")
 app.add_typer(certs_app, name="certs")  # site CA + agent/controller certificates (powerctl.agent.cli)
@@ -60,20 +60,35 @@ def _require_sim_extra(command: str) -> None:
         raise typer.Exit(2)
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"powerctl {version('powerctl')}")
+        except PackageNotFoundError:
+            print("powerctl (not installed: version unknown)")
+        raise typer.Exit(0)
 
 
-@app.command()
-def check(config: Path) -> None:
-    """Validate a site config and the profiles it names."""
+@app.callback()
+def _main_options(
+    _version_flag: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Microgrid power controller for AI compute sites."""
+
+
+def _logging(verbose: bool, json_lines: bool = False) -> None:
+    """journald priorities under systemd, JSON lines on request, repeats rate-limited (powerctl.logs)."""
+    from powerctl.logs import setup_logging
+
+    setup_logging(verbose=verbose, json_lines=json_lines)
+
+
+def _profile_problems(config: Path, cfg: SiteConfig) -> list[str]:
+    """One line per device whose profile is missing, broken or of another nature."""
     from powerctl.profiles import ProfileError, load_profile
 
-    cfg = _load(config)
     problems = []
     for i, d in enumerate(cfg.devices):
         try:
@@ -86,6 +101,24 @@ def check(config: Path) -> None:
                 f"{config}: devices[{i}].profile: {d.profile} is a {prof.nature.value} profile, "
                 f"but the device is a {d.nature.value}"
             )
+    return problems
+
+
+def _load_site(path: Path) -> SiteConfig:
+    """``_load`` plus every profile it names: exit 2 with one line per problem (never a traceback)."""
+    cfg = _load(path)
+    problems = _profile_problems(path, cfg)
+    if problems:
+        err.print("\n".join(f"[bold red]config error[/]: {p}" for p in problems), highlight=False)
+        raise typer.Exit(2)
+    return cfg
+
+
+@app.command()
+def check(config: Path) -> None:
+    """Validate a site config and the profiles it names."""
+    cfg = _load(config)
+    problems = _profile_problems(config, cfg)
     if problems:
         err.print("[bold red]config error[/]\n" + "\n".join(problems), highlight=False)
         raise typer.Exit(2)
@@ -120,10 +153,14 @@ async def _until_signal(coro_factory) -> None:  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def run(config: Path, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def run(
+    config: Path,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    log_json: bool = typer.Option(False, "--log-json", help="log one JSON object a line"),
+) -> None:
     """Run the controller daemon for a site (SIGTERM/Ctrl-C: GPUs to the safe cap, then exit)."""
-    cfg = _load(config)
-    _logging(verbose)
+    cfg = _load_site(config)
+    _logging(verbose, log_json)
     from powerctl.daemon import Daemon
 
     async def main(stop: asyncio.Event) -> None:
@@ -141,7 +178,7 @@ def demo(
     plain: bool = typer.Option(False, help="print status lines instead of the live table"),
 ) -> None:
     """Run the demo: simulated plant over Modbus on 127.0.0.1 + the daemon + a live table."""
-    cfg = _load(config)
+    cfg = _load_site(config)
     _require_sim_extra("demo")
     from powerctl.sim.demo import run_demo
 

@@ -40,11 +40,11 @@ def serve(
     import asyncio
     import time
 
-    from powerctl.cli import _load, _logging, _until_signal
+    from powerctl.cli import _load_site, _logging, _until_signal
     from powerctl.sim.plant.site import Plant
     from powerctl.sim.serve import SimSite
 
-    cfg = _load(config)
+    cfg = _load_site(config)
     _logging(verbose)
 
     async def main(stop: asyncio.Event) -> None:
