@@ -98,10 +98,10 @@ async def test_powerctl_reads_another_powerctl_with_the_profile(server: scada.Sc
 
 def test_profile_and_readme_match_the_server_map() -> None:
     profile = {p.name: p for p in load_profile("powerctl/scada").points}
-    for addr, key, dtype, scale in scada.SITE_MAP:
+    for addr, key, dtype, _scale in scada.SITE_MAP:
         p = profile[key]
         assert (p.address, p.dtype) == (addr, dtype), key
     readme = (ROOT / "README.md").read_text()
     for addr, key, dtype, scale in scada.SITE_MAP:
-        unit = f" {'0.1 ' if scale == 10 else ''}"
-        assert re.search(rf"^\| {addr} \| `{key}` \| {dtype} \|", readme, re.M), (key, unit)
+        unit = r"0\.1 [^|]*" if scale == 10 else r"[^|]*"
+        assert re.search(rf"^\| {addr} \| `{key}` \| {dtype} \| {unit}\|", readme, re.M), key
