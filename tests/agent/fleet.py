@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from powerctl.agent.certs import agent_name, init_site
+from powerctl.agent.protocol import encode, frame_length
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +42,13 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
+        seen = self.log_text().count(f"listening on port {self.port}")  # a restart appends to the log
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "powerctl.cli", "agent", str(self.config)],
                                      stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         out.close()
         deadline = time.monotonic() + timeout_s
-        while f"listening on port {self.port}" not in self.log_text():
+        while self.log_text().count(f"listening on port {self.port}") <= seen:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.name} exited {self.proc.returncode}:\n{self.log_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -127,3 +131,42 @@ def make_fleet(directory: Path, ports: list[int], *, gpus: int | list[int] = 8, 
         path.write_text(_toml(cfg))
         fleet.agents.append(AgentProc(name, path, port, directory / f"{name}.log"))
     return fleet
+
+
+def probe(port: int, ctx: ssl.SSLContext, name: str, doc: dict[str, Any] | bytes, timeout_s: float = 5.0
+          ) -> dict[str, Any]:
+    """One request on a fresh TLS connection (``doc`` as a dict or as the exact frame bytes); the reply,
+    or ``{"tls_error": ...}`` when the agent ends the handshake or the connection without a reply."""
+    raw = doc if isinstance(doc, bytes) else encode(doc)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s, \
+                ctx.wrap_socket(s, server_hostname=name) as t:
+            t.sendall(raw)
+            head = _recv(t, 4)
+            return dict(json.loads(_recv(t, frame_length(head))))
+    except (ssl.SSLError, ConnectionError, EOFError) as exc:
+        return {"tls_error": str(exc)}
+
+
+def _recv(t: ssl.SSLSocket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = t.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return buf
+
+
+_seq = [0]
+
+
+def state_doc() -> dict[str, Any]:
+    _seq[0] = max(_seq[0] + 1, time.time_ns() // 1000)
+    return {"op": "state", "seq": _seq[0], "ts": time.time()}
+
+
+def requested_w(port: int, ctx: ssl.SSLContext, name: str) -> list[float]:
+    reply = probe(port, ctx, name, state_doc())
+    assert reply.get("ok"), reply
+    return [float(g["requested_w"]) for g in reply["gpus"]]
