@@ -392,6 +392,22 @@ class Telemetry(_Model):
     influx: Influx | None = None
 
 
+class Operator(_Model):
+    """One person (or tool) allowed to command the site: an Ed25519 public key, never a secret
+    (``powerctl command keygen`` makes the pair; the private key stays with the operator)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    public_key: str  # base64 of the 32 raw bytes
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, v: str) -> str:
+        from powerctl.mqtt.auth import public_key_from_b64
+
+        public_key_from_b64(v)  # ValueError says what is wrong
+        return v.strip()
+
+
 class Mqtt(_Model):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -406,6 +422,22 @@ class Mqtt(_Model):
     command_lease_s: PositiveFloat = 60.0
     publish_period_s: PositiveFloat = 1.0
     max_payload_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = 65536
+    # Operator commands (README "Operator commands: who may command the site"): signed by one of
+    # these operators, or refused. Unsigned commands only on a broker the README calls trusted.
+    operators: list[Operator] = Field(default_factory=list)
+    allow_unsigned_commands: bool = False
+    command_window_s: Annotated[float, Field(ge=1, le=300)] = 30.0  # replay window, either side of now
+    command_min_interval_s: Annotated[float, Field(ge=0, le=3600)] = 10.0  # between changes of one command
+    command_rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 20.0  # command messages looked at, per s
+
+    @field_validator("operators")
+    @classmethod
+    def _unique_operators(cls, ops: list[Operator]) -> list[Operator]:
+        names = [o.name for o in ops]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"operator name(s) used twice: {', '.join(dup)}")
+        return ops
 
 
 class Http(_Model):

@@ -8,6 +8,11 @@ to its own defaults. This is pure logic with an injected clock, so the controlle
 Payloads: a bare value (``hold``, ``120``) or JSON ``{"value": 120, "lease_s": 30}``; ``lease_s`` may
 shorten the configured lease, never extend it. ``{"value": null}``, ``clear`` or an empty payload
 ends the lease now. Every result says whether it was accepted and, if not, why.
+
+Commands move the plant, so they are paced like any other change: a command's value may change
+(set to a new value, or cleared) at most once per ``min_change_interval_s`` (renewing the same value
+is always allowed), and a rise of the GPU budget ceiling (a higher value, or clearing it) reaches the
+controller at ``ceiling_rise_kw_per_s`` at most; a lower ceiling applies at once (the safe way).
 """
 
 from __future__ import annotations
@@ -118,9 +123,11 @@ class CommandState:
     """Active command leases; every query ages them against ``clock``."""
 
     def __init__(self, limits: CommandLimits, lease_s: float = 60.0, clock: Callable[[], float] | None = None,
-                 state_path: str | Path | None = None) -> None:
+                 state_path: str | Path | None = None, *, min_change_interval_s: float = 0.0,
+                 ceiling_rise_kw_per_s: float | None = None) -> None:
         """``state_path``: a JSON file the leases are kept in (written atomically on every change), so
-        a restarted daemon honours the commands still running; needs a wall ``clock``."""
+        a restarted daemon honours the commands still running; needs a wall ``clock``.
+        ``ceiling_rise_kw_per_s``: GPU kW/s (None: a rise applies at once)."""
         if lease_s <= 0:
             raise ValueError("lease_s must be > 0")
         import time
@@ -128,9 +135,24 @@ class CommandState:
         self.limits = limits
         self.lease_s = lease_s
         self.clock = clock or time.monotonic
+        self.min_change_interval_s = min_change_interval_s
+        self.ceiling_rise_kw_per_s = ceiling_rise_kw_per_s
+        self._changed_at: dict[str, float] = {}  # command -> when its value last changed
+        self._ceiling: tuple[float, float] | None = None  # (effective ceiling kW, at) while slewing
         self._leases: dict[str, Lease] = {}
         self._state_path = Path(state_path) if state_path is not None else None
         self._load()
+
+    @classmethod
+    def for_site(cls, cfg: SiteConfig, clock: Callable[[], float], state_path: str | Path | None = None
+                 ) -> CommandState:
+        """The daemon's command state: lease, change pacing and ceiling slew from the config (a
+        ceiling rises no faster than caps may: ``gpu.ramp_up_kw_per_s`` is site kW/s)."""
+        m = cfg.mqtt
+        lease_s = m.command_lease_s if m is not None else 60.0
+        interval_s = m.command_min_interval_s if m is not None else 0.0
+        return cls(CommandLimits.from_site(cfg), lease_s, clock, state_path, min_change_interval_s=interval_s,
+                   ceiling_rise_kw_per_s=cfg.gpu.ramp_up_kw_per_s / (1.0 + cfg.gpu.facility_overhead))
 
     # --- persistence ----------------------------------------------------------------------------
 
@@ -192,28 +214,59 @@ class CommandState:
         """Validate and set (or renew) a lease; ``value=None`` clears it."""
         if name not in COMMANDS:
             return CommandResult(name, False, f"unknown command (allowed: {', '.join(COMMANDS)})")
+        now = self.clock()
         if value is None:
-            had = self._leases.pop(name, None)
-            if had:
-                self._save()
-            return CommandResult(name, True, "cleared" if had else "was not active")
+            if name not in self.active(now):
+                return CommandResult(name, True, "was not active")
+            if (wait := self._too_soon(name, now)) is not None:
+                return CommandResult(name, False, wait)
+            self._note_ceiling(now)
+            self._leases.pop(name, None)
+            self._changed_at[name] = now
+            self._save()
+            return CommandResult(name, True, "cleared")
         if lease_s is not None and not 0 < lease_s <= self.lease_s:  # NaN fails the comparison too
             return CommandResult(name, False, f"lease_s {lease_s:g} out of range (0, {self.lease_s:g}] s")
         try:
             checked = self._validate(name, value)
         except CommandError as exc:
             return CommandResult(name, False, str(exc), value if isinstance(value, str | float | int) else None)
-        now = self.clock()
         renewed = name in self.active(now) and self._leases[name].value == checked
+        if not renewed and (wait := self._too_soon(name, now)) is not None:
+            return CommandResult(name, False, wait, checked)
+        if not renewed:
+            self._note_ceiling(now)
+            self._changed_at[name] = now
         lease = Lease(name, checked, now, now + (lease_s if lease_s is not None else self.lease_s))
         self._leases[name] = lease
         self._save()
         return CommandResult(name, True, "renewed" if renewed else "set", checked, lease.expires_at_s)
 
+    def _too_soon(self, name: str, now: float) -> str | None:
+        """Why a change of ``name`` is refused now (rate limit), or None."""
+        last = self._changed_at.get(name)
+        if last is None or self.min_change_interval_s <= 0:
+            return None
+        wait_s = last + self.min_change_interval_s - now
+        if wait_s <= 0 or wait_s > self.min_change_interval_s:  # (a clock step back: allow)
+            return None
+        return (f"rate-limited: {name} changed {now - last:.1f} s ago, at most one change per "
+                f"{self.min_change_interval_s:g} s (next in {wait_s:.1f} s)")
+
+    def _note_ceiling(self, now: float) -> None:
+        """Before the ceiling lease changes: remember where the effective ceiling is, so a rise
+        starts from there."""
+        if self.ceiling_rise_kw_per_s is not None:
+            eff = self.gpu_budget_ceiling_kw(now)
+            self._ceiling = None if eff is None else (eff, now)
+
     def on_clock_step(self, step_s: float) -> None:
         """The clock was stepped: leases keep their real duration (a step back must not stretch one)."""
         self._leases = {n: Lease(n, lease.value, lease.set_at_s + step_s, lease.expires_at_s + step_s)
                         for n, lease in self._leases.items()}
+        self._changed_at = {n: t + step_s for n, t in self._changed_at.items()}
+        if self._ceiling is not None:
+            self._ceiling = (self._ceiling[0], self._ceiling[1] + step_s)
         self._save()
 
     def clear_all(self) -> None:
@@ -263,8 +316,26 @@ class CommandState:
         return str(lease.value) if lease else "auto"
 
     def gpu_budget_ceiling_kw(self, now: float | None = None) -> float | None:
-        lease = self.active(now).get("gpu_budget_max_kw")
-        return float(lease.value) if lease else None
+        """The ceiling in force: the lease's value, except that a rise (a higher value, the lease
+        cleared or expired) climbs at ``ceiling_rise_kw_per_s`` from where the ceiling was."""
+        t = self.clock() if now is None else now
+        lease = self.active(t).get("gpu_budget_max_kw")
+        target = float(lease.value) if lease else None
+        rate = self.ceiling_rise_kw_per_s
+        if rate is None:
+            return target
+        top = self.limits.gpu_budget_max_kw  # no ceiling = every GPU at max_w
+        goal = top if target is None else target
+        if self._ceiling is None:
+            eff = goal if target is not None else None  # first ceiling: a cut, at once
+        else:
+            prev, at = self._ceiling
+            dt_s = min(max(0.0, t - at), 2.0)  # a long pause or a clock jump hands out no big rise
+            eff = min(goal, prev + rate * dt_s)
+            if target is None and eff >= top - 1e-9:
+                eff = None  # climbed back to "no ceiling"
+        self._ceiling = None if eff is None else (eff, t)
+        return eff
 
     def battery_reserve_pct(self, now: float | None = None) -> float | None:
         lease = self.active(now).get("battery_reserve_pct")

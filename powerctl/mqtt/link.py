@@ -5,7 +5,13 @@ One ``MqttLink`` per daemon:
 - subscribes to the MQTT devices' topics (``powerctl.mqtt.sources``) and writes decoded values into
   the process image, sending Victron Venus keep-alives where a profile asks for them;
 - subscribes to exactly the configured command topics and applies them to a ``CommandState``
-  (leases), publishing accepted/refused with the reason;
+  (leases), publishing accepted/refused with the reason. A command acts only when an operator in
+  ``mqtt.operators`` signed it (``powerctl.mqtt.auth``; unsigned only with
+  ``mqtt.allow_unsigned_commands``), never when it arrives retained; command messages beyond
+  ``mqtt.command_rate_per_s`` are dropped unread, refusals are logged at most every 10 s per
+  command, and the receiver yields after every message, so a flood cannot hold up the guard;
+- asks the broker (MQTT 5 Maximum Packet Size) never to send a packet much larger than
+  ``mqtt.max_payload_bytes``, so a 100 MB payload is never buffered here;
 - publishes state, plan, caps and alarms as JSON under ``<prefix>/<site>/<module>/`` (see
   ``powerctl.mqtt.topics``), a retained availability topic with a last will, and optionally Home
   Assistant discovery.
@@ -21,16 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from powerctl.config import ConfigError, Mqtt, SiteConfig
-from powerctl.mqtt.commands import CommandLimits, CommandState
+from powerctl.mqtt.auth import AuthError, CommandVerifier, RateLimitedLog, public_key_from_b64
+from powerctl.mqtt.commands import CommandLimits, CommandResult, CommandState, parse_command_payload
 from powerctl.mqtt.sources import MqttSources, build_sources, declare_signals
 from powerctl.mqtt.topics import TopicTree, homeassistant_discovery, to_json
 from powerctl.process_image import ProcessImage
@@ -38,6 +51,19 @@ from powerctl.process_image import ProcessImage
 log = logging.getLogger("powerctl.mqtt")
 
 _AUTH_CODES = {4, 5, 134, 135}  # 3.1.1 bad user/password, not authorised; 5.0 equivalents
+_TAKEN_OVER = 142  # MQTT 5 DISCONNECT "Session taken over": another client used our client id
+PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic and properties on top of the payload
+
+
+def make_verifier(cfg: Mqtt, clock: Callable[[], float] = time.time) -> CommandVerifier:
+    """The verifier for the configured operators (public keys were checked by the config)."""
+    keys = {op.name: public_key_from_b64(op.public_key) for op in cfg.operators}
+    return CommandVerifier(keys, window_s=cfg.command_window_s, clock=clock)
+
+
+def default_client_id(site: str, module: str) -> str:
+    """Unpredictable, so that nobody can take the daemon's session over by guessing its id."""
+    return f"powerctl-{site}-{module}-{secrets.token_hex(6)}"
 
 
 def _password(cfg: Mqtt) -> str | None:
@@ -65,7 +91,13 @@ def explain_error(exc: BaseException, cfg: Mqtt) -> str:
     where = f"MQTT broker {cfg.host}:{cfg.port}"
     text = str(exc)
     rc = getattr(exc, "rc", None)
-    rc_val = getattr(rc, "value", rc)
+    # a broker's reason code (paho ReasonCode) or one of paho's own MQTT_ERR_* ints (4 there is
+    # "not connected", not "bad user name or password": only a reason code says who refused)
+    rc_val = rc.value if isinstance(rc, ReasonCode) else None
+    if rc_val == _TAKEN_OVER:
+        return (f"{where} dropped this connection: another client connected with the same client id "
+                f"and took the session over (someone reusing mqtt.client_id? leave it unset for an "
+                f"unguessable id, or give each broker user its own id: see examples/mosquitto)")
     if isinstance(rc_val, int) and rc_val in _AUTH_CODES:
         who = f"user {cfg.username!r}" if cfg.username else "anonymous login"
         return (f"{where} refused the login ({text}) for {who}: check mqtt.username and "
@@ -101,6 +133,7 @@ class MqttLink:
         clock: Callable[[], float],
         *,
         sources: MqttSources | None = None,
+        verifier: CommandVerifier | None = None,
         queue_max: int = 1000,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
@@ -118,6 +151,15 @@ class MqttLink:
         self.sources = sources if sources is not None else build_sources(site_cfg)
         declare_signals(self.sources, site_cfg, image)
         self._command_topics = self.tree.command_topics()
+        self.verifier = verifier if verifier is not None else make_verifier(cfg, clock)
+        self.client_id = cfg.client_id or default_client_id(site_cfg.site.id, site_cfg.site.module)
+        self._refusal_log = RateLimitedLog(log.warning, period_s=10.0)
+        self._bucket = (float(max(5.0, cfg.command_rate_per_s)), time.monotonic())  # (tokens, at)
+        if cfg.allow_unsigned_commands:
+            log.warning("mqtt.allow_unsigned_commands is on: anyone who may publish on %s/commands/# "
+                        "commands this site (only for a broker the README calls trusted)", self.tree.base)
+        elif not cfg.operators:
+            log.warning("mqtt: no [[mqtt.operators]] configured: every operator command will be refused")
         self._password = _password(cfg)
         self._tls = _tls_context(cfg)
         self._out: deque[tuple[str, bytes, int, bool]] = deque()
@@ -133,7 +175,8 @@ class MqttLink:
         self.last_error: str | None = None
         self._counts = dict.fromkeys((
             "connects", "connect_failures", "published", "out_dropped", "received", "device_updates",
-            "malformed", "oversize", "commands_accepted", "commands_refused", "keepalives", "unexpected",
+            "malformed", "oversize", "commands_accepted", "commands_refused", "commands_dropped", "keepalives",
+            "unexpected",
         ), 0)
 
     # --- producer side (control loop): never blocks -------------------------------------------
@@ -201,17 +244,22 @@ class MqttLink:
         self.connected = False
 
     def _client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)
+        # the broker must not send us more than this: an oversized message never reaches memory here
+        props.MaximumPacketSize = self.cfg.max_payload_bytes + PACKET_OVERHEAD_BYTES
         return aiomqtt.Client(
             self.cfg.host,
             self.cfg.port,
             username=self.cfg.username,
             password=self._password,
-            identifier=self.cfg.client_id or f"powerctl-{self.site.site.id}-{self.site.site.module}",
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            properties=props,
             will=aiomqtt.Will(self.tree.status, b"offline", qos=1, retain=True),
             tls_context=self._tls,
             timeout=self.timeout_s,
             keepalive=15,
-            max_queued_incoming_messages=10_000,
+            max_queued_incoming_messages=2_000,  # x max packet size: the bound on what waits here
         )
 
     async def _session(self) -> None:
@@ -293,9 +341,10 @@ class MqttLink:
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
-            self._on_message(msg.topic.value, msg.payload)
+            self._on_message(msg.topic.value, msg.payload, retain=bool(msg.retain))
+            await asyncio.sleep(0)  # a queue full of messages must not hold the loop (the guard) up
 
-    def _on_message(self, topic: str, raw: Any) -> None:
+    def _on_message(self, topic: str, raw: Any, *, retain: bool = False) -> None:
         self._counts["received"] += 1
         payload = raw if isinstance(raw, bytes | bytearray) else b"" if raw is None else str(raw).encode()
         payload = bytes(payload)
@@ -309,14 +358,7 @@ class MqttLink:
                                             "reason": f"payload over {self.cfg.max_payload_bytes} bytes"})
             return
         if name:
-            res = self.commands.apply(name, payload)
-            self._counts["commands_accepted" if res.accepted else "commands_refused"] += 1
-            if res.accepted:
-                log.info("MQTT command %s = %r (%s)", name, res.value, res.reason)
-            else:
-                log.warning("MQTT command %s refused: %s", name, res.reason)
-            self._command_result(name, res.as_dict())
-            self._enqueue(self.tree.commands_state, to_json(self.commands.snapshot()), qos=1, retain=True)
+            self._on_command(name, topic, payload, retain)
             return
         if self.cfg.homeassistant_discovery and topic == f"{self.discovery_prefix}/status":
             if payload.strip() == b"online":  # HA restarted: it forgets non-retained discovery
@@ -331,6 +373,53 @@ class MqttLink:
                 log.debug("MQTT %s: %s", topic, "; ".join(problems))
             return
         self._counts["unexpected"] += 1
+
+    def _take_token(self) -> bool:
+        """Token bucket over command messages (burst of one second's worth, at least 5)."""
+        rate = self.cfg.command_rate_per_s
+        tokens, at = self._bucket
+        now = time.monotonic()
+        tokens = min(max(5.0, rate), tokens + (now - at) * rate)
+        ok = tokens >= 1.0
+        self._bucket = (tokens - 1.0 if ok else tokens, now)
+        return ok
+
+    def _on_command(self, name: str, topic: str, payload: bytes, retain: bool) -> None:
+        if not self._take_token():
+            self._counts["commands_dropped"] += 1
+            self._refusal_log(f"{name}:flood", f"MQTT command {name} dropped unread: more than "
+                              f"{self.cfg.command_rate_per_s:g} command messages per second")
+            return
+        operator, res = self._authorise(name, topic, payload, retain)
+        self._counts["commands_accepted" if res.accepted else "commands_refused"] += 1
+        if res.accepted:
+            log.info("MQTT command %s = %r by operator %s (%s)", name, res.value, operator, res.reason)
+            self._command_result(name, {**res.as_dict(), "operator": operator})
+            self._enqueue(self.tree.commands_state, to_json(self.commands.snapshot()), qos=1, retain=True)
+            return
+        # one log line per kind of refusal and command every 10 s: the kind is the reason without
+        # its numbers and quoted parts (which a sender could vary to get past the limit)
+        kind = re.sub(r"[\d.+-]+", "#", res.reason.split("'")[0].split("(")[0])[:48]
+        if self._refusal_log(f"{name}:{kind}", f"MQTT command {name} refused (operator {operator}): {res.reason}"):
+            self._command_result(name, {**res.as_dict(), "operator": operator})  # paced like the log
+
+    def _authorise(self, name: str, topic: str, payload: bytes, retain: bool) -> tuple[str, CommandResult]:
+        """(who, result): a signed command from a configured operator, applied; else refused."""
+        if retain:
+            # a retained command would act again at every reconnect and restart: never
+            return "unknown", CommandResult(name, False, "retained command refused (publish commands with retain "
+                                                         "off; the retained message stays on the broker)")
+        try:
+            auth = self.verifier.verify(topic, payload)
+        except AuthError as exc:
+            if not (self.cfg.allow_unsigned_commands and str(exc).startswith("unsigned")):
+                return "unknown", CommandResult(name, False, f"not authorised: {exc}")
+            try:
+                value, lease_s = parse_command_payload(payload)
+            except ValueError as perr:
+                return "unsigned", CommandResult(name, False, str(perr))
+            return "unsigned", self.commands.set(name, value, lease_s)
+        return auth.operator, self.commands.set(name, auth.value, auth.lease_s)
 
     def _command_result(self, name: str, result: dict[str, Any]) -> None:
         self._enqueue(self.tree.command_result(name), to_json(result), qos=1, retain=False)

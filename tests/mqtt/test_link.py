@@ -154,7 +154,8 @@ async def test_last_will_marks_a_crashed_daemon_offline(mosquitto: Mosquitto) ->
 
 
 async def test_command_changes_mode_and_expires_without_renewal(mosquitto: Mosquitto) -> None:
-    link = make_link(site_config(), Mqtt(port=mosquitto.port, command_lease_s=1.0), lease_check_s=0.1)
+    # lease semantics, on a broker trusted with unsigned commands (signatures: tests/security/test_mqtt_auth.py)
+    link = make_link(site_config(), Mqtt(port=mosquitto.port, command_lease_s=1.0, allow_unsigned_commands=True), lease_check_s=0.1)
     async with observer(mosquitto.port, f"{BASE}/commands/#") as (obs, op):
         async with running(link):
             await wait_connected(link)
@@ -172,7 +173,7 @@ async def test_command_changes_mode_and_expires_without_renewal(mosquitto: Mosqu
 
 
 async def test_out_of_range_malformed_oversize_commands_refused(mosquitto: Mosquitto) -> None:
-    link = make_link(site_config(), Mqtt(port=mosquitto.port, max_payload_bytes=64))
+    link = make_link(site_config(), Mqtt(port=mosquitto.port, max_payload_bytes=64, allow_unsigned_commands=True))
     topic = f"{BASE}/commands/gpu_budget_max_kw"
     async with observer(mosquitto.port, f"{BASE}/commands/#") as (obs, op):
         async with running(link):
