@@ -38,6 +38,8 @@ import signal
 import socket
 import stat
 import struct
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,15 @@ log = logging.getLogger("powerctl.capsetter")
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 512  # the longest valid request is ~60 bytes
-MAX_CONNECTIONS = 8  # the daemon, the watchdog, apply-safe-caps, an operator: a few at most
-IDLE_TIMEOUT_S = 300.0  # a connection that sends nothing for this long is closed (the client reconnects)
+# Connections: the daemon, the watchdog, apply-safe-caps, an operator. Each peer uid (SO_PEERCRED)
+# holds at most MAX_PER_UID; a new connection from a uid at its quota closes that uid's least
+# recently active one, so no client can lock another uid out, and a restarted daemon is never
+# locked out by its own stale connections. MAX_CONNECTIONS bounds the total (a new uid beyond it
+# is refused: it takes MAX_CONNECTIONS // MAX_PER_UID distinct uids to get there).
+MAX_PER_UID = 4
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 30.0  # nothing sent for this long: closed (the socket backend reconnects on its own)
+REQUEST_TIMEOUT_S = 2.0  # a request line must be complete this long after its first byte
 OPS: dict[str, frozenset[str]] = {
     "list": frozenset(),
     "power": frozenset({"gpu"}),
@@ -130,7 +139,7 @@ class CapSetter:
             Range(max(cfg.gpu.min_w, i.min_w), min(cfg.gpu.max_w, i.max_w)) for i in self.infos
         ]
         self._lock = asyncio.Lock()  # one backend call at a time (NVML takes a global lock anyway)
-        self._connections = 0
+        self._conns: dict[asyncio.StreamWriter, _Conn] = {}
         self.counts = {"connections": 0, "requests": 0, "sets": 0, "refused": 0, "oversize": 0, "busy": 0}
 
     # --- requests -----------------------------------------------------------------------------
@@ -195,43 +204,88 @@ class CapSetter:
 
     # --- the socket ---------------------------------------------------------------------------
 
+    @property
+    def _connections(self) -> int:
+        return len(self._conns)
+
+    def _admit(self, writer: asyncio.StreamWriter, uid: int | None) -> str | None:
+        """Register a connection (evicting this uid's least recently active one at its quota);
+        the refusal text when the total is full."""
+        mine = sorted((c for c in self._conns.values() if c.uid == uid), key=lambda c: c.active_s)
+        if len(mine) >= MAX_PER_UID:
+            oldest = mine[0]
+            log.warning("uid %s: %d connections already: closing its least recently active one", uid, len(mine))
+            self.counts["evicted"] = self.counts.get("evicted", 0) + 1
+            oldest.writer.transport.abort()
+            del self._conns[oldest.writer]
+        elif len(self._conns) >= MAX_CONNECTIONS:
+            return f"busy: {MAX_CONNECTIONS} connections already"
+        self._conns[writer] = _Conn(writer, uid, time.monotonic())
+        return None
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
-        if self._connections >= MAX_CONNECTIONS:
+        uid, peer = _peer(writer)
+        refusal = self._admit(writer, uid)
+        if refusal is not None:
             self.counts["busy"] += 1
-            log.warning("%sconnection refused: already %d connections", peer, self._connections)
-            await _send(writer, {"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections already"})
+            log.warning("%sconnection refused: %s", peer, refusal)
+            with contextlib.suppress(Exception):
+                await _send(writer, {"ok": False, "error": refusal})
             await _close(writer)
             return
-        self._connections += 1
         self.counts["connections"] += 1
         log.info("%sconnected", peer)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(IDLE_TIMEOUT_S):
-                        line = await reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError:
+            await self._serve_lines(reader, writer, peer)
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+        finally:
+            self._conns.pop(writer, None)
+            await _close(writer)
+            log.info("%sdisconnected", peer)
+
+    async def _serve_lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        """Frame and answer lines until the client goes, idles, dawdles mid-line or oversteps the size."""
+        buf = bytearray()
+        first_byte_s = 0.0
+        while True:
+            while (nl := buf.find(b"\n")) < 0:
+                if len(buf) > MAX_REQUEST_BYTES:
                     self.counts["oversize"] += 1
                     self.counts["refused"] += 1
                     log.warning("%srefused: request over %d bytes; closing", peer, MAX_REQUEST_BYTES)
                     await _send(writer, {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes; closing"})
                     return
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial.strip():
+                wait_s = IDLE_TIMEOUT_S if not buf else first_byte_s + REQUEST_TIMEOUT_S - time.monotonic()
+                try:
+                    async with asyncio.timeout(max(0.0, wait_s)):
+                        chunk = await reader.read(MAX_REQUEST_BYTES + 1)
+                except TimeoutError:
+                    if buf:
+                        self.counts["slow"] = self.counts.get("slow", 0) + 1
+                        log.warning("%sclosed: request incomplete after %.0f s", peer, REQUEST_TIMEOUT_S)
+                    return
+                if not chunk:
+                    if buf.strip():
                         await _send(writer, {"ok": False, "error": "request without a newline at the end"})
                     return
-                except TimeoutError:
-                    return
-                if not line.strip():
-                    continue
-                await _send(writer, await self.answer(line.rstrip(b"\r\n"), peer))
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._connections -= 1
-            await _close(writer)
-            log.info("%sdisconnected", peer)
+                if not buf:
+                    first_byte_s = time.monotonic()
+                buf += chunk
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            first_byte_s = time.monotonic()  # what follows in the buffer starts its clock now
+            conn = self._conns.get(writer)
+            if conn is not None:
+                conn.active_s = time.monotonic()
+            if len(line) > MAX_REQUEST_BYTES:
+                self.counts["oversize"] += 1
+                self.counts["refused"] += 1
+                await _send(writer, {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes; closing"})
+                return
+            if not line.strip():
+                continue
+            await _send(writer, await self.answer(line.rstrip(b"\r"), peer))
 
     async def serve(self, path: str | Path, stop: asyncio.Event, *, mode: int = 0o660, group: str | None = None) -> None:
         """Listen on ``path`` (mode/group applied before anyone can connect) until ``stop`` is set."""
@@ -248,9 +302,15 @@ class CapSetter:
 
 
 def bind_socket(path: str | Path, *, mode: int = 0o660, group: str | None = None) -> socket.socket:
-    """A listening Unix socket at ``path`` with ``mode``/``group``; a stale socket file is replaced,
-    anything else at that path is an error (never unlink a file we did not make)."""
+    """A listening Unix socket at ``path`` with ``mode``/``group``.
+
+    The socket is bound, chowned and chmodded inside a fresh private directory (0700, ours) and only
+    then renamed to ``path``: rename never follows a symlink at its target, and nobody can swap the
+    socket for a link while we set its mode (chmod follows links). The directory of ``path`` must
+    not be writable by anyone who is not us (``check_private_dir``). A stale socket at ``path`` is
+    replaced; anything else there is an error (never replace a file we did not make)."""
     p = Path(path)
+    check_private_dir(p.parent, what="socket directory")
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -258,33 +318,66 @@ def bind_socket(path: str | Path, *, mode: int = 0o660, group: str | None = None
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{p} exists and is not a socket: refusing to replace it")
-        p.unlink()
+    private = Path(tempfile.mkdtemp(prefix=".capsetter-", dir=p.parent))  # mode 0700
+    inner = private / "s"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # no window in which the socket is accessible to anyone but us
     try:
-        sock.bind(str(p))
-    finally:
-        os.umask(old)
-    if group is not None:
+        old = os.umask(0o177)  # no window in which the socket is accessible to anyone but us
         try:
-            os.chown(p, -1, grp.getgrnam(group).gr_gid)
-        except KeyError:
-            sock.close()
-            raise OSError(f"gpu.socket_group: no group named {group!r}") from None
-    os.chmod(p, mode)
+            sock.bind(str(inner))
+        finally:
+            os.umask(old)
+        if group is not None:
+            try:
+                os.chown(inner, -1, grp.getgrnam(group).gr_gid)
+            except KeyError:
+                raise OSError(f"gpu.socket_group: no group named {group!r}") from None
+        os.chmod(inner, mode)
+        os.rename(inner, p)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            inner.unlink()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            private.rmdir()
     sock.listen(16)
     sock.setblocking(False)
     return sock
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    """'uid U pid P: ' from SO_PEERCRED (Linux), for the log."""
+def check_private_dir(directory: Path, *, what: str) -> None:
+    """``directory`` and every directory above it: no one but root (and us) may rename entries in it
+    (not writable by group/others, unless sticky and root-owned like /tmp), and, when running as
+    root, owned by root. ConfigError naming the directory otherwise."""
+    me = os.geteuid()
+    for d in [directory.resolve(), *directory.resolve().parents]:
+        st = os.stat(d)
+        if st.st_uid not in (0, me):
+            raise ConfigError(f"{d}: {what} owned by uid {st.st_uid}: whoever owns it can swap what is in it; "
+                              "chown root it")
+        open_to_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if open_to_others and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
+            raise ConfigError(f"{d}: {what} writable by group or others (mode {stat.filemode(st.st_mode)}): "
+                              "they could replace what is in it; chmod go-w it")
+
+
+def _peer(writer: asyncio.StreamWriter) -> tuple[int | None, str]:
+    """(uid, 'uid U pid P: ') from SO_PEERCRED (Linux); (None, '') where unavailable."""
     sock = writer.get_extra_info("socket")
     try:
         pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-        return f"uid {uid} pid {pid}: "
+        return uid, f"uid {uid} pid {pid}: "
     except (OSError, AttributeError):
-        return ""
+        return None, ""
+
+
+@dataclass
+class _Conn:
+    writer: asyncio.StreamWriter
+    uid: int | None
+    active_s: float  # monotonic time of its last complete request (or its connect)
 
 
 async def _send(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
@@ -302,8 +395,10 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 def check_config_file(path: Path) -> None:
     """The cap-setter's limits are only worth something if its client cannot edit them: refuse a
-    config writable by group or others, and, when running as root, one not owned by root."""
+    config writable by group or others, and, when running as root, one not owned by root; the same
+    for its directory and those above (a writable directory lets a client swap the file)."""
     st = os.stat(path)
+    check_private_dir(path.resolve().parent, what="config directory")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigError(f"{path}: writable by group or others (mode {stat.filemode(st.st_mode)}): the cap-setter's "
                           "limits must not be editable by its clients; chmod go-w it")
@@ -338,6 +433,9 @@ def main_capsetter(config: str | Path) -> int:
 
     try:
         asyncio.run(run())
+    except ConfigError as exc:
+        print(f"capsetter: {exc}", flush=True)
+        return 2
     except OSError as exc:
         print(f"capsetter: socket {socket_path_of(cfg)}: {exc.strerror or exc}", flush=True)
         return 2

@@ -3,6 +3,7 @@ and the unprivileged ``socket`` backend talking to it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from powerctl.capsetter import MAX_CONNECTIONS, MAX_REQUEST_BYTES
+from powerctl.capsetter import MAX_CONNECTIONS, MAX_PER_UID, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S, bind_socket
 from powerctl.config import ConfigError, load_config
 from powerctl.daemon import Daemon
 from powerctl.gpu.base import GpuError
@@ -215,17 +216,85 @@ def held_connection(path: str) -> Raw:
     raise AssertionError("could not hold a connection")
 
 
-def test_connection_limit(capsetter: CapSetterProc) -> None:
-    held = [held_connection(capsetter.sock) for _ in range(MAX_CONNECTIONS)]
-    extra = Raw(capsetter.sock)
-    busy = json.loads(extra.f.readline())
-    assert busy["ok"] is False and "busy" in busy["error"]
-    extra.close()
-    held.pop().close()
-    time.sleep(0.2)
-    assert SocketGpus(capsetter.sock).read_limits_w(0)[0] > 0
-    for r in held:
+def test_connection_limit_per_uid_evicts_the_least_recently_active(capsetter: CapSetterProc) -> None:
+    held = [held_connection(capsetter.sock) for _ in range(MAX_PER_UID)]
+    newest = held_connection(capsetter.sock)  # the uid's quota is full: its oldest goes, not the newcomer
+    assert held[0].f.readline() == b""
+    assert newest.ask(b'{"op":"limits","gpu":0}')["ok"] is True
+    for r in [*held, newest]:
         r.close()
+
+
+async def test_half_sent_connections_do_not_lock_out_the_daemon(capsetter: CapSetterProc, tmp_path: Path) -> None:
+    """Issue 12: eight idle half-sent connections locked the cap-setter for 300 s and the daemon
+    died at start. Now a new client always gets in, and a half line is dropped after
+    REQUEST_TIMEOUT_S."""
+    half = []
+    for _ in range(2 * MAX_CONNECTIONS):
+        r = Raw(capsetter.sock)
+        r.s.settimeout(REQUEST_TIMEOUT_S + 60)
+        with contextlib.suppress(OSError):
+            r.s.sendall(b'{"op":"li')  # no newline: never finished
+        half.append(r)
+    client_cfg = load_config(site_toml(tmp_path, "daemon.toml", f'backend = "socket"\nsocket_path = "{capsetter.sock}"'))
+    daemon = Daemon(client_cfg, forecaster=lambda *a: None)  # type: ignore[arg-type,return-value]
+    assert len(daemon.slots) == client_cfg.gpu.count  # it started: list_gpus went through
+    # the most recent half-sent connection is still open; the server closes it on its own
+    last = half[-1]
+    with contextlib.suppress(OSError):
+        assert last.f.readline() == b""
+    for r in half:
+        r.close()
+
+
+def test_capsetter_refuses_a_config_directory_its_clients_could_write(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # anyone could replace capsetter.toml by rename, whatever its mode
+    cs = CapSetterProc(open_dir)
+    out = subprocess.run([sys.executable, "-m", "powerctl.cli", "capsetter", str(cs.config)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "config directory writable by group or others" in out.stdout and str(open_dir) in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_socket_cannot_be_swapped_for_a_symlink_after_bind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attacker who wins the race after bind() and puts a symlink at the socket path must not
+    get our chmod/chown applied to the link's target. The race is forced: the swap happens when
+    bind_socket restores its umask, right after bind()."""
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    os.chmod(victim, 0o600)
+    path = tmp_path / "cap.sock"
+    real_umask = os.umask
+    calls = []
+
+    def umask_then_swap(mask: int) -> int:
+        calls.append(mask)
+        if len(calls) == 2:  # the restore after bind: swap whatever is at the path for a link
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.symlink(victim, path)
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", umask_then_swap)
+    with contextlib.suppress(OSError):
+        sock = bind_socket(path, mode=0o660)
+        sock.close()
+    monkeypatch.setattr(os, "umask", real_umask)
+    assert len(calls) == 2
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, "chmod followed the planted symlink"
+    assert victim.read_text() == "secret"
+
+
+def test_socket_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    open_dir = tmp_path / "run"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(ConfigError, match="socket directory writable by group or others"):
+        bind_socket(open_dir / "cap.sock")
+    assert list(open_dir.iterdir()) == []
 
 
 def test_client_reconnects_after_a_capsetter_restart(capsetter: CapSetterProc) -> None:
