@@ -28,6 +28,7 @@ from typing import Any
 
 from powerctl.config import SiteConfig
 from powerctl.natures import Nature
+from powerctl.statefile import StateFileError, read_state_json
 
 log = logging.getLogger("powerctl.mqtt.commands")
 
@@ -161,13 +162,16 @@ class CommandState:
         safe default is no command), a lease is never longer than ``lease_s`` from now."""
         if self._state_path is None:
             return
-        try:
-            doc = json.loads(self._state_path.read_text())
+        try:  # bounded: size, nesting, regular files only (powerctl/statefile.py)
+            doc = read_state_json(self._state_path)
+            if doc is None:
+                return
             items = doc["leases"].items()
-        except FileNotFoundError:
+        except StateFileError as exc:
+            log.warning("command leases: %s: starting with no lease", exc)
             return
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            log.warning("command leases %s unreadable (%s): starting without", self._state_path, exc)
+        except (KeyError, AttributeError, TypeError) as exc:
+            log.warning("command leases %s: no 'leases' object (%s): starting with no lease", self._state_path, exc)
             return
         now = self.clock()
         for name, d in items:
