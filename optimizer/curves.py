@@ -1,9 +1,9 @@
-"""Concave piecewise-linear value of compute, fitted from measured cap-vs-throughput curves.
+"""Concave piecewise-linear value of compute, fitted from measured cap-vs-throughput points.
 
-Data: `reference/gpu-cap-curves.csv` (columns gpu, workload, cap_w, relative_throughput, source),
-one row per (GPU model, workload, power cap). A workload class (e.g. "inference") is a set of GPUs
-of one model running workloads whose names start with a prefix; its IT power budget p_kw is the sum
-of the per-GPU caps, and its value rate is value_full_per_h * relative throughput.
+Pure: numpy in, breakpoints out. The measured points are looked up and passed in by the caller
+(``powerctl/throughput.py`` reads the table, ``powerctl/control/value_curves.py`` scales a curve to a
+workload class: its IT power budget p_kw is the sum of the per-GPU caps, its value rate the class's
+full-throughput value times the relative throughput).
 
 Fit: we take the upper concave hull of the measured points plus the origin, then drop breakpoints
 (merging neighbouring segments, which keeps the curve concave) until at most `max_segments` remain,
@@ -16,10 +16,6 @@ Fewer segments make the problem smaller; three describe these curves to within a
 """
 
 from __future__ import annotations
-
-import csv
-from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -77,42 +73,3 @@ def fit_concave_pwl(p_kw: FloatArray, value: FloatArray, max_segments: int = 3,
         k = 1 + int(np.argmin(losses))
         hx, hy = np.delete(hx, k), np.delete(hy, k)
     return hx, hy
-
-
-def class_points(rows: Iterable[Mapping[str, str]], gpu: str, workload_prefix: str) -> tuple[FloatArray, FloatArray]:
-    """Per-GPU cap (W) and mean relative throughput at each cap for matching CSV rows."""
-    caps: dict[float, list[float]] = {}
-    for i, r in enumerate(rows):
-        if r.get("gpu") != gpu or not str(r.get("workload", "")).startswith(workload_prefix):
-            continue
-        try:
-            cap, thr = float(r["cap_w"]), float(r["relative_throughput"])
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"gpu-cap-curves row {i + 1}: bad cap_w/relative_throughput ({exc})") from exc
-        caps.setdefault(cap, []).append(thr)
-    if not caps:
-        raise InputError(f"gpu-cap-curves: no rows for gpu={gpu!r}, workload starting {workload_prefix!r}")
-    cap_w = np.array(sorted(caps))
-    return cap_w, np.array([float(np.mean(caps[c])) for c in cap_w])
-
-
-def fit_class_value(rows: Iterable[Mapping[str, str]], gpu: str, workload_prefix: str, n_gpus: int,
-                    value_full_per_h: float, max_segments: int = 3) -> tuple[FloatArray, FloatArray]:
-    """Breakpoints (kW) and value rates (per hour) for a class of `n_gpus` GPUs (GpuClassParams fields).
-
-    `value_full_per_h` is what the whole class's compute is worth per hour at full throughput.
-    """
-    if n_gpus <= 0 or value_full_per_h < 0:
-        raise InputError("gpu class: n_gpus must be > 0 and value_full_per_h >= 0")
-    cap_w, thr = class_points(rows, gpu, workload_prefix)
-    return fit_concave_pwl(cap_w * n_gpus / 1000.0, thr * value_full_per_h, max_segments)
-
-
-def load_curve_rows(path: str | Path) -> list[dict[str, str]]:
-    """Read the cap-vs-throughput CSV (the only I/O in this module)."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    need = {"gpu", "workload", "cap_w", "relative_throughput"}
-    if rows and not need <= set(rows[0]):
-        raise InputError(f"{path}: missing columns {sorted(need - set(rows[0]))}")
-    return rows

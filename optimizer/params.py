@@ -73,7 +73,7 @@ class GpuClassParams:
 
     Value of compute is a concave piecewise-linear function given by breakpoints:
     `value_breakpoints_kw` (increasing, first = p_min_kw, last = p_max_kw) and `value_per_h` (value
-    rate in currency per hour at each breakpoint; slopes must be non-increasing). `curves.fit_class_value`
+    rate in currency per hour at each breakpoint; slopes must be non-increasing). `curves.fit_concave_pwl`
     builds these from measured cap-vs-throughput curves. If both are empty the class has zero value.
 
     `ramp_penalty_per_kw` is the cost of moving the budget by 1 kW between steps (L1, so small

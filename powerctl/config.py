@@ -196,7 +196,8 @@ class WorkloadClass(_Model):
     gpus: Annotated[int, Field(ge=0)]
     priority: Annotated[int, Field(ge=0)] = 0  # 0 = most important; shed last
     value_per_kwh: NonNegFloat = 0.5  # value of compute at full throughput, per kWh of IT energy
-    curve: str = "infer_llama_8b"  # a workload name in reference gpu-cap-curves, or "linear"
+    # a workload id in powerctl/data/gpu-cap-curves.csv for the pool's GPU model (`gpu.model`), or "linear"
+    curve: str = "infer_llama_8b"
     floor_pct: Pct = 0.0  # share of the class that must keep running (kW floor = this x max)
 
 
@@ -264,6 +265,9 @@ class GpuPool(_Model):
     # backend = "simulated": a JSON file holding the simulated caps, so separate processes (daemon,
     # watchdog, apply-safe-caps) act on the same simulated GPUs. None = in-memory only.
     sim_state_file: str | None = None
+    # The GPU model whose measured cap-vs-throughput curves apply: the `gpu` column of
+    # powerctl/data/gpu-cap-curves.csv (A100, A40, V100, ...). Only its rows are used.
+    model: str = "A100"
     min_w: PositiveFloat = 100.0
     max_w: PositiveFloat = 400.0
     safe_cap_w: PositiveFloat = 150.0
@@ -305,6 +309,13 @@ class GpuPool(_Model):
         for hook in self.shed_hooks:
             if hook.workload not in names:
                 raise ValueError(f"shed_hooks: workload {hook.workload!r} is not a class ({', '.join(names)})")
+        from powerctl.throughput import CurveError, throughput_curve
+
+        for i, c in enumerate(self.classes):
+            try:
+                throughput_curve(self.model, c.curve)
+            except CurveError as exc:
+                raise ValueError(f"classes[{i}].curve: {exc}") from None
         if self.backend == "agents":
             self._check_nodes(names)
         return self

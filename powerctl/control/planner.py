@@ -2,7 +2,8 @@
 
 Pure functions (no I/O, the clock is an argument). Stale inputs are replaced by their worst case
 before the optimizer sees them: a stale SoC plans from the bottom of the window, a stale PV reading
-forecasts from zero, and an unknown genset state is taken as "off".
+forecasts from zero, and an unknown genset state is taken as "off". Value curves come from the
+packaged GPU curve table (``powerctl.throughput``), read once when the config is validated.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from powerctl.optimizer import (
     SiteParams,
 )
 from powerctl.process_image import ProcessImage
+from powerctl.throughput import throughput_curve
 
 
 def site_params(cfg: SiteConfig) -> SiteParams:
@@ -63,7 +65,8 @@ def site_params(cfg: SiteConfig) -> SiteParams:
     pool = cfg.gpu
     classes = []
     for c in pool.classes:
-        bp_kw, v_per_h = class_value_pwl(c.curve, c.gpus, pool.max_w, c.value_per_kwh)
+        frac, tput = throughput_curve(pool.model, c.curve)
+        bp_kw, v_per_h = class_value_pwl(frac, tput, c.gpus, pool.max_w, c.value_per_kwh)
         p_max_kw = c.gpus * pool.max_w / 1000.0
         classes.append(
             GpuClassParams(

@@ -3,38 +3,24 @@
 Each GPU belongs to one workload class of the config (``gpu.classes``, in order: class 0's GPUs
 first). Each step the demand function says how many watts each GPU *would* draw uncapped; the
 drawn power follows ``min(cap, demand)`` through a first-order lag of ``tau_s`` (the NVML 1 s
-average and the power-management loop; reference/gpu-power.md section 5).
+average and the power-management loop).
 
 Throughput: relative throughput of a GPU drawing ``p`` W is read from a cap-vs-throughput curve
-(reference/gpu-cap-curves.csv, normalised to the GPU's ``max_w``): the work it does per hour is
-``rel_tput(p)`` times what it does at full power. Value of compute per hour for a GPU =
+(the rows of the site's ``gpu.model`` in powerctl/data/gpu-cap-curves.csv, normalised to the
+GPU's ``max_w``): the work it does per hour is ``rel_tput(p)`` times what it does at full power. Value of compute per hour for a GPU =
 ``value_per_kwh x max_w/1000 x rel_tput(p)``, i.e. ``value_per_kwh`` is the value of one kWh of IT
 energy at full throughput (config ``WorkloadClass.value_per_kwh``).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from powerctl.config import GpuPool
-
-# Normalised curves (cap / 400 W -> relative throughput), A100 rows of reference/gpu-cap-curves.csv:
-# ai-emerald/emerald-ai-demo-may-2025 data/dvfs_sweep.csv, 256-GPU A100 cluster of Colangelo et al.
-# arXiv:2507.00909. Below the lowest measured cap the curve runs straight to (0, 0).
-_A100_W = 400.0
-BUILTIN_CURVES: dict[str, list[tuple[float, float]]] = {
-    "ft_llama_8b_dolly": [(100, 0.241), (200, 0.807), (250, 0.904), (300, 0.951), (350, 0.98), (400, 1.0)],
-    "ft_llama_8b_p3": [(100, 0.228), (200, 0.784), (250, 0.878), (300, 0.937), (350, 0.967), (400, 1.0)],
-    "infer_llama_8b": [(100, 0.225), (200, 0.781), (250, 0.871), (300, 0.931), (350, 0.976), (400, 1.0)],
-    "pt_mpt_13b_lg": [(100, 0.191), (200, 0.624), (250, 0.781), (300, 0.86), (350, 0.921), (400, 1.0)],
-    "pt_mpt_13b_sm": [(100, 0.191), (200, 0.638), (250, 0.783), (300, 0.866), (350, 0.912), (400, 1.0)],
-    "pt_mpt_7b_fast": [(100, 0.175), (200, 0.626), (250, 0.787), (300, 0.874), (350, 0.935), (400, 1.0)],
-}
+from powerctl.throughput import throughput_curve
 
 
 class Curve:
@@ -57,39 +43,12 @@ class Curve:
         return np.interp(np.clip(frac, 0.0, self.frac[-1]), self.frac, self.tput)
 
 
-def get_curve(name: str, curves_csv: str | Path | None = None) -> Curve:
-    """A curve by workload name: builtin A100 names, "linear", or ``GPU:workload`` from a CSV."""
-    if name == "linear":
-        return Curve([0.0, 1.0], [0.0, 1.0], "linear")
-    if name in BUILTIN_CURVES:
-        pts = BUILTIN_CURVES[name]
-        return Curve([c / _A100_W for c, _ in pts], [t for _, t in pts], name)
-    if curves_csv is not None:
-        return load_curve_csv(curves_csv, name)
-    try:  # the table the planner's value curves come from (powerctl/data/gpu-cap-curves.csv)
-        from powerctl.control.value_curves import throughput_curve
-
-        frac, tput = throughput_curve(name)
-        return Curve(frac, tput, name)
-    except (ImportError, KeyError):
-        pass
-    raise ValueError(f"unknown GPU curve {name!r}; known: linear, {', '.join(BUILTIN_CURVES)}")
-
-
-def load_curve_csv(path: str | Path, key: str) -> Curve:
-    """Read ``GPU:workload-prefix`` (e.g. ``V100:resnet50``) from a gpu-cap-curves.csv file."""
-    gpu, _, wl = key.partition(":")
-    caps: list[float] = []
-    tputs: list[float] = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["gpu"] == gpu and row["workload"].startswith(wl):
-                caps.append(float(row["cap_w"]))
-                tputs.append(float(row["relative_throughput"]))
-    if len(caps) < 2:
-        raise ValueError(f"{path}: no curve with gpu={gpu!r} and workload starting {wl!r}")
-    top = max(caps)
-    return Curve([c / top for c in caps], tputs, key)
+def get_curve(gpu_model: str, name: str) -> Curve:
+    """The measured curve of ``name`` for ``gpu_model``: the one lookup, ``powerctl.throughput``."""
+    frac, tput = throughput_curve(gpu_model, name)
+    # Measurement noise aside, a higher cap never does less work (the GPU may run the lower cap's
+    # clocks), so a dip in the measured points is flattened for the plant.
+    return Curve(frac, np.maximum.accumulate(tput), name=name)
 
 
 DemandFn = Callable[[float], "Mapping[str, float] | Sequence[float] | float"]
@@ -112,7 +71,7 @@ class GpuCluster:
         # GPUs whose work is shed (paused by a hook): they idle and do no work until released again
         self.released = np.zeros(self.n, dtype=bool)
         self.tau_s = tau_s
-        self.curves = [get_curve(c.curve) for c in pool.classes]
+        self.curves = [get_curve(pool.model, c.curve) for c in pool.classes]
         self.value_per_kwh = np.array([c.value_per_kwh for c in pool.classes], dtype=float)
         # counters
         self.e_kwh = 0.0

@@ -16,7 +16,8 @@ from powerctl.optimizer.commitment import (
     window_steps,
     windowed,
 )
-from powerctl.optimizer.curves import fit_class_value, fit_concave_pwl, load_curve_rows, upper_concave_hull
+from powerctl.optimizer.curves import fit_concave_pwl, upper_concave_hull
+from powerctl.throughput import load_table, throughput_curve
 
 CSV = Path(__file__).resolve().parents[2] / "powerctl" / "data" / "gpu-cap-curves.csv"
 
@@ -43,8 +44,8 @@ def test_fit_reduces_segments_keeping_concavity_and_ends() -> None:
 def test_fit_from_measured_a100_curves() -> None:
     if not CSV.exists():
         pytest.fail(f"reference data missing: {CSV}")
-    rows = load_curve_rows(CSV)
-    bp, val = fit_class_value(rows, "A100", "infer", n_gpus=64, value_full_per_h=100.0, max_segments=3)
+    frac, tput = throughput_curve("A100", "infer_llama_8b", load_table(CSV))
+    bp, val = fit_concave_pwl(frac * 64 * 0.4, tput * 100.0, max_segments=3)
     # 64 GPUs at 400 W = 25.6 kW at full throughput (relative 1.0).
     assert bp[-1] == pytest.approx(25.6) and val[-1] == pytest.approx(100.0)
     # At a 200 W cap (12.8 kW) the CSV says 0.781 of full throughput; the hull keeps that vertex.
@@ -53,10 +54,6 @@ def test_fit_from_measured_a100_curves() -> None:
 
 
 def test_fit_errors_name_the_problem() -> None:
-    with pytest.raises(InputError, match="no rows for gpu='H100'"):
-        fit_class_value([{"gpu": "A100", "workload": "x", "cap_w": "1", "relative_throughput": "1"}], "H100", "x", 1, 1)
-    with pytest.raises(InputError, match="row 1: bad cap_w"):
-        fit_class_value([{"gpu": "A100", "workload": "x", "cap_w": "n/a", "relative_throughput": "1"}], "A100", "x", 1, 1)
     with pytest.raises(InputError, match="finite"):
         fit_concave_pwl(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
 

@@ -221,12 +221,14 @@ def test_pvlib_model_kwp_orientation_temperature() -> None:
 
 
 def test_plant_curves_match_planner_table() -> None:
-    from powerctl.control.value_curves import throughput_curve
     from powerctl.sim.plant.gpu_cluster import get_curve
+    from powerctl.throughput import throughput_curve
 
-    for name in ("infer_llama_8b", "pt_mpt_7b_fast", "ft_llama_8b_dolly"):
-        frac, tput = throughput_curve(name)
-        np.testing.assert_allclose(get_curve(name)(frac), tput)
+    for gpu, name in (("A100", "infer_llama_8b"), ("A100", "pt_mpt_7b_fast"), ("A40", "resnet50"), ("V100", "resnet50")):
+        frac, tput = throughput_curve(gpu, name)
+        np.testing.assert_allclose(get_curve(gpu, name)(frac), tput)
+    frac, tput = throughput_curve("A40", "ncf")  # a measured dip is flattened for the plant
+    assert np.all(np.diff(get_curve("A40", "ncf")(frac)) >= 0) and np.any(np.diff(tput) < 0)
 
 
 def test_empty_tank_stops_engine_and_refill_counts_deliveries() -> None:
