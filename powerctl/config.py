@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from powerctl.natures import Nature
+from powerctl.tariff_config import Tariff
 
 
 class ConfigError(Exception):
@@ -486,6 +487,7 @@ class SiteConfig(_Model):
     mqtt: Mqtt | None = None
     http: Http | None = None
     scada: Scada | None = None
+    tariff: Tariff | None = None  # grid prices (powerctl.tariff_config)
 
     @field_validator("devices")
     @classmethod

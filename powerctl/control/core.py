@@ -25,6 +25,7 @@ import numpy as np
 from powerctl.config import SiteConfig
 from powerctl.control.planner import build_inputs, genset_running, site_params
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
+from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
 from powerctl.optimizer import DispatchProblem, Plan
 from powerctl.process_image import ProcessImage
@@ -95,6 +96,8 @@ class ControllerCore:
         self.slots = gpu_slots
         self.forecaster = forecaster
         self.params = site_params(cfg)
+        # Grid prices and the billing period's peak (in memory; the daemon may give it a state file).
+        self.billing = GridBilling(cfg)
         self.problem = problem if problem is not None else DispatchProblem(self.params)
         self.steps_s = np.asarray(self.params.steps_s, dtype=float)
         self.plan_result: Plan | None = None
@@ -141,6 +144,8 @@ class ControllerCore:
             self.genset_state_s(now_s, running),
             other_kw,
             reserve_extra_kw,
+            prices=self.billing.horizon(now_s, self.steps_s),
+            peak_import_kw=self.billing.observe(now_s, image),
         )
         plan = self.problem.solve(inputs, deadline_s=deadline_s or self.cfg.control.solve_deadline_s)
         self.plan_result, self.plan_t_s = plan, now_s

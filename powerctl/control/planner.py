@@ -18,10 +18,12 @@ from powerctl.optimizer import (
     DispatchInputs,
     GensetParams,
     GpuClassParams,
+    GridParams,
     PvParams,
     SiteParams,
 )
-from powerctl.process_image import ProcessImage
+from powerctl.process_image import ProcessImage, Quality
+from powerctl.tariffs import HorizonPrices
 from powerctl.throughput import throughput_curve
 
 
@@ -85,6 +87,7 @@ def site_params(cfg: SiteConfig) -> SiteParams:
         batteries=bats,
         gensets=gens,
         gpu_classes=classes,
+        grid=grid_params(cfg),
         facility_overhead=pool.facility_overhead,
         reserve_load_pct=ctl.reserve_load_pct,
         reserve_pv_pct=ctl.reserve_pv_pct,
@@ -92,6 +95,40 @@ def site_params(cfg: SiteConfig) -> SiteParams:
         spill_penalty_per_kwh=ctl.spill_penalty_per_kwh,
         solver=ctl.solver,
     )
+
+
+def grid_params(cfg: SiteConfig) -> GridParams | None:
+    """The grid at the site's meters (limits summed), None for an islanded site (no limits > 0)."""
+    meters = cfg.by_nature(Nature.METER)
+    imp = sum(m.limits.max_import_kw for m in meters)
+    exp = sum(m.limits.max_export_kw for m in meters)
+    if imp <= 0 and exp <= 0:
+        return None
+    demand = cfg.tariff.demand_charge_per_kw if cfg.tariff is not None else 0.0
+    return GridParams(name="+".join(m.name for m in meters), import_max_kw=imp, export_max_kw=exp,
+                      demand_charge_per_kw=demand)
+
+
+def grid_fresh(cfg: SiteConfig, image: ProcessImage, now_s: float) -> bool:
+    """Every meter's power reads GOOD: only then is the grid planned with (stale means worst case:
+    a meter we cannot see plans as islanded, no import and no export)."""
+    return all(image.get(m.name, "p_kw", now_s).quality is Quality.GOOD for m in cfg.by_nature(Nature.METER))
+
+
+def grid_inputs(cfg: SiteConfig, image: ProcessImage, now_s: float, x: DispatchInputs,
+                prices: HorizonPrices | None, peak_import_kw: float) -> DispatchInputs:
+    """Add the grid's prices, limits and billing state to the optimizer inputs."""
+    steps = x.other_load_kw.shape[0]
+    if prices is not None:
+        x.import_price_per_kwh = prices.import_per_kwh
+        x.export_price_per_kwh = prices.export_per_kwh
+        x.in_billing_period = prices.in_billing_period
+        x.co2_kg_per_kwh = prices.co2_kg_per_kwh
+    if not grid_fresh(cfg, image, now_s):
+        x.grid_import_max_kw = np.zeros(steps)
+        x.grid_export_max_kw = np.zeros(steps)
+    x.peak_import_kw = max(0.0, float(peak_import_kw))
+    return x
 
 
 def current_soc_pct(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.ndarray:
@@ -121,9 +158,11 @@ def build_inputs(
     genset_state_s: np.ndarray,
     other_load_kw: np.ndarray | None = None,
     reserve_extra_kw: np.ndarray | None = None,
+    prices: HorizonPrices | None = None,
+    peak_import_kw: float = 0.0,
 ) -> DispatchInputs:
     steps = len(cfg.control.horizon_steps_s)
-    return DispatchInputs(
+    x = DispatchInputs(
         pv_forecast_kw=np.asarray(pv_forecast_kw, dtype=float),
         gpu_demand_kw=np.asarray(gpu_demand_kw, dtype=float),
         other_load_kw=np.zeros(steps) if other_load_kw is None else np.asarray(other_load_kw, dtype=float),
@@ -133,3 +172,4 @@ def build_inputs(
         prev_gpu_kw=np.asarray(prev_gpu_kw, dtype=float),
         reserve_extra_kw=None if reserve_extra_kw is None else np.asarray(reserve_extra_kw, dtype=float),
     )
+    return grid_inputs(cfg, image, now_s, x, prices, peak_import_kw) if grid_params(cfg) is not None else x
