@@ -164,6 +164,8 @@ class DispatchInputs:
     in_billing_period: BoolArray | None = None
     # Grid CO2 intensity per step (kg/kWh), reported in the plan, not priced. None = not given.
     co2_kg_per_kwh: FloatArray | None = None
+    # Where the first step's import price came from (e.g. "tou:winter/peak", "csv:<path>"), for the plan.
+    price_source: str = ""
 
 
 @dataclass
@@ -206,6 +208,10 @@ class Plan:
     # Grid import and export per step (kW, both >= 0, never both > 0); zeros without a grid.
     grid_import_kw: FloatArray = field(default_factory=lambda: np.zeros(0))
     grid_export_kw: FloatArray = field(default_factory=lambda: np.zeros(0))
+    # The prices the plan was made with (as given, per step; empty without a grid) and their source.
+    import_price_per_kwh: FloatArray = field(default_factory=lambda: np.zeros(0))
+    export_price_per_kwh: FloatArray = field(default_factory=lambda: np.zeros(0))
+    price_source: str = ""
 
     def explain(self) -> str:
         """Human-readable one-paragraph summary of the plan's status and slack use."""

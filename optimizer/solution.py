@@ -7,6 +7,7 @@ it into a `Plan` the same way, so objective terms and slack reports mean the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -264,4 +265,15 @@ def make_plan(p: SiteParams, x: DispatchInputs, v: ParamValues, sched: Schedule,
     return Plan(pv_kw=d.pv, battery_kw=bat_kw, soc_pct=soc, genset_kw=d.g, genset_on=sched.on.copy(), gpu_kw=d.gpu,
                 unserved_kw=unserved, spill_kw=spill, reserve_short_kw=short, objective_terms=terms, slack=slack,
                 status=status, solver=solver, rung=rung, solve_time_s=solve_time_s, steps_s=steps.copy(),
-                objective=objective, notes=list(notes or []), grid_import_kw=imp, grid_export_kw=exp)
+                objective=objective, notes=list(notes or []), grid_import_kw=imp, grid_export_kw=exp,
+                **_plan_prices(p, x))
+
+
+def _plan_prices(p: SiteParams, x: DispatchInputs) -> dict[str, Any]:
+    """The prices as given (not as the planner capped them) for the plan's readers."""
+    if p.grid is None:
+        return {}
+    T = p.horizon_steps
+    imp = np.zeros(T) if x.import_price_per_kwh is None else np.asarray(x.import_price_per_kwh, float)
+    exp = np.zeros(T) if x.export_price_per_kwh is None else np.asarray(x.export_price_per_kwh, float)
+    return {"import_price_per_kwh": imp, "export_price_per_kwh": exp, "price_source": x.price_source}

@@ -163,4 +163,5 @@ def _check_grid_inputs(p: SiteParams, x: DispatchInputs, out: DispatchInputs) ->
     if not np.isfinite(peak) or peak < 0:
         raise InputError(f"peak_import_kw: {peak!r} must be finite and >= 0")
     out.peak_import_kw = peak
+    out.price_source = str(x.price_source)[:200]
     return out

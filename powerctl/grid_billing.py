@@ -17,11 +17,13 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from powerctl.config import SiteConfig
 from powerctl.natures import Nature
+from powerctl.optimizer import Plan
 from powerctl.process_image import ProcessImage, Quality
 from powerctl.tariff_config import BillingPeriod, Tariff
 from powerctl.tariffs import HorizonPrices, TariffPrices, billing_key
@@ -122,3 +124,29 @@ class GridBilling:
         if good:
             self.tracker.update(now_s, total)
         return self.tracker.peak_kw(now_s)
+
+
+def plan_grid_fields(plan: Plan) -> dict[str, Any]:
+    """First-step grid figures of a plan for the `plan` telemetry measurement (empty without a grid)."""
+    if plan.grid_import_kw.size == 0:
+        return {}
+    out: dict[str, Any] = {"grid_kw": float(plan.grid_import_kw[0] - plan.grid_export_kw[0])}
+    if plan.import_price_per_kwh.size:
+        out["import_price_per_kwh"] = float(plan.import_price_per_kwh[0])
+        out["export_price_per_kwh"] = float(plan.export_price_per_kwh[0])
+    if plan.price_source:
+        out["price_source"] = plan.price_source
+    for term in ("grid_import_cost", "export_revenue", "demand_charge", "peak_import_kw"):
+        if term in plan.objective_terms:
+            out[term] = float(plan.objective_terms[term])
+    return out
+
+
+def plan_grid_payload(plan: Plan) -> dict[str, Any]:
+    """The grid's per-step series for the MQTT plan payload (empty without a grid)."""
+    if plan.grid_import_kw.size == 0:
+        return {}
+    return {"grid_kw": (plan.grid_import_kw - plan.grid_export_kw).tolist(),
+            "import_price_per_kwh": plan.import_price_per_kwh.tolist(),
+            "export_price_per_kwh": plan.export_price_per_kwh.tolist(),
+            "price_source": plan.price_source}

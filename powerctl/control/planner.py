@@ -124,6 +124,7 @@ def grid_inputs(cfg: SiteConfig, image: ProcessImage, now_s: float, x: DispatchI
         x.export_price_per_kwh = prices.export_per_kwh
         x.in_billing_period = prices.in_billing_period
         x.co2_kg_per_kwh = prices.co2_kg_per_kwh
+        x.price_source = prices.source
     if not grid_fresh(cfg, image, now_s):
         x.grid_import_max_kw = np.zeros(steps)
         x.grid_export_max_kw = np.zeros(steps)

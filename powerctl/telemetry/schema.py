@@ -41,6 +41,15 @@ SCHEMA["plan"] = {
     "genset_kw": ("kW", "first step: genset output"),
     "gpu_kw": ("kW", "first step: GPU budget"),
     "unserved_kw": ("kW", "first step: load the plan cannot serve (slack)"),
+    # grid-tied sites only (powerctl.grid_billing.plan_grid_fields)
+    "grid_kw": ("kW", "first step: grid power, + = import"),
+    "import_price_per_kwh": ("currency/kWh", "first step: import price"),
+    "export_price_per_kwh": ("currency/kWh", "first step: export price"),
+    "price_source": ("", "where the first step's import price came from: csv:<path>, tou:<season>/<period>, flat"),
+    "grid_import_cost": ("currency", "plan: grid energy cost over the horizon"),
+    "export_revenue": ("currency", "plan: export revenue over the horizon"),
+    "demand_charge": ("currency", "plan: demand charge added above the billing period's peak so far"),
+    "peak_import_kw": ("kW", "plan: the billing period's peak import (so far or planned)"),
 }
 SCHEMA["event"] = {
     "kind": ("", "guard_cut, shed, restore, readback_mismatch, write_error, stopped, ... (string)"),

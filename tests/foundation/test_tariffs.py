@@ -165,3 +165,24 @@ def test_planner_plans_islanded_while_the_meter_is_stale() -> None:
     assert np.all(stale.grid_import_max_kw == 0.0) and np.all(stale.grid_export_max_kw == 0.0)  # type: ignore[attr-defined]
     assert stale.peak_import_kw == 40.0  # type: ignore[attr-defined]  # the peak so far stays
     assert [d.nature for d in cfg.devices].count(Nature.METER) == 1  # type: ignore[attr-defined]
+
+
+def test_the_plan_carries_prices_and_their_source() -> None:
+    from powerctl.grid_billing import plan_grid_fields, plan_grid_payload
+    from powerctl.optimizer import DispatchProblem
+
+    now = utc(2025, 7, 16, 19.0)  # 14:00 local, a summer weekday: peak price
+    cfg, img = _image(GRID, now, 120.0)
+    img.update("bess", "soc_pct", 60.0, now)
+    params = site_params(cfg)  # type: ignore[arg-type]
+    T = params.horizon_steps
+    billing = GridBilling(cfg)  # type: ignore[arg-type]
+    x = build_inputs(cfg, img, now, np.full((1, T), 50.0), np.full((3, T), 20.0), np.zeros(3), np.zeros(1),  # type: ignore[arg-type]
+                     prices=billing.horizon(now, params.steps_s), peak_import_kw=billing.observe(now, img))
+    plan = DispatchProblem(params).solve(x, deadline_s=10)
+    assert plan.rung == "primary", plan.explain()
+    fields = plan_grid_fields(plan)
+    assert fields["price_source"] == "tou:summer/peak" and fields["import_price_per_kwh"] == 0.42
+    assert fields["peak_import_kw"] >= 120.0  # the measured peak is the floor
+    payload = plan_grid_payload(plan)
+    assert len(payload["import_price_per_kwh"]) == T and payload["price_source"] == "tou:summer/peak"
