@@ -35,7 +35,7 @@ import osqp
 import scipy.sparse as sp
 from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import dims_to_solver_cones
 
-from powerctl.optimizer.backend import CandidatePruned, SolverFailed, parameter_pairs, set_parameters
+from powerctl.optimizer.backend import CandidatePruned, SolverFailed, parameter_pairs
 from powerctl.optimizer.highs_lp import PRUNE_MARGIN, Bounds, HighsLp, LpRows, Prices
 from powerctl.optimizer.model import Model
 from powerctl.optimizer.params import FloatArray, SiteParams
@@ -290,9 +290,3 @@ class DirectBackend:
             raise SolverFailed(f"{solver}: non-finite solution")
         self.stats["solved"] += 1
         return self._unpack(x, v), obj + d, status
-
-    def reference_solve(self, v: ParamValues, solver: str) -> float:
-        """The same solve through cvxpy (tests compare against it)."""
-        set_parameters(self.model, v)
-        self.model.problem.solve(solver=solver, ignore_dpp=False)
-        return float(self.model.problem.value)

@@ -253,10 +253,6 @@ class Guard:
             reason="; ".join(reasons),
         )
 
-    def note_applied(self, caps_w: Mapping[int, float]) -> None:
-        """What the backend actually holds (read-back), if it differs from what was decided."""
-        self.last_caps_w.update(caps_w)
-
 
 # --- I/O around the core ------------------------------------------------------------------------
 

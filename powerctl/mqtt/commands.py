@@ -273,10 +273,6 @@ class CommandState:
             self._ceiling = (self._ceiling[0], self._ceiling[1] + step_s)
         self._save()
 
-    def clear_all(self) -> None:
-        self._leases.clear()
-        self._save()
-
     def _validate(self, name: str, value: Any) -> str | float:
         lim = self.limits
         if name == "mode":

@@ -227,14 +227,6 @@ def _fill_gaps(s: pd.Series, source: str, max_gap_s: float) -> pd.Series:
     return s.interpolate(method="time", limit_area="inside")
 
 
-def resample_mean(
-    s: pd.Series | pd.DataFrame, step_s: float, *, label_start: bool = True
-) -> pd.Series | pd.DataFrame:
-    """Interval means on a regular grid of ``step_s`` (downsampling)."""
-    rule = pd.Timedelta(seconds=step_s)
-    return s.resample(rule, label="left" if label_start else "right", closed="left").mean()
-
-
 def interp_to(s: pd.Series, index: pd.DatetimeIndex) -> pd.Series:
     """Linear interpolation of ``s`` onto ``index`` (upsampling), holding the ends."""
     x = np.asarray(s.index.as_unit("s").asi8, dtype=float)
