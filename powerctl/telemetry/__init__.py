@@ -12,6 +12,11 @@ batches:
   deterministically (sorted tags and fields, integer ns timestamps), so a re-sent point has the
   same series and timestamp and overwrites itself instead of doubling.
 
+Telemetry never takes control down: when the spool cannot be written (read-only remount, full disk,
+a directory where a segment should be) the batches are kept in memory instead, bounded by
+``max_buffer_points`` (oldest dropped, counted), logged once when it starts and once when it ends;
+an unexpected error in a flush is logged once and the writer goes on.
+
 On cancellation the buffer is written synchronously (file, or spool) before ``run`` re-raises, so a
 clean stop loses nothing; a spool left behind is delivered by the next start.
 """
@@ -87,6 +92,9 @@ class Telemetry:
         self._base_tags = {"site": site, "module": module}
         self._tag_cache: dict[str | None, str] = {}
         self._buf: list[str] = []
+        self._held: list[str] = []  # spool unusable: batches kept here (worker thread, under _lock)
+        self._spool_down: str | None = None  # why, logged once
+        self._flush_errors: set[str] = set()  # unexpected flush errors already logged
         self._buf_since = 0.0
         self._max_buffer = max(1, max_buffer_points)
         self._retry_min_s = retry_min_s
@@ -191,7 +199,7 @@ class Telemetry:
         plus the current buffered points and spool size (points, bytes)."""
         with self._lock:
             out = dict(self._counts)
-        out["buffered"] = len(self._buf)
+        out["buffered"] = len(self._buf) + len(self._held)
         if self.spool is not None:
             out["spool_points"] = self.spool.points
             out["spool_bytes"] = self.spool.size_bytes
@@ -211,7 +219,13 @@ class Telemetry:
                     async with asyncio.timeout(self.flush_interval_s):
                         await self._wake.wait()
                 self._wake.clear()
-                await self._flush(force=False)
+                try:
+                    await self._flush(force=False)
+                except Exception as exc:  # telemetry must never end the daemon: log once, go on
+                    key = type(exc).__name__
+                    if key not in self._flush_errors:
+                        self._flush_errors.add(key)
+                        log.exception("telemetry: flush failed (%s); going on", exc)
         except asyncio.CancelledError:
             self._flush_sync()
             raise
@@ -242,6 +256,12 @@ class Telemetry:
             await self._flush_locked(force=force)
 
     async def _flush_locked(self, *, force: bool) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        if held:  # what the spool could not take comes first (it is older)
+            self._buf[:0] = held
+            if not self._buf_since:
+                self._buf_since = self._clock()
         if self.spool is None:
             if self._buf and self.file is not None:
                 await self._in_worker(self._append_file, self._take())
@@ -281,7 +301,8 @@ class Telemetry:
             self._retry_at = 0.0
             return
         if not self._outage:
-            log.warning("telemetry: InfluxDB not taking writes; spooling to %s", self.spool and self.spool.dir)
+            log.warning("telemetry: InfluxDB not taking writes; spooling to %s",
+                        self.spool.dir if self.spool is not None else None)
         self._outage = True
         self._backoff_s = min(max(self._backoff_s * 2, self._retry_min_s), self._retry_max_s)
         self._retry_at = self._clock() + self._backoff_s
@@ -348,8 +369,24 @@ class Telemetry:
             self.spool.append(lines)
             self._count("spooled", len(lines))
         except OSError as exc:
-            log.error("telemetry: cannot spool %d points: %s", len(lines), exc)
-            self._count("dropped", len(lines))
+            self._hold(lines, f"{exc.strerror or exc}")
+            return
+        if self._spool_down is not None:
+            log.warning("telemetry: spool %s writable again", self.spool.dir)
+            self._spool_down = None
+
+    def _hold(self, lines: list[str], why: str) -> None:
+        """The spool cannot take ``lines``: keep them in memory (bounded), log once."""
+        if self._spool_down is None:
+            self._spool_down = why
+            log.error("telemetry: cannot spool to %s (%s): keeping up to %d points in memory",
+                      self.spool.dir if self.spool is not None else None, why, self._max_buffer)
+        with self._lock:
+            self._held.extend(lines)
+            over = len(self._held) - self._max_buffer
+            if over > 0:
+                del self._held[:over]
+                self._counts["dropped"] += over
 
     def _append_file(self, lines: list[str]) -> None:
         assert self.file is not None

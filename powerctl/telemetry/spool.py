@@ -6,16 +6,24 @@ the whole segment or none of it. Segments are sent oldest first and deleted only
 accepted them. The spool survives restarts: a new ``Spool`` on the same directory picks the segments
 up. The total size is bounded; when a new segment would exceed the bound the oldest segments are
 deleted and their points counted as dropped.
+
+A spool never takes the daemon down: a directory it cannot make or list (read-only remount, a full
+disk) leaves it empty with ``unusable`` set (``append`` then raises ``OSError``, which the writer
+turns into in-memory buffering); an entry it cannot delete or move (a segment path that is a
+directory) is forgotten, logged and counted, never retried forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("powerctl.telemetry.spool")
 
 _SEGMENT = re.compile(r"^(\d{12})-(\d+)\.lp$")
 
@@ -45,21 +53,34 @@ class Spool:
             raise ValueError("spool max_bytes must be > 0")
         self.dir = directory
         self.max_bytes = max_bytes
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.dropped_points = 0
+        self.unusable: str | None = None  # why the directory cannot be used (None: it can)
         # The writer thread and the shutdown path (event-loop thread) may both touch the spool.
         self._lock = threading.RLock()
         self._segments: list[Segment] = []
+        self._bytes = self._points = 0
+        self._next_seq = 1
+        try:
+            self._scan()
+        except OSError as exc:
+            self.unusable = f"{self.dir}: {exc.strerror or exc}"
+            log.error("telemetry spool %s unusable: %s", self.dir, exc.strerror or exc)
+
+    def _scan(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.dir.glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)  # a crash mid-write: the batch was never acknowledged as spooled
+            with contextlib.suppress(OSError):  # a crash mid-write: never acknowledged as spooled
+                tmp.unlink(missing_ok=True)
+        found = []
         for p in self.dir.iterdir():
             m = _SEGMENT.match(p.name)
             if m:
-                self._segments.append(Segment(p, int(m.group(1)), int(m.group(2)), p.stat().st_size))
-        self._segments.sort(key=lambda s: s.seq)
+                with contextlib.suppress(OSError):  # vanished or unreadable: not ours to count
+                    found.append(Segment(p, int(m.group(1)), int(m.group(2)), p.stat().st_size))
+        self._segments = sorted(found, key=lambda s: s.seq)
         self._bytes = sum(s.size_bytes for s in self._segments)
         self._points = sum(s.points for s in self._segments)
-        self._next_seq = self._segments[-1].seq + 1 if self._segments else 1
+        self._next_seq = max(self._next_seq, self._segments[-1].seq + 1 if self._segments else 1)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -87,6 +108,12 @@ class Spool:
     def _append(self, lines: list[str]) -> int:
         if not lines:
             return 0
+        if self.unusable is not None:
+            try:
+                self._scan()
+                self.unusable = None
+            except OSError as exc:
+                raise OSError(exc.errno, f"spool unusable: {self.unusable}") from None
         data = ("\n".join(lines) + "\n").encode()
         if len(data) > self.max_bytes:
             # A single batch larger than the whole spool: keep nothing rather than evict everything.
@@ -123,7 +150,10 @@ class Spool:
             _fsync_dir(self.dir)
 
     def _remove(self, seg: Segment) -> int:
-        seg.path.unlink(missing_ok=True)
+        try:
+            seg.path.unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a directory where a segment should be, a read-only remount
+            log.error("telemetry spool: cannot delete %s (%s): forgotten", seg.path, exc.strerror or exc)
         self._forget(seg)
         return seg.points
 
@@ -135,9 +165,13 @@ class Spool:
     def set_aside(self, seg: Segment, reason: str) -> Path:
         """Move a segment the server rejected as malformed out of the queue (kept for inspection)."""
         with self._lock:
-            target = self._rejected_dir() / seg.path.name
-            os.replace(seg.path, target)
-            target.with_suffix(".reason").write_text(reason + "\n")
+            target = self.dir / "rejected" / seg.path.name
+            try:
+                target = self._rejected_dir() / seg.path.name
+                os.replace(seg.path, target)
+                target.with_suffix(".reason").write_text(reason + "\n")
+            except OSError as exc:
+                log.error("telemetry spool: cannot set %s aside (%s): forgotten", seg.path, exc.strerror or exc)
             if seg in self._segments:
                 self._forget(seg)
             return target
