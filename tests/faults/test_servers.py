@@ -27,7 +27,9 @@ def influx(tmp_path: Path, vm: VictoriaMetrics) -> dict[str, Any]:
 
 
 def mqtt(mq: Mosquitto) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": mq.port, "publish_period_s": 1.0, "command_lease_s": 30.0}
+    # leases under faults, not authorisation (that is tests/security/test_mqtt_auth.py): a trusted broker
+    return {"host": "127.0.0.1", "port": mq.port, "publish_period_s": 1.0, "command_lease_s": 30.0,
+            "allow_unsigned_commands": True}
 
 
 async def telemetry_drained(rig: FaultRig, timeout_s: float = 15.0) -> None:

@@ -21,6 +21,7 @@ async def test_daemon_publishes_and_obeys_a_hold_command(tmp_path: Path, mosquit
     base = demo_config(tmp_path)
     text = Path(tmp_path / "site.toml").read_text()  # noqa: ASYNC240
     text += f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\ntopic_prefix = "pc"\ncommand_lease_s = 30\n'
+    text += "allow_unsigned_commands = true\n"  # a trusted test broker (signed commands: tests/security)
     (tmp_path / "site.toml").write_text(text)
     cfg = load_config(tmp_path / "site.toml")
     assert cfg.mqtt is not None and base.site.id == cfg.site.id
