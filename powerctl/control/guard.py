@@ -177,6 +177,7 @@ class Guard:
         requested_caps_w: Mapping[int, float] | None,
         gpu_power_w: float | None,
         other_load_kw: float = 0.0,
+        held_w: Mapping[int, float] | None = None,
     ) -> GuardDecision:
         """Caps to send now. ``requested_caps_w`` None means no plan (planner dead): safe caps.
 
@@ -221,8 +222,13 @@ class Guard:
         # Shedding is slow and drastic: decide it on the supply now, not on the projection.
         allowed_now_w = max(0.0, (sv.available_kw - sv.margin_kw - other_kw) / self.k_overhead * 1000.0)
         shed_now = self.shedder.update(allowed_now_w, now_s)
-        cut = cut_to_total(want, allowed_w, self.gpus, shed_classes=self.shedder.shed,
-                           idle_w=self.cfg.gpu.idle_w)
+        # ``held_w``: GPUs no cap reaches now (a node agent that does not answer, powerctl.gpu.agents)
+        # at the highest cap they may still hold. Room for them first; the others are cut to fit.
+        held = {i: w for i, w in (held_w or {}).items() if i in want}
+        free = [s for s in self.gpus if s.index not in held] if held else self.gpus
+        cut = cut_to_total({s.index: want[s.index] for s in free}, max(0.0, allowed_w - sum(held.values())), free,
+                           shed_classes=self.shedder.shed, idle_w=self.cfg.gpu.idle_w)
+        cut.caps_w.update({i: want[i] for i in held})
         is_cut = any(cut.caps_w[i] < want[i] - 1e-9 for i in want)
         if is_cut:
             reasons.append(f"caps cut to {sum(cut.caps_w.values()) / 1000:.1f} kW (allowed {allowed_w / 1000:.1f} kW)")

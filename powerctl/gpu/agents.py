@@ -153,6 +153,8 @@ class AgentGpus:
         if node.writer is None or node.reader is None:
             node.reader, node.writer = await asyncio.open_connection(
                 node.host, node.port, ssl=self._ctx, server_hostname=node.cfg.name)
+        if doc["op"] == "set":  # from here on the agent may apply it, whether it answers or not
+            self._record_sent(node, doc["caps_w"])
         node.writer.write(encode(doc))
         await node.writer.drain()
         n = frame_length(await node.reader.readexactly(4))
@@ -186,15 +188,18 @@ class AgentGpus:
             node.error = f"refused: {reply.get('error', '?')}"
         return reply
 
-    async def _set_node(self, node: _Node) -> dict[str, Any] | None:
-        caps = [self._fill(node, local) for local in range(len(node.gpus))]
+    def _record_sent(self, node: _Node, caps: list[float]) -> None:
+        """A set went out: each cap may hold until its lease ends (the agent counts it from ``ts``)."""
         now = self.clock()
         for local, cap in enumerate(caps):
             q = node.sent[local]
             q.append((now + self.lease_s + CLOCK_ALLOWANCE_S, cap))
             while q and q[0][0] <= now:
                 node.last_cap_w[local] = q.popleft()[1]
-        node.last_set_t = now
+
+    async def _set_node(self, node: _Node) -> dict[str, Any] | None:
+        caps = [self._fill(node, local) for local in range(len(node.gpus))]
+        node.last_set_t = self.clock()
         doc = {"op": "set", "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps, "lease_s": self.lease_s}
         return await self._try(node, doc, self.timeout_s)
 
@@ -246,6 +251,10 @@ class AgentGpus:
         if last is None:  # never sent: a previous controller's lease may still hold it at max
             return node.max_w if now - node.started_s < self.lease_s + CLOCK_ALLOWANCE_S else node.safe_w
         return min(node.safe_w, last)
+
+    def held_caps_w(self) -> dict[int, float]:
+        """GPUs on nodes that do not answer now, at ``assumed_cap_w``: the guard's ``held_w``."""
+        return {i: self.assumed_cap_w(i) for node in self.nodes if not self._fresh(node) for i in node.gpus}
 
     def node_of(self, index: int) -> str:
         return self._node(index)[0].cfg.name
@@ -336,6 +345,11 @@ class AgentGpus:
         self._poller.cancel()
 
         async def close_all() -> None:
+            me = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not me]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
             for node in self.nodes:
                 await self._close(node)
 

@@ -203,3 +203,69 @@ def test_no_certificate_other_site_and_replay_are_refused_and_logged(fleet: Flee
     assert "replay or out of order" in log and "older than this agent's start" in log
     assert json.dumps(first).count("333") >= 2  # the refusals changed nothing: the caps are the first set's
     assert requested_w(a0.port, ctx, a0.name) == [333.0, 333.0]
+
+
+# --- a node that stops answering ------------------------------------------------------------
+
+
+def test_stopped_agent_counts_at_its_last_lease_then_at_the_safe_cap(fleet: Fleet) -> None:
+    b = backend_for(fleet, lease_s=1.5)
+    a0 = fleet.agents[0]
+    try:
+        assert all(r.ok for r in b.set_caps_w({0: 300.0, 1: 120.0}))
+        a0.signal(signal.SIGSTOP)
+        wait_for(lambda: "agent-000" in [b.node_of(r.index) for r in b.set_caps_w({0: 250.0}) if not r.ok],
+                 5, "a set to the stopped node fails")
+        # the 250 W set may or may not have been applied: the highest cap of a live lease counts
+        assert b.read_power_w(0) == 300.0 and b.read_power_w(1) == 120.0
+        # every lease sent to it has run out: min(safe, last cap)
+        wait_for(lambda: b.read_power_w(0) == SAFE_W, 5, "GPU 0 counted at the safe cap after the lease")
+        assert b.read_power_w(1) == 120.0
+    finally:
+        a0.signal(signal.SIGCONT)
+        b.close()
+
+
+def test_guard_cuts_the_other_nodes_to_make_room_for_a_stopped_one(fleet: Fleet) -> None:
+    from powerctl.control.guard import Guard
+    from powerctl.control.split import slots_from_pool
+    from powerctl.gpu_io import read_gpu_power_w
+    from tests.gpu.site import image_for
+
+    b = backend_for(fleet, lease_s=60.0)  # node 1 holds its lease for the whole test
+    cfg = site(classes=[{"name": "prod", "gpus": 4}, {"name": "batch", "gpus": 3, "priority": 1}],
+               gpu={"min_w": 100.0, "max_w": 700.0, "safe_cap_w": SAFE_W, "ramp_up_kw_per_s": 100.0})
+    guard = Guard(cfg, slots_from_pool(cfg.gpu, b.list_gpus()), gpu_lag_s=0.1)
+    img = image_for(cfg, max_age_s=5.0)
+    indices = list(range(7))
+    stopped = [4, 5, 6]  # agent-001, the batch node: [200, 700] W GPUs
+
+    def tick(pv_kw: float) -> float:
+        now = time.monotonic()
+        img.update("pv1", "p_kw", pv_kw, now)
+        img.update("bat1", "soc_pct", 10.0, now)  # at its floor: the battery adds nothing
+        img.update("bat1", "p_kw", 0.0, now)
+        d = guard.evaluate(img, now, requested_caps_w={i: 300.0 for i in indices},
+                           gpu_power_w=read_gpu_power_w(b, indices), held_w=b.held_caps_w())
+        b.set_caps_w(d.caps_w)
+        return d.gpu_allowed_kw * 1000.0
+
+    try:
+        for _ in range(5):
+            tick(10.0)  # plenty: every GPU at the 300 W asked
+        assert [b.read_limits_w(i)[0] for i in indices] == [300.0] * 7
+        fleet.agents[1].signal(signal.SIGSTOP)
+        assert [b.assumed_cap_w(i) for i in stopped] == [300.0] * 3
+
+        def fits() -> bool:
+            allowed_w = tick(3.0)  # the supply drops: ~1.7 kW of GPU power allowed
+            held_w = sum(b.read_limits_w(i)[0] for i in indices if i not in stopped)
+            time.sleep(0.1)
+            return held_w + sum(b.assumed_cap_w(i) for i in stopped) <= allowed_w + 1.0
+
+        wait_for(fits, 30, "the reachable nodes cut so that they plus the stopped node's lease fit", step_s=0.0)
+        assert [b.assumed_cap_w(i) for i in stopped] == [300.0] * 3  # still counted at its lease
+        assert all(b.read_limits_w(i)[0] < 300.0 for i in indices if i not in stopped)
+    finally:
+        fleet.agents[1].signal(signal.SIGCONT)
+        b.close()
