@@ -1,7 +1,7 @@
 """Natures: the few typed device kinds control code is written against.
 
 Control code never sees vendor registers. A profile maps registers onto these signal names; the
-units and signs here are the contract (DESIGN.md, "Units and signs"):
+units and signs here are the contract (README.md, "Natures, signals and signs"):
 
 - battery ``p_kw`` positive = discharge (supply to the site), negative = charge;
 - PV and genset ``p_kw`` positive = generation;

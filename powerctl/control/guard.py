@@ -76,7 +76,7 @@ class Guard:
     hooked_classes: Sequence[str] = ()
     last_caps_w: dict[int, float] = field(default_factory=dict)
     last_t_s: float | None = None
-    gpu_lag_s: float = 0.5  # GPU power time constant after a cap change (gpu-power.md §10.6)
+    gpu_lag_s: float = 0.5  # GPU power time constant after a cap change (NVML's power reading is a ~1 s average)
     trend_window_s: float = 0.6
     lookahead_s: float | None = None  # None: guard period + slowest supply poll + gpu_lag_s
 

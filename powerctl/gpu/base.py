@@ -1,7 +1,7 @@
 """The GPU backend protocol: list GPUs, read power/energy/limits, set a cap and read it back.
 
 Units at this interface are W and J (backends convert from mW/mJ). Every setter reads the limit
-back, because some NVML versions report success whatever the driver said (gpu-power.md §3).
+back, because nvidia-ml-py's nvmlDeviceSetPowerManagementLimit_v2 ignores the driver's return code.
 """
 
 from __future__ import annotations

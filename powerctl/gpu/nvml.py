@@ -2,7 +2,7 @@
 
 - Power: the instant field (``NVML_FI_DEV_POWER_INSTANT``) where the GPU has it; otherwise
   ``nvmlDeviceGetPowerUsage`` (a 1 s average on Ampere and newer). Field reads carry their own
-  return code per element, so it is checked rather than trusted (gpu-power.md §2).
+  return code per element, so it is checked rather than trusted (NVML API reference, nvmlDeviceGetFieldValues).
 - Energy: ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded). The counter resets
   on driver reload; we accumulate the increments so the energy we report never goes backwards.
 - Caps: held to the device constraints and the site range, set with
@@ -36,7 +36,7 @@ def import_pynvml() -> types.ModuleType:
     except ImportError:
         raise GpuError("gpu.backend = 'nvml' needs nvidia-ml-py: pip install nvidia-ml-py") from None
     if not hasattr(pynvml, "_nvmlGetFunctionPointer"):
-        # The PyPI package named "pynvml" (>= 12) is not the official bindings (gpu-power.md §1).
+        # The PyPI package named "pynvml" (>= 12) is not the official bindings (NVIDIA ships nvidia-ml-py).
         raise GpuError("the installed 'pynvml' module is not NVIDIA's nvidia-ml-py: pip install nvidia-ml-py")
     return pynvml
 
@@ -176,7 +176,7 @@ class NvmlGpus:
         try:
             requested: float | None = nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0
         except nv.NVMLError_NotSupported:
-            requested = None  # some drivers only report the enforced limit (gpu-power.md §9)
+            requested = None  # some drivers only report the enforced limit
         enforced = nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0
         return requested, enforced
 

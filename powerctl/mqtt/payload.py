@@ -5,7 +5,7 @@ Formats (``format`` in a profile's ``mqtt`` section or per signal):
 - ``plain``: the payload is a number (``"230.5"``), or ``true``/``false``/``on``/``off``;
 - ``json``: a JSON document and a dotted ``path`` to the value (``"a.b.0.c"``, list indices allowed);
 - ``venus``: Victron Venus OS ``{"value": <v>}``; ``{"value": null}`` = the value is invalid; an empty
-  payload = the device has gone (reference/device-registers.md 9.1);
+  payload = the device has gone (victronenergy/dbus-flashmq README);
 - ``tasmota``: Tasmota ``tele/<topic>/SENSOR`` JSON, path inside it (default ``ENERGY.Power``);
 - ``shelly``: Shelly Gen2+ component status JSON (``<prefix>/status/em1:0``), path default ``act_power``.
 

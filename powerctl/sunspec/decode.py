@@ -1,6 +1,6 @@
 """Decode one SunSpec model's registers with its official definition.
 
-Rules (reference/device-registers.md 1.3-1.4, as pysunspec2 does it):
+Rules (the SunSpec Information Model Specification, as sunspec/pysunspec2 does it):
 - decode only the points that fit inside the length L the device reports (trust the device);
 - per-type "not implemented" sentinels, and a sunssf of 0x8000, give ``None`` (never a number);
 - engineering value = raw x 10^sf; the scale factor is read from the same block as the value.

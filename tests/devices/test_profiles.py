@@ -74,7 +74,7 @@ def test_dse_addresses_are_page_times_256_plus_offset() -> None:
     assert p.setpoint("start_cmd").address == 16 * 256 + 8
 
 
-# reference facts (device-registers.md): (address, table, type, words, scale, unit)
+# facts from the sources each profile names: (address, table, type, words, scale, unit)
 REFERENCE: dict[str, dict[str, tuple[int, str, str, str, float, str]]] = {
     "victron/gx_modbus": {"BatteryPower": (842, "holding", "int16", "big", 1, "W"),
                           "BatterySoc": (843, "holding", "uint16", "big", 1, "%"),

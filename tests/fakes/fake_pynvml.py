@@ -3,7 +3,8 @@
 Constants, error classes and the field-value struct come from the REAL nvidia-ml-py ``pynvml``
 module, so code under test catches exactly what it would catch on a GPU host. Only the driver
 behind the functions is fake: a few ``FakeGpu`` records with limits, power, an energy counter and
-switches for the failure modes NVML users report (gpu-power.md §3, §9).
+switches for the failure modes NVML users report (a set that reports success but does not take;
+a limit that only the enforced-limit query reports).
 
 Use: ``monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeGpu()]).module())``.
 """
@@ -120,7 +121,7 @@ class FakeNvml:
                 values[i].nvmlReturn = real.NVML_SUCCESS
                 values[i].value.uiVal = g.instant_power_mw
             else:
-                # Per-field failure: the call itself succeeds (gpu-power.md §2).
+                # Per-field failure: the call itself succeeds (NVML API reference, nvmlDeviceGetFieldValues).
                 values[i].nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
         return values
 
