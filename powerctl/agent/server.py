@@ -47,7 +47,6 @@ log = logging.getLogger("powerctl.agent")
 HANDSHAKE_TIMEOUT_S = 5.0
 IDLE_TIMEOUT_S = 300.0
 MAX_CONNECTIONS = 16
-LEASE_TICK_S = 0.02  # how often the lease is looked at: small against any lease_s worth having
 
 
 @dataclass
@@ -165,6 +164,7 @@ class AgentServer:
         self.core, self.ctx = core, ctx
         self._lock = asyncio.Lock()
         self._connections = 0
+        self._lease_moved = asyncio.Event()
         self._offload = core.backend.name == "nvml"  # NVML calls can block; the simulated ones do not
 
     async def _call(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -223,6 +223,7 @@ class AgentServer:
                 self._refuse(peer, str(exc))
                 await self._send(writer, {"ok": False, "error": str(exc)})
                 return
+            expires = self.core.lease.expires_s
             try:
                 reply = await self._call(functools.partial(self.core.handle, identity, body))
             except Refused as exc:
@@ -231,6 +232,8 @@ class AgentServer:
             except Exception as exc:  # a backend bug must not end the process that holds the lease
                 log.exception("%s: request failed", peer)
                 reply = {"ok": False, "error": f"agent error: {type(exc).__name__}"}
+            if self.core.lease.expires_s != expires:
+                self._lease_moved.set()
             await self._send(writer, reply)
 
     @staticmethod
@@ -240,8 +243,14 @@ class AgentServer:
             await writer.drain()
 
     async def _lease_watch(self) -> None:
+        """Sleeps until the lease ends (or a set moves it), then lets the core fall back."""
         while True:
-            await asyncio.sleep(LEASE_TICK_S)
+            expires = self.core.lease.expires_s
+            self._lease_moved.clear()
+            left = None if expires is None else max(0.0, expires - self.core.mono())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._lease_moved.wait()
             async with self._lock:
                 await asyncio.to_thread(self.core.tick) if self._offload else self.core.tick()
 
