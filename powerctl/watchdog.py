@@ -9,8 +9,11 @@ future cannot blind it (the file must keep changing), and a wall-clock step cann
 first look trusts an mtime, and only one in the past (a future one counts as stale).
 
 When the daemon cannot touch the file (deleted, and a full or read-only disk will not let it make
-it again) it touches the heartbeat's directory instead; while the file is missing the watchdog
-watches the directory the same way, so a live daemon on a full disk is not fought every 30 s.
+it again) it stamps the heartbeat's directory instead: its *access* time set to a counter in a
+marker range (1973, ``DIR_BEAT_BASE_S``), which needs no space and which nothing else writes (a
+file created there moves the directory's mtime, not its atime; a reader moves atime out of the
+range). While the file is missing the watchdog counts a new marker as a beat, so a live daemon on
+a full disk is not fought every 30 s.
 
 On a stale heartbeat it applies safe caps through ``powerctl.gpu.failsafe.failsafe_routes`` (with
 ``gpu.backend = "socket"``: NVML directly first, the cap-setter's socket second), re-applies them
@@ -21,6 +24,7 @@ harmless next to a healthy daemon. Run it as its own systemd unit (examples/syst
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -35,6 +39,9 @@ from powerctl.gpu.failsafe import Route, apply_via, failsafe_routes
 log = logging.getLogger("powerctl.watchdog")
 
 Identity = tuple[str, int, int, int]
+DIR_BEAT_BASE_S = 100_000_000  # 1973-03-03: the directory-stamp marker range [base, base + span)
+DIR_BEAT_SPAN = 1_000_000
+_dir_beats = itertools.count(1)
 
 
 def touch_heartbeat(path: str | Path) -> bool:
@@ -59,7 +66,9 @@ def touch_heartbeat(path: str | Path) -> bool:
 
 def _touch_dir(p: Path) -> bool:
     try:
-        os.utime(p.parent)
+        st = os.stat(p.parent)
+        beat_s = DIR_BEAT_BASE_S + next(_dir_beats) % DIR_BEAT_SPAN
+        os.utime(p.parent, ns=(beat_s * 1_000_000_000, st.st_mtime_ns))  # mtime left as it was
         return True
     except OSError:
         return False
@@ -74,9 +83,12 @@ def heartbeat_identity(path: Path) -> tuple[Identity | None, float | None]:
         pass
     try:
         st = os.stat(path.parent)
-        return ("dir", st.st_ino, st.st_mtime_ns, st.st_ctime_ns), None
     except OSError:
         return None, None
+    atime_s = st.st_atime_ns // 1_000_000_000
+    if DIR_BEAT_BASE_S <= atime_s < DIR_BEAT_BASE_S + DIR_BEAT_SPAN:
+        return ("dir", st.st_ino, st.st_atime_ns, 0), None
+    return None, None  # a directory without the daemon's stamp says nothing
 
 
 class HeartbeatMonitor:
@@ -100,7 +112,7 @@ class HeartbeatMonitor:
             return now_s - (self._changed_s if self._changed_s is not None else self.started_s)
         if ident != self._seen:
             self._seen = ident
-            if ident is not None and not (ident[0] == "dir" and self._changed_s is None):
+            if ident is not None:  # the file, or (file missing) its directory: only the daemon writes there
                 self._changed_s = now_s
         return now_s - (self._changed_s if self._changed_s is not None else self.started_s)
 
