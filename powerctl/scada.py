@@ -151,13 +151,6 @@ class ScadaServer:
                           f"{bind_problem(self.host, self.port)}")
         log.info("SCADA Modbus TCP (read-only) on %s:%d unit %d", self.host, self.port, self.unit_id)
 
-    async def run(self) -> None:
-        if self._server.transport is None:
-            await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.close()
-
     async def close(self) -> None:
-        await self._server.shutdown()
+        if self._server.transport is not None:
+            await self._server.shutdown()

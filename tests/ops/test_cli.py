@@ -46,3 +46,14 @@ def test_shell_completion_script_and_answers() -> None:
     env = {**os.environ, "_POWERCTL_COMPLETE": "complete_bash", "COMP_WORDS": "powerctl ch", "COMP_CWORD": "1"}
     done = subprocess.run([str(script)], capture_output=True, text=True, timeout=60, env=env)
     assert "check" in done.stdout.split(), (done.stdout, done.stderr)
+
+
+def test_status_without_a_daemon_says_so_and_exits_2(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens there
+    text = (ROOT / "examples" / "demo-site.toml").read_text() + f"\n[http]\nport = {port}\n"
+    (tmp_path / "site.toml").write_text(text)
+    r = powerctl("status", str(tmp_path / "site.toml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"no answer from the daemon at http://127.0.0.1:{port}/api/state" in r.stderr
