@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := mosquitto victoria-metrics mbpoll
+DEBS := mosquitto victoria-metrics mbpoll chromium
 RUN_SECONDS ?= 180
 
 .PHONY: run test lint typecheck debs venv bench clean
@@ -24,6 +24,7 @@ debs:
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || missing="$$missing victoria-metrics"; \
 	command -v mbpoll >/dev/null || missing="$$missing mbpoll"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

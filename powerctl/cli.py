@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -183,6 +184,28 @@ def demo(
 
     code = asyncio.run(run_demo(cfg, seconds=seconds, time_scale=time_scale, plain=plain or not sys.stdout.isatty()))
     raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    config: Path,
+    as_json: bool = typer.Option(False, "--json", help="print /api/state as JSON"),
+    timeout_s: float = typer.Option(3.0, "--timeout", help="seconds to wait for the daemon"),
+) -> None:
+    """Ask the running daemon (its [http] API): one line per quantity; exit 1 if unhealthy, 2 if unreachable."""
+    from powerctl.web.client import DaemonUnreachable, fetch_state, format_state
+
+    cfg = _load(config)
+    if cfg.http is None:
+        err.print(f"{config}: no [http] section: the daemon has no API to ask", highlight=False, markup=False)
+        raise typer.Exit(2)
+    try:
+        state = fetch_state(cfg.http.listen, cfg.http.port, timeout_s)
+    except DaemonUnreachable as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    print(json.dumps(state, indent=2) if as_json else format_state(state))
+    raise typer.Exit(0 if state.get("health", {}).get("ok") else 1)
 
 
 # --- GPU fail-safe commands (issue 5; logic in powerctl.watchdog and powerctl.gpu.failsafe) ---
