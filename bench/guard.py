@@ -24,9 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from powerctl.config import SiteConfig, parse_config
-from powerctl.control.guard import Guard, GuardDecision, apply_caps, read_gpu_power_w, run_guard
+from powerctl.control.guard import Guard, GuardDecision
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.simulated import SimulatedGpus
+from powerctl.gpu_io import apply_caps, read_gpu_power_w
+from powerctl.guard_task import guard_loop, run_guard
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 
@@ -115,8 +117,9 @@ async def bench_loop(cfg: SiteConfig, drops: int, rng: random.Random) -> tuple[l
             done.set()
 
     reset(guard, sim, img, time.monotonic())
-    task = asyncio.create_task(run_guard(guard, sim, img, requested_caps=lambda: plan, clock=time.monotonic,
-                                         period_s=10.0, wake=wake, on_decision=on_decision, reassert_s=0.0))
+    task = asyncio.create_task(run_guard(guard_loop(cfg, slots, img, sim, plan, guard=guard, clock=time.monotonic,
+                                                    reassert_s=0.0), sim, clock=time.monotonic,
+                                         period_s=10.0, wake=wake, on_decision=on_decision))
     # reassert_s=0: every wake sends all caps (the slowest case; also keeps the bench's resets honest)
     await asyncio.sleep(0.05)
     for _ in range(drops):

@@ -15,30 +15,27 @@ Caps are cut at once so that their sum fits it (least important class first); wh
 absorb is shed (``ShedPolicy``). When any supply signal is stale, caps go to the safe cap and are
 never raised. The guard needs no planner: with the planner dead it works from the safe cap.
 
-``Guard`` is the pure core (no I/O, clock passed in); ``run_guard`` is the asyncio loop around it.
+``Guard`` is the pure core (no I/O, clock passed in); ``powerctl.guard_task`` runs it (through
+``ControlLoop.guard_tick``) on an asyncio task.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.slew import SlewLimiter
 from powerctl.control.split import GpuSlot, cut_to_total
-from powerctl.hooks import HookResult, HookRunner
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 
 if TYPE_CHECKING:
     from powerctl.config import SiteConfig
-    from powerctl.gpu.base import CapResult, GpuBackend
 
 log = logging.getLogger("powerctl.guard")
 
@@ -258,127 +255,3 @@ class Guard:
             deficit_kw=cut.deficit_w / 1000.0,
             reason="; ".join(reasons),
         )
-
-
-# --- I/O around the core ------------------------------------------------------------------------
-
-
-def read_gpu_power_w(backend: GpuBackend, indices: Sequence[int]) -> float | None:
-    """Total measured GPU power, or None when any GPU cannot be read (worst case applies)."""
-    total = 0.0
-    for i in indices:
-        try:
-            p = backend.read_power_w(i)
-        except Exception as exc:  # a backend read failing must not stop the guard
-            log.warning("GPU %d power unreadable: %s", i, exc)
-            return None
-        if p != p:
-            return None
-        total += p
-    return total
-
-
-def read_caps_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float] | None:
-    """The requested limits the GPUs hold now, or None when any cannot be read."""
-    try:
-        return {i: backend.read_limits_w(i)[0] for i in indices}
-    except Exception as exc:
-        log.warning("GPU limits unreadable: %s", exc)
-        return None
-
-
-def apply_caps(backend: GpuBackend, caps_w: Mapping[int, float], only_changed_from: Mapping[int, float] | None = None
-               ) -> list[CapResult]:
-    """Send caps (all, or those differing from ``only_changed_from``); failures are logged, not raised."""
-    results = []
-    for i, cap in caps_w.items():
-        if only_changed_from is not None and abs(only_changed_from.get(i, math.nan) - cap) < 1e-6:
-            continue
-        try:
-            r = backend.set_cap_w(i, cap)
-        except Exception as exc:
-            log.error("GPU %d: setting %.0f W failed: %s", i, cap, exc)
-            continue
-        if not r.ok:
-            log.error("%s", r.message)
-        results.append(r)
-    return results
-
-
-async def run_guard(
-    guard: Guard,
-    backend: GpuBackend,
-    image: ProcessImage,
-    *,
-    requested_caps: Callable[[], Mapping[int, float] | None],
-    planner: asyncio.Task[object] | None = None,
-    other_load_kw: Callable[[], float] = lambda: 0.0,
-    clock: Callable[[], float],
-    period_s: float | None = None,
-    wake: asyncio.Event | None = None,
-    hooks: HookRunner | None = None,
-    on_decision: Callable[[GuardDecision], None] | None = None,
-    reassert_s: float = 5.0,
-) -> None:
-    """The guard loop. Runs until cancelled; on the way out it puts every GPU at the safe cap.
-
-    ``requested_caps()`` returns the dispatcher's latest caps (None = no plan). If ``planner`` is
-    given and has finished (crashed or was cancelled), the guard uses safe caps instead.
-    ``wake`` lets acquisition trigger an immediate evaluation when new supply data arrives.
-    """
-    period = period_s if period_s is not None else guard.cfg.control.guard_period_s
-    indices = [s.index for s in guard.gpus]
-    sent: dict[int, float] = {}
-    last_full = -math.inf
-    planner_reported = False
-    hook_task: asyncio.Task[None] | None = None
-    if not guard.last_caps_w:
-        # Start from what the GPUs hold now, so the first rise is slew-limited too.
-        held = read_caps_w(backend, indices)
-        if held is not None:
-            guard.last_caps_w, guard.last_t_s = guard.clamp(held), clock()
-    if hooks is not None:
-        def failed(result: HookResult) -> None:
-            guard.shedder.hook_failed(result.action, clock())
-        hook_task = asyncio.create_task(hooks.serve(failed), name="shed-hooks")
-    try:
-        while True:
-            now = clock()
-            req: Mapping[int, float] | None
-            if planner is not None and planner.done():
-                if not planner_reported:
-                    exc = None if planner.cancelled() else planner.exception()
-                    log.error("planner task stopped (%s): guard holds GPUs at the safe cap", exc or "cancelled")
-                    planner_reported = True
-                req = None
-            else:
-                req = requested_caps()
-            d = guard.evaluate(image, now, requested_caps_w=req,
-                               gpu_power_w=read_gpu_power_w(backend, indices), other_load_kw=other_load_kw())
-            full = now - last_full >= reassert_s  # re-assert everything now and then: others may overwrite
-            results = apply_caps(backend, d.caps_w, None if full else sent)
-            if full:
-                last_full = now
-            sent.update({r.index: r.requested_w for r in results if r.ok})
-            sent.update({i: math.nan for i in (r.index for r in results if not r.ok)})  # retry next time
-            if hooks is not None:
-                for a in (*d.shed, *d.restore):
-                    hooks.submit(a)
-            if on_decision is not None:
-                on_decision(d)
-            if wake is None:
-                await asyncio.sleep(period)
-            else:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the event is
-                # set in the same loop pass as a cancel, the cancel is lost and the daemon never stops
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(period):
-                        await wake.wait()
-                wake.clear()
-    finally:
-        caps = guard.safe_caps()
-        log.warning("guard stopping: GPUs to the safe cap (%.0f W max)", guard.cfg.gpu.safe_cap_w)
-        apply_caps(backend, caps)
-        guard.last_caps_w = dict(caps)
-        if hook_task is not None:
-            hook_task.cancel()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from powerctl.control.guard import Guard, run_guard
+from powerctl.control.guard import Guard
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.simulated import SimulatedGpus
+from powerctl.guard_task import guard_loop, run_guard
 from powerctl.process_image import ProcessImage
 from tests.faults.harness import fault_config
 
@@ -24,8 +25,8 @@ async def test_guard_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None
     slots = slots_from_pool(cfg.gpu, gpus.list_gpus())
     for _ in range(10):
         wake = asyncio.Event()
-        task = asyncio.create_task(run_guard(Guard(cfg, slots), gpus, ProcessImage(), requested_caps=lambda: None,
-                                             clock=lambda: 0.0, period_s=10.0, wake=wake))
+        loop = guard_loop(cfg, slots, ProcessImage(), gpus, None, guard=Guard(cfg, slots), clock=lambda: 0.0)
+        task = asyncio.create_task(run_guard(loop, gpus, clock=lambda: 0.0, period_s=10.0, wake=wake))
         await asyncio.sleep(0.05)  # the guard now waits on its wake event
         wake.set()
         task.cancel()

@@ -17,9 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from powerctl.config import load_config
-from powerctl.control.guard import Guard, GuardDecision, run_guard
+from powerctl.control.guard import Guard, GuardDecision
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.factory import make_backend
+from powerctl.guard_task import guard_loop, run_guard
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 from powerctl.watchdog import touch_heartbeat
@@ -47,7 +48,8 @@ async def main(cfg_path: str, ready: Path) -> int:
 
     acq = asyncio.create_task(acquisition())
     guard = asyncio.create_task(run_guard(
-        Guard(cfg, slots), gpus, img, requested_caps=lambda: {s.index: s.max_w for s in slots},
+        guard_loop(cfg, slots, img, gpus, {s.index: s.max_w for s in slots}, guard=Guard(cfg, slots),
+                   clock=time.monotonic), gpus,
         clock=time.monotonic, on_decision=on_decision))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, guard.cancel)

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 from powerctl.config import load_config
-from powerctl.control.guard import Guard, GuardDecision, run_guard
+from powerctl.control.guard import Guard, GuardDecision
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.failsafe import apply_safe_caps, apply_safe_caps_to
 from powerctl.gpu.simulated import SimulatedGpus
+from powerctl.guard_task import guard_loop, run_guard
 from powerctl.watchdog import Watchdog, touch_heartbeat
 from tests.gpu.site import image_for, site
 
@@ -121,7 +122,8 @@ async def test_guard_cuts_with_the_planner_task_killed() -> None:
     plant_task = asyncio.create_task(plant())
     await asyncio.sleep(0.05)
     guard_task = asyncio.create_task(run_guard(
-        guard, sim, img, requested_caps=lambda: plan, planner=planner_task, clock=time.monotonic,
+        guard_loop(cfg, slots, img, sim, plan, guard=guard, clock=time.monotonic), sim,
+        planner=planner_task, clock=time.monotonic,
         on_decision=decisions.append))
     await asyncio.sleep(4.0)
     assert planner_task.done() and isinstance(planner_task.exception(), RuntimeError)

@@ -1,0 +1,112 @@
+"""Telemetry and MQTT payloads of the daemon: one cycle, one plan, guard events, other events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from powerctl.config import SiteConfig
+from powerctl.control.core import Commands
+from powerctl.control.guard import GuardDecision
+from powerctl.gpu_io import GPU_DEVICE
+from powerctl.grid_billing import plan_grid_fields, plan_grid_payload
+from powerctl.optimizer import Plan
+from powerctl.process_image import ProcessImage
+from powerctl.status import Status
+from powerctl.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from powerctl.mqtt.link import MqttLink
+
+log = logging.getLogger("powerctl")
+
+
+class Publisher:
+    def __init__(self, cfg: SiteConfig, telemetry: Telemetry, mqtt: MqttLink | None,
+                 clock: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.telemetry = telemetry
+        self.mqtt = mqtt
+        self.clock = clock
+
+    def event(self, kind: str, fields: Mapping[str, Any], device: str | None = None) -> None:
+        self.telemetry.emit("event", {"kind": kind, **fields}, self.clock(), device)
+
+    def guard(self, d: GuardDecision) -> None:
+        if d.cut:
+            self.event("guard_cut", {"reason": d.reason})
+            log.warning("guard: %s", d.reason)
+            if self.mqtt is not None:
+                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "guard_cut", "reason": d.reason})
+        for a in (*d.shed, *d.restore):
+            self.event(a.action, {"class": a.klass, "gpus": a.gpus, "reason": a.reason})
+        for f in getattr(d, "findings", ()):  # plausibility findings new in this pass, once each
+            self.event("implausible", {"finding": f})
+        for f in getattr(d, "cleared", ()):
+            self.event("plausible_again", {"finding": f})
+
+    def cycle(self, now: float, st: Status, cmd: Commands, image: ProcessImage, caps_w: Mapping[int, float]) -> None:
+        t = self.telemetry
+        per_device: dict[str, dict[str, Any]] = {}
+        for d, s, sig in image.items(now):
+            if sig.good:
+                per_device.setdefault(d, {})[s] = sig.value
+        for d, fields_d in per_device.items():
+            nature = "gpu" if d == GPU_DEVICE else self.cfg.device(d).nature.value
+            t.emit(nature, fields_d, now, device=d)
+        fields: dict[str, Any] = {
+            "mode": str(st.mode),
+            "stale_signals": len(st.stale),
+            "caps_w_mean": st.caps_w_mean,
+            "guard_cuts": st.guard_cuts,
+        }
+        if st.available_kw is not None:
+            fields["available_kw"] = st.available_kw
+        if st.last_solve_ms is not None:
+            fields["solve_ms"] = st.last_solve_ms
+        t.emit("site", fields, now)
+        if self.mqtt is not None:
+            self.mqtt.publish_state(
+                {
+                    "t_s": now, "mode": str(st.mode), "pv_kw": st.pv_kw, "soc_pct": st.soc_pct,
+                    "battery_kw": st.battery_kw, "genset_kw": st.genset_kw, "genset_running": st.genset_running,
+                    "gpu_kw": st.gpu_kw, "available_kw": st.available_kw, "stale": st.stale,
+                    "last_solve_ms": st.last_solve_ms, "plan_rung": st.plan_rung,
+                }
+            )
+            self.mqtt.publish_caps(
+                {"t_s": now, "budget_kw": cmd.gpu_budget_kw, "caps_w": {str(i): c for i, c in caps_w.items()}}
+            )
+        for cls, kw in cmd.gpu_budget_kw.items():
+            t.emit("gpu", {"budget_kw": kw}, now, device=GPU_DEVICE, tags={"class": cls})
+
+    def plan(self, now: float, plan: Plan) -> None:
+        fields: dict[str, Any] = {"solve_ms": plan.solve_time_s * 1000.0, "rung": plan.rung, "status": plan.status}
+        if plan.battery_kw.size:
+            fields["battery_kw"] = float(plan.battery_kw[:, 0].sum())
+        if plan.genset_kw.size:
+            fields["genset_kw"] = float(plan.genset_kw[:, 0].sum())
+        fields["gpu_kw"] = float(plan.gpu_kw[:, 0].sum())
+        fields["pv_kw"] = float(plan.pv_kw[:, 0].sum()) if plan.pv_kw.size else 0.0
+        fields["unserved_kw"] = float(plan.unserved_kw[0])
+        fields.update(plan_grid_fields(plan))  # grid-tied sites: grid power, prices and their source
+        self.telemetry.emit("plan", fields, now)
+        if self.mqtt is not None:
+            steps = np.asarray(plan.steps_s, dtype=float)
+            self.mqtt.publish_plan(
+                {
+                    "t_s": now, "rung": plan.rung, "status": plan.status, "solver": plan.solver,
+                    "solve_ms": plan.solve_time_s * 1000.0,
+                    "step_start_s": (np.concatenate([[0.0], np.cumsum(steps)[:-1]])).tolist(),
+                    "gpu_kw": plan.gpu_kw.sum(axis=0).tolist(),
+                    "battery_kw": plan.battery_kw.sum(axis=0).tolist() if plan.battery_kw.size else [],
+                    "genset_kw": plan.genset_kw.sum(axis=0).tolist() if plan.genset_kw.size else [],
+                    "pv_kw": plan.pv_kw.sum(axis=0).tolist() if plan.pv_kw.size else [],
+                    "soc_pct": plan.soc_pct.tolist(),
+                    "slack": [str(x) for x in plan.slack],
+                    **plan_grid_payload(plan),
+                }
+            )

@@ -1,0 +1,93 @@
+"""Device writes: the dispatcher's setpoints to the devices, one writer task per device.
+
+A device that stops answering must not hold up the dispatcher (nor the other devices) for its
+timeouts: each device's writes run in their own task, and a newer value replaces one not yet sent.
+Unchanged values are re-sent only every ``RESEND_S`` (the driver keeps keep-alive setpoints alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from powerctl.control.core import Commands
+from powerctl.io.modbus import DeviceError, ModbusDevice
+from powerctl.profiles.values import SetpointRangeError
+
+log = logging.getLogger(__name__)
+
+RESEND_S = 10.0
+BATTERY_DEADBAND_KW = 0.5
+
+# (kind, fields, device) -> None: where write events go (telemetry)
+EventSink = Callable[[str, dict[str, Any], str | None], None]
+
+
+class WriteQueue:
+    def __init__(self, devices: Mapping[str, ModbusDevice], on_event: EventSink | None = None) -> None:
+        self.devices = devices
+        self.on_event = on_event
+        self.written: dict[str, float] = {}  # "device.signal" -> last value written
+        self.errors = 0
+        self._last: dict[str, tuple[float, float]] = {}  # "device.signal" -> (value, monotonic s)
+        self._pending: dict[str, dict[str, tuple[float, float]]] = {}  # device -> signal -> (value, deadband)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._unsupported: set[tuple[str, str]] = set()
+
+    def commands(self, cmd: Commands) -> None:
+        """Queue one dispatch cycle's battery setpoints and genset start/stop."""
+        for name, p_kw in cmd.battery_kw.items():
+            self.queue(name, "p_set_kw", p_kw, deadband=BATTERY_DEADBAND_KW)
+        for name, run in cmd.genset_run.items():
+            self.queue(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+
+    def queue(self, device: str, signal: str, value: float, deadband: float) -> None:
+        self._pending.setdefault(device, {})[signal] = (value, deadband)
+        task = self._tasks.get(device)
+        if task is None or task.done():
+            self._tasks[device] = asyncio.create_task(self._drain(device), name=f"write-{device}")
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def _drain(self, device: str) -> None:
+        while pending := self._pending.pop(device, None):
+            for signal, (value, deadband) in pending.items():
+                try:
+                    await self._write(device, signal, value, deadband)
+                except Exception:
+                    log.exception("write %s.%s=%g failed", device, signal, value)
+
+    def _event(self, kind: str, fields: dict[str, object], device: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, fields, device)
+
+    async def _write(self, device: str, signal: str, value: float, deadband: float) -> None:
+        dev = self.devices.get(device)
+        if dev is None:
+            return
+        if not any(sp.signal == signal for sp in dev.profile.setpoints):
+            # e.g. a battery profile with vendor-specific named setpoints only: the grid-forming
+            # inverter still carries the balance; say so once instead of failing every cycle
+            if (device, signal) not in self._unsupported:
+                self._unsupported.add((device, signal))
+                log.warning("%s: profile %s has no %s setpoint; not written", device, dev.profile.key, signal)
+            return
+        key = f"{device}.{signal}"
+        prev = self._last.get(key)
+        if prev is not None and abs(prev[0] - value) <= deadband and time.monotonic() - prev[1] < RESEND_S:
+            return
+        try:
+            res = await dev.write_signal(signal, value)
+            self._last[key] = (value, time.monotonic())
+            self.written[key] = value
+            if not res.ok:
+                self._event("readback_mismatch", {"message": res.message}, device)
+        except (SetpointRangeError, DeviceError) as exc:
+            self.errors += 1
+            log.warning("write %s.%s=%g refused: %s", device, signal, value, exc)
+            self._event("write_error", {"message": str(exc)}, device)
