@@ -83,6 +83,7 @@ class DeviceStats:
     write_errors: int = 0
     reconnects: int = 0
     keepalive_writes: int = 0
+    wrong_function_code: int = 0  # replies discarded because they answered another request
     last_poll_s: float = 0.0
     last_error: str = ""
     poll_times_s: list[float] = field(default_factory=list)  # monotonic end of each good poll (last 100)
@@ -170,8 +171,10 @@ class ModbusDevice:
     def close(self) -> None:
         self._client.close()
 
-    async def _request(self, make_call: Callable[[], Awaitable[Any]]) -> Any:
-        """One request with connect, gap, timeout and error mapping."""
+    async def _request(self, make_call: Callable[[], Awaitable[Any]], fc: int | None = None) -> Any:
+        """One request with connect, gap, timeout and error mapping. ``fc``: the function code the
+        reply must carry (pymodbus decodes whatever PDU comes back; a reply with another code is
+        not an answer to this request and is never taken as data)."""
         await self._ensure_connected()
         gap_s = self.profile.polling.min_gap_ms / 1000.0
         if gap_s:
@@ -193,18 +196,23 @@ class ModbusDevice:
             self._last_request_s = time.monotonic()
         if rr.isError():
             raise ExceptionResponse(f"exception response {getattr(rr, 'exception_code', '?')}")
+        got_fc = getattr(rr, "function_code", None)
+        if fc is not None and got_fc != fc:
+            self._client.close()  # framing or the device is confused: start clean
+            self.stats.wrong_function_code += 1
+            raise DeviceError(f"reply with function code {got_fc} to a request with function code {fc}: discarded")
         return rr
 
     async def read_block(self, block: Block) -> list[int]:
         c = self._client
         if block.table == "holding":
-            rr = await self._request(lambda: c.read_holding_registers(block.address, count=block.count, device_id=self.unit_id))
+            rr = await self._request(lambda: c.read_holding_registers(block.address, count=block.count, device_id=self.unit_id), 3)
             regs = list(rr.registers)
         elif block.table == "input":
-            rr = await self._request(lambda: c.read_input_registers(block.address, count=block.count, device_id=self.unit_id))
+            rr = await self._request(lambda: c.read_input_registers(block.address, count=block.count, device_id=self.unit_id), 4)
             regs = list(rr.registers)
         else:
-            rr = await self._request(lambda: c.read_coils(block.address, count=block.count, device_id=self.unit_id))
+            rr = await self._request(lambda: c.read_coils(block.address, count=block.count, device_id=self.unit_id), 1)
             regs = [int(b) for b in rr.bits[: block.count]]
         if len(regs) != block.count:
             self._client.close()  # framing may be off: start clean
@@ -362,13 +370,13 @@ class ModbusDevice:
         async with self._lock:
             try:
                 if sp.write == "fc5":
-                    await self._request(lambda: c.write_coil(sp.address, bool(regs[0]), device_id=self.unit_id))
+                    await self._request(lambda: c.write_coil(sp.address, bool(regs[0]), device_id=self.unit_id), 5)
                 elif sp.write == "fc6":
-                    await self._request(lambda: c.write_register(sp.address, regs[0], device_id=self.unit_id))
+                    await self._request(lambda: c.write_register(sp.address, regs[0], device_id=self.unit_id), 6)
                 else:
-                    await self._request(lambda: c.write_registers(sp.address, regs, device_id=self.unit_id))
+                    await self._request(lambda: c.write_registers(sp.address, regs, device_id=self.unit_id), 16)
                 for addr, extra in sp.after_writes:
-                    await self._request(self._writer(addr, list(extra)))
+                    await self._request(self._writer(addr, list(extra)), 16)
             except DeviceError as exc:
                 self.stats.write_errors += 1
                 raise DeviceError(f"{self.name}: write {sp.name}={value:g} failed: {exc}") from None
