@@ -61,7 +61,8 @@ def parameter_pairs(m: Model, v: ParamValues) -> list[tuple[cp.Parameter | None,
         gm, gv = m.grid, v.grid
         pairs += [(gm.imp_price, gv.imp_price), (gm.exp_price, gv.exp_price), (gm.imp_ub, gv.imp_ub),
                   (gm.exp_ub, gv.exp_ub), (gm.peak_floor, np.asarray(gv.peak_floor)), (gm.m_cur, gv.m_cur),
-                  (gm.m_next, gv.m_next)]
+                  (gm.m_next, gv.m_next), (gm.rate_cur, np.asarray(gv.rate_cur)),
+                  (gm.rate_next, np.asarray(gv.rate_next))]
     return pairs
 
 

@@ -96,9 +96,12 @@ class GridModel:
     m_next: cp.Parameter | None
     peak_cur: cp.Variable | None
     peak_next: cp.Variable | None
+    rate_cur: cp.Parameter | None = None
+    rate_next: cp.Parameter | None = None
 
     def parameters(self) -> list[cp.Parameter]:
-        ps = [self.imp_price, self.exp_price, self.imp_ub, self.exp_ub, self.peak_floor, self.m_cur, self.m_next]
+        ps = [self.imp_price, self.exp_price, self.imp_ub, self.exp_ub, self.peak_floor, self.m_cur, self.m_next,
+              self.rate_cur, self.rate_next]
         return [p for p in ps if p is not None]
 
 
@@ -131,7 +134,10 @@ def _grid(p: SiteParams, dt_h: FloatArray) -> tuple[GridModel, cp.Variable, cp.V
         gm.peak_next = cp.Variable(name="peak_import_next_kw")
         cons += [gm.peak_cur >= gm.peak_floor, gm.peak_next >= 0,
                  imp - gm.peak_cur <= gm.m_cur, imp - gm.peak_next <= gm.m_next]
-        cost.append(p.grid.demand_charge_per_kw * (gm.peak_cur + gm.peak_next))
+        # The rates are Parameters: a plan prices a peak pro rata of the billing period it covers.
+        gm.rate_cur = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
+        gm.rate_next = cp.Parameter(nonneg=True, name="demand_charge_next_per_kw")
+        cost.append(gm.rate_cur * gm.peak_cur + gm.rate_next * gm.peak_next)
     return gm, imp, exp, cons, cost
 
 

@@ -162,6 +162,11 @@ class DispatchInputs:
     # which steps lie in the current billing period (None = all; the rest begin the next period).
     peak_import_kw: float = 0.0
     in_billing_period: BoolArray | None = None
+    # Demand charge per kW for the current / the next billing period's peak as this plan prices it
+    # (None = GridParams.demand_charge_per_kw). A peak once set is free for the rest of its period,
+    # so a horizon shorter than the period prices it pro rata (powerctl.tariffs.demand_weights).
+    demand_charge_per_kw: float | None = None
+    demand_charge_next_per_kw: float | None = None
     # Grid CO2 intensity per step (kg/kWh), reported in the plan, not priced. None = not given.
     co2_kg_per_kwh: FloatArray | None = None
     # Where the first step's import price came from (e.g. "tou:winter/peak", "csv:<path>"), for the plan.

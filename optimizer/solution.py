@@ -43,6 +43,8 @@ class GridValues:
     peak_floor: float  # kW, the billing period's peak so far
     in_period: BoolArray  # (T,) step lies in the current billing period
     big_m_kw: float
+    rate_cur: float = 0.0  # demand charge per kW of the current / next period's peak, as priced
+    rate_next: float = 0.0
 
     @property
     def m_cur(self) -> FloatArray:
@@ -101,7 +103,10 @@ def grid_values(p: SiteParams, x: DispatchInputs) -> GridValues | None:
     in_period = np.ones(T, dtype=bool) if x.in_billing_period is None else np.asarray(x.in_billing_period, bool)
     return GridValues(imp_price=imp_price, exp_price=exp_price, imp_ub=imp_ub, exp_ub=exp_ub,
                       peak_floor=float(min(x.peak_import_kw, p.grid.import_max_kw)), in_period=in_period,
-                      big_m_kw=float(p.grid.import_max_kw))
+                      big_m_kw=float(p.grid.import_max_kw),
+                      rate_cur=p.grid.demand_charge_per_kw if x.demand_charge_per_kw is None else x.demand_charge_per_kw,
+                      rate_next=(p.grid.demand_charge_per_kw if x.demand_charge_next_per_kw is None
+                                 else x.demand_charge_next_per_kw))
 
 
 def price_notes(x: DispatchInputs) -> list[str]:
@@ -205,7 +210,10 @@ def grid_terms(p: SiteParams, x: DispatchInputs, v: ParamValues, imp: FloatArray
              "grid_import_kwh": float(dt_h @ imp), "grid_export_kwh": float(dt_h @ exp)}
     peak_cur = max(gv.peak_floor, float(np.max(imp[gv.in_period], initial=0.0)))
     peak_next = float(np.max(imp[~gv.in_period], initial=0.0))
-    terms["demand_charge"] = p.grid.demand_charge_per_kw * (peak_cur - gv.peak_floor + peak_next)
+    if p.grid.demand_charge_per_kw > 0:
+        terms["demand_charge"] = gv.rate_cur * (peak_cur - gv.peak_floor) + gv.rate_next * peak_next
+    else:
+        terms["demand_charge"] = 0.0
     terms["peak_import_kw"] = peak_cur
     if x.co2_kg_per_kwh is not None:
         terms["grid_co2_kg"] = float((np.asarray(x.co2_kg_per_kwh, float) * dt_h) @ imp)

@@ -163,5 +163,10 @@ def _check_grid_inputs(p: SiteParams, x: DispatchInputs, out: DispatchInputs) ->
     if not np.isfinite(peak) or peak < 0:
         raise InputError(f"peak_import_kw: {peak!r} must be finite and >= 0")
     out.peak_import_kw = peak
+    for name in ("demand_charge_per_kw", "demand_charge_next_per_kw"):
+        rate = getattr(x, name)
+        if rate is not None and (not np.isfinite(rate) or rate < 0):
+            raise InputError(f"{name}: {rate!r} must be finite and >= 0")
+        setattr(out, name, None if rate is None else float(rate))
     out.price_source = str(x.price_source)[:200]
     return out

@@ -105,14 +105,17 @@ class GridBilling:
         self.meters = [m.name for m in cfg.by_nature(Nature.METER)]
         self.tracker = PeakTracker(tariff.billing_period, tariff.utc_offset_h, state_path)
         self._loaded = False
+        # Added to the loop's clock to get Unix time: 0 for the daemon (its clock is Unix time); a
+        # replay, whose clock starts at 0, sets the trace's start so that tariffs see its calendar.
+        self.time_offset_s = 0.0
 
     def horizon(self, now_s: float, steps_s: np.ndarray) -> HorizonPrices | None:
-        return None if self.prices is None else self.prices.horizon(now_s, steps_s)
+        return None if self.prices is None else self.prices.horizon(now_s + self.time_offset_s, steps_s)
 
     def observe(self, now_s: float, image: ProcessImage) -> float:
         """Account the meters' import now (GOOD readings only); returns the period's peak so far."""
         if not self._loaded:
-            self.tracker.load(now_s)
+            self.tracker.load(now_s + self.time_offset_s)
             self._loaded = True
         total, good = 0.0, bool(self.meters)
         for name in self.meters:
@@ -121,9 +124,10 @@ class GridBilling:
                 good = False
                 break
             total += sig.value
+        t_s = now_s + self.time_offset_s
         if good:
-            self.tracker.update(now_s, total)
-        return self.tracker.peak_kw(now_s)
+            self.tracker.update(t_s, total)
+        return self.tracker.peak_kw(t_s)
 
 
 def plan_grid_fields(plan: Plan) -> dict[str, Any]:

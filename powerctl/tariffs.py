@@ -53,6 +53,8 @@ class HorizonPrices:
     in_billing_period: npt.NDArray[np.bool_]
     co2_kg_per_kwh: FloatArray | None
     source: str  # of the first step's import price: "csv:<path>", "tou:<season>/<period>", "flat"
+    demand_charge_per_kw: float = 0.0  # as this plan prices the current period's peak (pro rata)
+    demand_charge_next_per_kw: float = 0.0  # and the next period's
 
 
 def _number(path: str, line: int, name: str, text: str) -> float:
@@ -130,6 +132,37 @@ def billing_key(t_s: FloatArray, period: BillingPeriod, utc_offset_h: float) -> 
     return months
 
 
+def period_bounds_s(t_s: float, period: BillingPeriod, utc_offset_h: float) -> tuple[float, float]:
+    """(start, end) in Unix seconds of the billing period holding t_s."""
+    off = utc_offset_h * 3600.0
+    day = int(np.floor((t_s + off) / 86400.0))
+    if period is BillingPeriod.DAY:
+        start_d, end_d = day, day + 1
+    elif period is BillingPeriod.WEEK:
+        start_d = day - (day + 3) % 7  # back to Monday
+        end_d = start_d + 7
+    else:
+        month = np.datetime64(day, "D").astype("datetime64[M]")
+        start_d = int(month.astype("datetime64[D]").astype(np.int64))
+        end_d = int((month + 1).astype("datetime64[D]").astype(np.int64))
+    return start_d * 86400.0 - off, end_d * 86400.0 - off
+
+
+def demand_weights(now_s: float, horizon_s: float, period: BillingPeriod, utc_offset_h: float) -> tuple[float, float]:
+    """Share of the demand charge a plan over [now, now + horizon) puts on each period's peak.
+
+    A peak once set is paid once and free for the rest of its period, so raising it pays off over
+    the whole rest of the period, of which the horizon sees only a part: the plan prices the
+    current period's peak at horizon / (time left in the period), capped at 1 (the full rate near
+    the period's end), and the next period's at horizon / (its length).
+    """
+    _start, end = period_bounds_s(now_s, period, utc_offset_h)
+    n_start, n_end = period_bounds_s(end, period, utc_offset_h)
+    cur = min(1.0, horizon_s / max(end - now_s, 1.0))
+    nxt = min(1.0, horizon_s / max(n_end - n_start, 1.0))
+    return cur, nxt
+
+
 class TariffPrices:
     """Evaluates a Tariff (and its price series) over a horizon."""
 
@@ -177,5 +210,7 @@ class TariffPrices:
         tf = self.tariff
         keys = billing_key(t_s, tf.billing_period, tf.utc_offset_h)
         co2 = None if tf.co2_kg_per_kwh is None else np.full(t_s.shape, tf.co2_kg_per_kwh)
+        w_cur, w_next = demand_weights(now_s, float(steps.sum()), tf.billing_period, tf.utc_offset_h)
         return HorizonPrices(import_per_kwh=imp, export_per_kwh=exp, in_billing_period=keys == keys[0],
-                             co2_kg_per_kwh=co2, source=source[0])
+                             co2_kg_per_kwh=co2, source=source[0], demand_charge_per_kw=tf.demand_charge_per_kw * w_cur,
+                             demand_charge_next_per_kw=tf.demand_charge_per_kw * w_next)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from powerctl.natures import Nature
 
@@ -81,7 +82,61 @@ def compute_kpis(res: Any) -> dict[str, Any]:
         "speed_x_real_time": res.sim_s / res.wall_s if res.wall_s > 0 else float("inf"),
         "forecast_peeked": bool(res.forecaster.peeked),
     }
+    k.update(grid_kpis(res))
+    k["net_value"] = k["value_minus_fuel"] - k.get("energy_cost", 0.0) - k.get("demand_charge", 0.0) \
+        + k.get("export_revenue", 0.0)
     return k
+
+
+DEMAND_INTERVAL_S = 900.0  # utilities bill the peak of 15-minute mean import
+
+
+def grid_kpis(res: Any) -> dict[str, Any]:
+    """Grid energy in/out, energy cost, export revenue and demand charge (grid-tied sites only).
+
+    Prices are the site's tariff at the trace's calendar time (powerctl.tariffs); the demand charge
+    is the rate times the peak 15-minute mean import of each billing period the replay touches,
+    pro rata of the part of that period the replay covers (a 7-day replay carries 7/30 of a
+    month's charge, as it carries 7 days of energy cost; `demand_charge_full` is the whole bill's).
+    """
+    cfg, s, e = res.plant.cfg, res.series, res.plant.e
+    meters = cfg.by_nature(Nature.METER)
+    if not any(m.limits.max_import_kw > 0 or m.limits.max_export_kw > 0 for m in meters) or s.empty:
+        return {}
+    from powerctl.tariff_config import Tariff
+    from powerctl.tariffs import TariffPrices, billing_key, period_bounds_s
+
+    tariff = cfg.tariff if cfg.tariff is not None else Tariff()
+    t_rel = s["t_s"].to_numpy(float)
+    dt_s = np.diff(np.append(t_rel, res.sim_s))
+    t_abs = pd.Timestamp(res.trace.t0).timestamp() + t_rel
+    hp = TariffPrices.from_config(tariff).horizon(float(t_abs[0]), dt_s)
+    grid_kw = s["grid_kw"].to_numpy(float)
+    imp, exp = np.maximum(grid_kw, 0.0), np.maximum(-grid_kw, 0.0)
+    dt_h = dt_s / 3600.0
+    interval = np.floor(t_abs / DEMAND_INTERVAL_S)
+    mean_imp = pd.Series(imp * dt_s).groupby(interval).sum() / pd.Series(dt_s).groupby(interval).sum()
+    keys = billing_key(np.asarray(mean_imp.index, float) * DEMAND_INTERVAL_S, tariff.billing_period,
+                       tariff.utc_offset_h)
+    peaks = mean_imp.groupby(keys).max()
+    share = []
+    for key in peaks.index:
+        in_p = billing_key(t_abs, tariff.billing_period, tariff.utc_offset_h) == key
+        start, end = period_bounds_s(float(t_abs[in_p][0]), tariff.billing_period, tariff.utc_offset_h)
+        share.append(float(dt_s[in_p].sum()) / (end - start))
+    out: dict[str, Any] = {
+        "grid_import_kwh": e["grid_import"],
+        "grid_export_kwh": e["grid_export"],
+        "energy_cost": float(np.sum(imp * hp.import_per_kwh * dt_h)),
+        "export_revenue": float(np.sum(exp * hp.export_per_kwh * dt_h)),
+        "demand_charge": float(tariff.demand_charge_per_kw * np.dot(peaks.to_numpy(float), share)),
+        "demand_charge_full": float(tariff.demand_charge_per_kw * peaks.sum()),
+        "peak_import_kw": float(peaks.max()),
+        "grid_outage_steps": int((~s["grid_up"].astype(bool)).sum()) if "grid_up" in s else 0,
+    }
+    if tariff.co2_kg_per_kwh is not None:
+        out["grid_co2_kg"] = e["grid_import"] * tariff.co2_kg_per_kwh
+    return out
 
 
 def limit_violations(res: Any) -> dict[str, int]:
@@ -114,6 +169,7 @@ def limit_violations(res: Any) -> dict[str, int]:
 
 
 _ORDER = [
+    ("net_value", "value - fuel - grid cost + export", "{:,.2f}"),
     ("value_minus_fuel", "value of compute - fuel", "{:,.2f}"),
     ("compute_value", "value of compute", "{:,.2f}"),
     ("compute_energy_kwh", "compute energy (GPU IT) kWh", "{:,.1f}"),
@@ -128,6 +184,13 @@ _ORDER = [
     ("fuel_cost", "fuel cost", "{:,.2f}"),
     ("fuel_deliveries", "fuel deliveries (tank refills)", "{}"),
     ("co2_kg", "CO2 kg", "{:,.1f}"),
+    ("grid_import_kwh", "grid import kWh", "{:,.1f}"),
+    ("grid_export_kwh", "grid export kWh", "{:,.1f}"),
+    ("energy_cost", "grid energy cost", "{:,.2f}"),
+    ("export_revenue", "export revenue", "{:,.2f}"),
+    ("demand_charge", "demand charge", "{:,.2f}"),
+    ("peak_import_kw", "peak import (15-min mean) kW", "{:,.1f}"),
+    ("grid_co2_kg", "grid CO2 kg", "{:,.1f}"),
     ("battery_discharge_kwh", "battery discharge kWh", "{:,.1f}"),
     ("battery_equivalent_cycles", "battery equivalent cycles", "{:.2f}"),
     ("gpu_cap_changes", "GPU cap changes", "{:,}"),
@@ -172,6 +235,9 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
         "renewable_to_compute_pct",
         "battery_equivalent_cycles",
     ]
+    if any("energy_cost" in r for r in results.values()):  # grid-tied: what the grid costs and pays
+        keys = ["net_value", *keys[:3], "energy_cost", "demand_charge", "export_revenue", "grid_import_kwh",
+                "grid_export_kwh", *keys[3:]]
     head = f"{'':<28}" + "".join(f"{n:>16}" for n in results)
     rows = [head]
     for key in keys:

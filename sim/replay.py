@@ -325,6 +325,8 @@ def simulate(
     ctrl = make_controller(
         controller, rcfg, plant, forecaster, static_cap_w=static_cap_w, solve_deadline_s=solve_deadline_s
     )
+    if isinstance(ctrl, CoreController):  # grid tariffs and billing periods on the trace's calendar
+        ctrl.core.billing.time_offset_s = pd.Timestamp(trace.t0).timestamp()
     image = new_image(rcfg, max_age_s=2.5 * step_s)
     end_s = trace.end_s
     n = int(np.floor(end_s / step_s + 1e-9))

@@ -125,6 +125,8 @@ def grid_inputs(cfg: SiteConfig, image: ProcessImage, now_s: float, x: DispatchI
         x.in_billing_period = prices.in_billing_period
         x.co2_kg_per_kwh = prices.co2_kg_per_kwh
         x.price_source = prices.source
+        x.demand_charge_per_kw = prices.demand_charge_per_kw
+        x.demand_charge_next_per_kw = prices.demand_charge_next_per_kw
     if not grid_fresh(cfg, image, now_s):
         x.grid_import_max_kw = np.zeros(steps)
         x.grid_export_max_kw = np.zeros(steps)

@@ -109,6 +109,12 @@ def test_billing_period_splits_the_horizon_at_the_month_end() -> None:
     # 2025-07-31 20:00 local = 2025-08-01 01:00 UTC; four hours later it is August locally.
     hp = TariffPrices(tariff).horizon(utc(2025, 8, 1, 1.0), np.full(8, 3600.0))
     assert hp.in_billing_period.tolist() == [True] * 4 + [False] * 4
+    # Pro rata: 8 h of horizon over the 4 h left in July (full rate), 8 h of August's 744 h.
+    assert hp.demand_charge_per_kw == 12.0
+    assert hp.demand_charge_next_per_kw == pytest.approx(12.0 * 8 / 744)
+    # Early in the month a day's plan prices the peak at 1/(days left) of the rate.
+    early = TariffPrices(tariff).horizon(utc(2025, 7, 1, 5.0), np.full(24, 3600.0))
+    assert early.demand_charge_per_kw == pytest.approx(12.0 / 31) and early.in_billing_period.all()
 
 
 def test_running_peak_survives_a_restart_and_resets_with_the_period(tmp_path: Path) -> None:

@@ -183,8 +183,10 @@ def lp_optimum(site: SiteParams, x: DispatchInputs) -> float:
         c[ix("gpu", t)] -= slope * dt[t]
     c[ix("e", T - 1)] -= b.terminal_value_per_kwh
     lb[P_CUR] = x.peak_import_kw
-    c[P_CUR] = c[P_NEXT] = gr.demand_charge_per_kw
-    const = -gr.demand_charge_per_kw * x.peak_import_kw + slope * cl.p_min_kw * float(dt.sum())
+    rate_cur = gr.demand_charge_per_kw if x.demand_charge_per_kw is None else x.demand_charge_per_kw
+    rate_next = gr.demand_charge_per_kw if x.demand_charge_next_per_kw is None else x.demand_charge_next_per_kw
+    c[P_CUR], c[P_NEXT] = rate_cur, rate_next
+    const = -rate_cur * x.peak_import_kw + slope * cl.p_min_kw * float(dt.sum())
 
     Aub, bub = sparse_rows(rows_ub, n)
     Aeq, beq = sparse_rows(rows_eq, n)
@@ -210,7 +212,10 @@ def test_objective_matches_an_independent_linprog(solver: str) -> None:
         in_period = np.arange(T) < 20 + 5 * k  # the billing period ends inside the horizon
         x = grid_inputs(site, pv=pv, other=15.0 + 10.0 * rng.uniform(size=T), imp_price=imp, exp_price=exp,
                         soc=30.0 + 10 * k, grid_import_max_kw=lim, in_billing_period=in_period,
-                        peak_import_kw=20.0 + 5 * k)
+                        peak_import_kw=20.0 + 5 * k,
+                        # pro-rata rates on two of the draws (None: the site's full rate)
+                        demand_charge_per_kw=None if k % 2 == 0 else 0.5 * k,
+                        demand_charge_next_per_kw=None if k % 2 == 0 else 0.2)
         plan = prob.solve(x, deadline_s=10)
         assert plan.rung == "primary", plan.explain()
         assert plan_violations(site, x, plan) == []
