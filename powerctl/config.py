@@ -31,8 +31,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Every number has a physical upper bound (issue 12: `max_discharge_kw = 1e308`, `gpus = 1e8` and
+# `max_age_s = 1e308` were accepted). The bounds are generous, but finite and physical; the generic
+# aliases cap what is left (prices, penalties) at a billion.
+MAX_KW = 100_000.0  # 100 MW: above any one site this controller runs (a module is ~2 MW)
+MAX_KWH = 1_000_000.0  # 1 GWh of storage
+MAX_GPU_W = 5_000.0  # one GPU's power limit (B200: 1.2 kW)
+MAX_GPUS = 100_000  # GPUs in one pool (a 2 MW module has ~2,400)
+MAX_S = 7 * 86_400.0  # a week: no timer, period or minimum time in a config is longer
+PositiveFloat = Annotated[float, Field(gt=0, le=1e9)]
+NonNegFloat = Annotated[float, Field(ge=0, le=1e9)]
+Kw = Annotated[float, Field(gt=0, le=MAX_KW)]
+NonNegKw = Annotated[float, Field(ge=0, le=MAX_KW)]
+KwPerS = Annotated[float, Field(gt=0, le=MAX_KW)]
+Watts = Annotated[float, Field(gt=0, le=MAX_GPU_W)]
+NonNegWatts = Annotated[float, Field(ge=0, le=MAX_GPU_W)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_S)]
+NonNegSeconds = Annotated[float, Field(ge=0, le=MAX_S)]
 Pct = Annotated[float, Field(ge=0, le=100)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -46,7 +61,7 @@ class ModbusTcp(_Model):
     port: Port = 502
     unit_id: Annotated[int, Field(ge=0, le=255)] = 1
     framer: Literal["socket", "rtu"] = "socket"  # "rtu" = RTU-over-TCP gateways
-    timeout_s: PositiveFloat = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class ModbusRtu(_Model):
@@ -57,7 +72,7 @@ class ModbusRtu(_Model):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     unit_id: Annotated[int, Field(ge=0, le=255)] = 1
-    timeout_s: PositiveFloat = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class MqttTopics(_Model):
@@ -74,23 +89,23 @@ Transport = Annotated[ModbusTcp | ModbusRtu | MqttTopics, Field(discriminator="k
 
 
 class PvLimits(_Model):
-    kwp: PositiveFloat
-    max_ac_kw: PositiveFloat | None = None
+    kwp: Kw
+    max_ac_kw: Kw | None = None
     tilt_deg: Annotated[float, Field(ge=0, le=90)] = 20.0
     azimuth_deg: Annotated[float, Field(ge=0, lt=360)] = 180.0
 
 
 class BatteryLimits(_Model):
-    capacity_kwh: PositiveFloat
-    max_charge_kw: PositiveFloat
-    max_discharge_kw: PositiveFloat
+    capacity_kwh: Annotated[float, Field(gt=0, le=MAX_KWH)]
+    max_charge_kw: Kw
+    max_discharge_kw: Kw
     soc_min_pct: Pct = 10.0
     soc_max_pct: Pct = 95.0
     eta_charge: Annotated[float, Field(gt=0, le=1)] = 0.95
     eta_discharge: Annotated[float, Field(gt=0, le=1)] = 0.95
     wear_cost_per_kwh: NonNegFloat = 0.02
     terminal_value_per_kwh: NonNegFloat = 0.08
-    ramp_kw_per_s: PositiveFloat | None = None  # how fast it can pick up load
+    ramp_kw_per_s: KwPerS | None = None  # how fast it can pick up load
 
     @model_validator(mode="after")
     def _window(self) -> BatteryLimits:
@@ -103,11 +118,11 @@ class BatteryLimits(_Model):
 
 class FuelPoint(_Model):
     load_pct: Pct
-    l_per_h: NonNegFloat
+    l_per_h: Annotated[float, Field(ge=0, le=100_000)]
 
 
 class GensetLimits(_Model):
-    rating_kw: PositiveFloat
+    rating_kw: Kw
     min_load_pct: Pct = 30.0
     # Affine fuel model F [L/h] = f0_l_per_h_per_kw_rated * rating + f1_l_per_kwh * P (HOMER form),
     # either given directly or fitted from ``fuel_curve`` points.
@@ -117,10 +132,10 @@ class GensetLimits(_Model):
     fuel_price_per_l: NonNegFloat = 1.2
     co2_kg_per_l: NonNegFloat = 2.68
     start_cost: NonNegFloat = 5.0
-    min_up_s: NonNegFloat = 900.0
-    min_down_s: NonNegFloat = 600.0
-    warmup_s: NonNegFloat = 60.0
-    ramp_kw_per_s: PositiveFloat | None = None
+    min_up_s: NonNegSeconds = 900.0
+    min_down_s: NonNegSeconds = 600.0
+    warmup_s: NonNegSeconds = 60.0
+    ramp_kw_per_s: KwPerS | None = None
 
     @model_validator(mode="after")
     def _fuel(self) -> GensetLimits:
@@ -146,8 +161,8 @@ class GensetLimits(_Model):
 
 
 class MeterLimits(_Model):
-    max_import_kw: NonNegFloat = 0.0  # 0 = island: no grid import allowed
-    max_export_kw: NonNegFloat = 0.0
+    max_import_kw: NonNegKw = 0.0  # 0 = island: no grid import allowed
+    max_export_kw: NonNegKw = 0.0
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -157,9 +172,9 @@ class _DeviceBase(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     profile: str
     transport: Transport
-    poll_period_s: PositiveFloat = 1.0
+    poll_period_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     stale_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
-    max_age_s: PositiveFloat | None = None  # default: 3 poll periods
+    max_age_s: Annotated[float, Field(gt=0, le=86_400)] | None = None  # default: 3 poll periods
 
     @property
     def signal_max_age_s(self) -> float:
@@ -194,8 +209,8 @@ Device = Annotated[PvDevice | BatteryDevice | GensetDevice | MeterDevice, Field(
 
 class WorkloadClass(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-    gpus: Annotated[int, Field(ge=0)]
-    priority: Annotated[int, Field(ge=0)] = 0  # 0 = most important; shed last
+    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS)]
+    priority: Annotated[int, Field(ge=0, le=1000)] = 0  # 0 = most important; shed last
     value_per_kwh: NonNegFloat = 0.5  # value of compute at full throughput, per kWh of IT energy
     # a workload id in powerctl/data/gpu-cap-curves.csv for the pool's GPU model (`gpu.model`), or "linear"
     curve: str = "infer_llama_8b"
@@ -210,7 +225,7 @@ class ShedHook(_Model):
     restore: list[str] | None = None
     shed_url: str | None = None
     restore_url: str | None = None
-    timeout_s: PositiveFloat = 10.0
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
 
 class AgentNode(_Model):
@@ -221,8 +236,8 @@ class AgentNode(_Model):
     gpus: Annotated[int, Field(ge=1, le=64)]
     workload: str | None = None  # the class of every GPU of this node, or
     workloads: list[str] | None = None  # one class per GPU
-    min_w: PositiveFloat | None = None  # this node's GPU model range (None: gpu.min_w / gpu.max_w);
-    max_w: PositiveFloat | None = None  # the agent's own reported range narrows it once it answers
+    min_w: Watts | None = None  # this node's GPU model range (None: gpu.min_w / gpu.max_w);
+    max_w: Watts | None = None  # the agent's own reported range narrows it once it answers
 
     @model_validator(mode="after")
     def _classes(self) -> AgentNode:
@@ -261,7 +276,7 @@ class GpuPool(_Model):
     # drives. `socket_path` None = powerctl.gpu.socket.DEFAULT_SOCKET_PATH.
     socket_group: str | None = None  # None: the cap-setter's own group (systemd Group=)
     socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
-    socket_timeout_s: PositiveFloat = 2.0  # client side: per request to the cap-setter
+    socket_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # client side: per request to the cap-setter
     capsetter_backend: Literal["nvml", "simulated"] = "nvml"
     # backend = "simulated": a JSON file holding the simulated caps, so separate processes (daemon,
     # watchdog, apply-safe-caps) act on the same simulated GPUs. None = in-memory only.
@@ -269,17 +284,17 @@ class GpuPool(_Model):
     # The GPU model whose measured cap-vs-throughput curves apply: the `gpu` column of
     # powerctl/data/gpu-cap-curves.csv (A100, A40, V100, ...). Only its rows are used.
     model: str = "A100"
-    min_w: PositiveFloat = 100.0
-    max_w: PositiveFloat = 400.0
-    safe_cap_w: PositiveFloat = 150.0
-    idle_w: NonNegFloat = 60.0
+    min_w: Watts = 100.0
+    max_w: Watts = 400.0
+    safe_cap_w: Watts = 150.0
+    idle_w: NonNegWatts = 60.0
     facility_overhead: Annotated[float, Field(ge=0, le=1)] = 0.08  # cooling etc., share of IT power
-    ramp_up_kw_per_s: PositiveFloat = 20.0
+    ramp_up_kw_per_s: KwPerS = 20.0
     ramp_penalty_per_kw: NonNegFloat = 0.001
     classes: list[WorkloadClass] = Field(min_length=1)
     shed_hooks: list[ShedHook] = Field(default_factory=list)
-    shed_restore_margin_kw: NonNegFloat = 5.0
-    shed_restore_hold_s: NonNegFloat = 60.0
+    shed_restore_margin_kw: NonNegKw = 5.0
+    shed_restore_hold_s: NonNegSeconds = 60.0
 
     @property
     def count(self) -> int:
@@ -307,6 +322,8 @@ class GpuPool(_Model):
             raise ValueError("classes: duplicate class names")
         if self.count == 0:
             raise ValueError("classes: at least one GPU is needed")
+        if self.count > MAX_GPUS:
+            raise ValueError(f"classes: {self.count} GPUs in all, over the {MAX_GPUS} one pool can hold")
         for hook in self.shed_hooks:
             if hook.workload not in names:
                 raise ValueError(f"shed_hooks: workload {hook.workload!r} is not a class ({', '.join(names)})")
@@ -349,7 +366,7 @@ class GpuPool(_Model):
 
 
 class HorizonSegment(_Model):
-    step_s: Annotated[float, Field(ge=10)]
+    step_s: Annotated[float, Field(ge=10, le=86_400)]
     count: Annotated[int, Field(ge=1, le=2000)]
 
 
@@ -364,7 +381,7 @@ class Control(_Model):
     # HIGHS / AUTO (HiGHS for this linear model): several times faster re-solves, see bench/optimizer.py.
     solver: Literal["CLARABEL", "OSQP", "HIGHS", "AUTO"] = "AUTO"
     solve_deadline_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    supply_margin_kw: NonNegFloat = 2.0
+    supply_margin_kw: NonNegKw = 2.0
     supply_margin_pct: Pct = 5.0
     reserve_load_pct: Pct = 10.0
     reserve_pv_pct: Pct = 25.0
@@ -392,14 +409,14 @@ class Influx(_Model):
     bucket: str
     token: str | None = None
     token_file: str | None = None
-    batch_size: Annotated[int, Field(ge=1)] = 5000
-    flush_interval_s: PositiveFloat = 1.0
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    flush_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     spool_dir: str = "run/spool"
-    spool_max_mb: PositiveFloat = 256.0
+    spool_max_mb: Annotated[float, Field(gt=0, le=1_000_000)] = 256.0
 
 
 class Telemetry(_Model):
-    period_s: PositiveFloat = 1.0
+    period_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     file: str | None = "run/telemetry.lp"  # line protocol, used when no influx is set
     influx: Influx | None = None
 
@@ -431,8 +448,8 @@ class Mqtt(_Model):
     client_id: str | None = None
     topic_prefix: str = "powerctl"
     homeassistant_discovery: bool = False
-    command_lease_s: PositiveFloat = 60.0
-    publish_period_s: PositiveFloat = 1.0
+    command_lease_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    publish_period_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     max_payload_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = 65536
     # Operator commands (README "Operator commands: who may command the site"): signed by one of
     # these operators, or refused. Unsigned commands only on a broker the README calls trusted.
@@ -474,7 +491,7 @@ class SiteInfo(_Model):
     module: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     latitude: Annotated[float, Field(ge=-90, le=90)] = 36.1
     longitude: Annotated[float, Field(ge=-180, le=180)] = -79.95
-    altitude_m: float = 0.0
+    altitude_m: Annotated[float, Field(ge=-500, le=9000)] = 0.0
     timezone: str = "UTC"
 
 
