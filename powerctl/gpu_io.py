@@ -56,11 +56,23 @@ def read_caps_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float]
 
 def apply_caps(backend: GpuBackend, caps_w: Mapping[int, float], only_changed_from: Mapping[int, float] | None = None
                ) -> list[CapResult]:
-    """Send caps (all, or those differing from ``only_changed_from``); failures are logged, not raised."""
+    """Send caps (all, or those differing from ``only_changed_from``); failures are logged, not raised.
+    A backend with ``set_caps_w`` (the node agents) gets them all in one call, sent concurrently."""
+    todo = {i: cap for i, cap in caps_w.items()
+            if only_changed_from is None or abs(only_changed_from.get(i, math.nan) - cap) >= 1e-6}
+    batch = getattr(backend, "set_caps_w", None)
+    if callable(batch):
+        try:
+            results: list[CapResult] = batch(todo) if todo else []
+        except Exception as exc:
+            log.error("setting %d caps failed: %s", len(todo), exc)
+            return []
+        for r in results:
+            if not r.ok:
+                log.error("%s", r.message)
+        return results
     results = []
-    for i, cap in caps_w.items():
-        if only_changed_from is not None and abs(only_changed_from.get(i, math.nan) - cap) < 1e-6:
-            continue
+    for i, cap in todo.items():
         try:
             r = backend.set_cap_w(i, cap)
         except Exception as exc:
@@ -89,6 +101,11 @@ class GpuReadings:
     @property
     def image(self) -> ProcessImage:
         return self._image
+
+    def held_caps_w(self) -> dict[int, float] | None:
+        """GPUs no cap reaches now, at the highest cap they may hold (``powerctl.gpu.agents``)."""
+        held = getattr(self.backend, "held_caps_w", None)
+        return held() if callable(held) else None
 
     def gpu_power_w(self) -> dict[int, float] | None:
         per = read_power_per_gpu_w(self.backend, self.indices)
