@@ -75,6 +75,9 @@ SIGNALS: dict[Nature, dict[str, SignalSpec]] = {
     Nature.METER: _specs(
         SignalSpec("p_kw", "kW", "active power, + = import into the site", Worst.HIGH),
         SignalSpec("e_import_kwh", "kWh", "imported energy counter"),
+        # where the profile has them, the guard counts grid import only while they show the grid
+        SignalSpec("v_v", "V", "grid voltage at the point of connection (L1-N)"),
+        SignalSpec("f_hz", "Hz", "grid frequency at the point of connection"),
     ),
     Nature.GPU_POOL: _specs(
         SignalSpec("p_kw", "kW", "GPU power draw, + = consumption", Worst.HIGH),

@@ -7,6 +7,9 @@ clients read the encoded registers; writes to a profile's setpoint are decoded a
 do not exist (exception 2), and writes to read-only registers are refused, as a real device would.
 ``SimServer`` runs one pymodbus TCP server (socket or RTU framing) for one or more devices.
 
+A lying device (``device.lies[signal] = f``) reports ``f(true value)`` for a signal: a register at
+10x, stuck at a value, a SoC that is not the battery's; the Modbus exchange itself stays correct.
+
 Fault modes (``device.fault``):
 - ``NO_ANSWER``: the request is swallowed; the client times out.
 - ``SLOW``: the answer comes after ``slow_s``.
@@ -178,6 +181,8 @@ class DeviceSimulator(RegisterDevice):
         self.profile = profile
         self.on_write = on_write
         self.writes: list[tuple[str, float]] = []
+        # signal -> what the device reports given the true value (tests: a register at 10x, stuck, ...)
+        self.lies: dict[str, Callable[[float], float]] = {}
         for p in profile.points:
             for a in range(p.address, p.end):
                 self.registers[p.table].setdefault(a, 0)
@@ -241,6 +246,9 @@ class DeviceSimulator(RegisterDevice):
         """Set every point feeding ``signal`` from a value in the signal's unit and sign."""
         # A signal no point feeds is ignored: a plant pushes every signal of a nature, and a
         # profile maps only those its device has.
+        lie = self.lies.get(signal)
+        if lie is not None:
+            value = lie(value)  # a lying device: its registers say what the lie makes of the truth
         for p in self.profile.points:
             if p.signal == signal:
                 self.set_point(p.name, signal_to_point_value(p, value, self.profile))

@@ -23,6 +23,7 @@ from enum import StrEnum
 import numpy as np
 
 from powerctl.config import SiteConfig
+from powerctl.control.battery import clamp_battery_kw
 from powerctl.control.planner import build_inputs, genset_running, site_params
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.grid_billing import GridBilling
@@ -169,7 +170,8 @@ class ControllerCore:
     def dispatch(self, now_s: float, image: ProcessImage, overrides: Overrides | None = None) -> Commands:
         """The commands for now. Operator overrides apply on top of the plan:
 
-        - ``hold`` repeats the last commands (the guard still cuts caps if supply falls);
+        - ``hold`` repeats the last commands (the guard still cuts caps if supply falls), each
+          battery setpoint clamped again to its limits, the SoC window and the reserve;
         - ``manual`` ignores the plan's GPU budget: the ceiling (or, without one, the caps in
           force) is the budget; batteries get no setpoint change and gensets keep their state;
         - a GPU budget ceiling scales the budget down, least important class first;
@@ -179,8 +181,11 @@ class ControllerCore:
         ov = overrides or Overrides()
         if ov.mode is OperatorMode.HOLD and self.last_commands is not None:
             held = self.last_commands
+            # held setpoints still obey the device, the SoC window and the reserve (issue 12)
+            battery_kw = {n: self._clamp_battery(n, p, image.value(n, "soc_pct", now_s), ov.battery_reserve_pct)
+                          for n, p in held.battery_kw.items()}
             return Commands(
-                t_s=now_s, battery_kw=dict(held.battery_kw), genset_run=dict(held.genset_run),
+                t_s=now_s, battery_kw=battery_kw, genset_run=dict(held.genset_run),
                 gpu_budget_kw=dict(held.gpu_budget_kw), gpu_caps_w=dict(held.gpu_caps_w),
                 released=held.released, mode=DispatchMode.HOLD, reason="operator hold",
             )
@@ -203,7 +208,8 @@ class ControllerCore:
             idx = self._step_index(now_s)
             budget = {n: float(plan.gpu_kw[i, idx]) for i, n in enumerate(self.class_names)}
             for i, name in enumerate(self.batteries):
-                cmd.battery_kw[name] = self._clamp_battery(name, float(plan.battery_kw[i, idx]))
+                cmd.battery_kw[name] = self._clamp_battery(name, float(plan.battery_kw[i, idx]),
+                                                           image.value(name, "soc_pct", now_s))
             for i, name in enumerate(self.gensets):
                 if image.value(name, "running", now_s) is None:
                     continue  # state unknown (not read yet, or stale): no start or stop on a guess
@@ -285,9 +291,9 @@ class ControllerCore:
         idx = int(np.searchsorted(edges, elapsed, side="right"))
         return min(idx, len(edges) - 1)
 
-    def _clamp_battery(self, name: str, p_kw: float) -> float:
-        lim = self.cfg.device(name).limits
-        return float(min(max(p_kw, -lim.max_charge_kw), lim.max_discharge_kw))
+    def _clamp_battery(self, name: str, p_kw: float, soc_pct: float | None,
+                       reserve_pct: float | None = None) -> float:
+        return clamp_battery_kw(p_kw, self.cfg.device(name).limits, soc_pct, reserve_pct)
 
     def _genset_decision(self, name: str, want_on: bool, now_s: float, image: ProcessImage) -> bool:
         """Follow the plan, but never against min up/down times as we observed them."""

@@ -1,10 +1,13 @@
 """The guard: every ``guard_period_s``, from the latest measurements alone, keep load within the
 supply that is actually available, and hold every outgoing cap to its device limits.
 
-Supply available (kW) = PV now + battery discharge limit at the current SoC (zero at or below the
-SoC floor) + genset output and headroom to its rating (only while it runs and reads GOOD)
-+ grid import limit (only while the meter reads GOOD). Stale means worst case
-(``ProcessImage.worst``): a stale supply reads 0, a stale SoC reads the floor.
+Supply available (kW) = PV now (at most its nameplate, and at most what the power balance allows
+when a PV reading is suspect) + battery discharge limit tapered over the last ``TAPER_BAND_PCT`` above
+the SoC floor (zero at the floor until it is ``REARM_PCT`` above it again; powerctl.control.battery)
++ genset rating (only while it runs and reads GOOD and plausible) + grid import limit (only while the
+meter reads GOOD and shows the grid present). Stale means worst case (``ProcessImage.worst``): a
+stale supply reads 0, a stale SoC reads the floor; so does a reading that fails a plausibility check
+(powerctl.control.plausibility), and caps then go to the safe cap and do not rise.
 Margin = ``supply_margin_kw`` + ``supply_margin_pct`` of the supply.
 
 The GPU power the supply allows is (available - margin - other load) / (1 + facility overhead).
@@ -28,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from powerctl.control.battery import FloorLatch
+from powerctl.control.plausibility import Plausibility, is_reading, pv_nameplate_kw
 from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.slew import SlewLimiter
 from powerctl.control.split import GpuSlot, cut_to_total
@@ -49,6 +54,9 @@ class SupplyView:
     available_kw: float
     margin_kw: float
     stale: tuple[str, ...]  # "device.signal" of every supply signal that is not GOOD
+    suspect: tuple[str, ...] = ()  # "device.signal: why" of every reading that failed a plausibility check
+    raised: tuple[str, ...] = ()  # plausibility findings new in this pass (report once)
+    cleared: tuple[str, ...] = ()  # findings that cleared in this pass
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class GuardDecision:
     restore: tuple[ShedAction, ...] = ()
     deficit_kw: float = 0.0  # GPU power neither caps nor shedding could remove
     reason: str = ""
+    findings: tuple[str, ...] = ()  # plausibility findings raised in this pass ("device.signal: why")
+    cleared: tuple[str, ...] = ()  # plausibility findings that cleared in this pass
 
 
 @dataclass
@@ -93,6 +103,8 @@ class Guard:
             self.lookahead_s = self.cfg.control.guard_period_s + max(polls, default=1.0) + self.gpu_lag_s
         self._hist: deque[tuple[float, float]] = deque()
         self._last_cut_s: float | None = None
+        self.plausibility = Plausibility(self.cfg)
+        self._floor: dict[str, FloorLatch] = {}
 
     def projected_kw(self, available_kw: float, now_s: float) -> float:
         """Supply projected ``lookahead_s`` ahead when it is falling (never above the supply now)."""
@@ -109,8 +121,13 @@ class Guard:
 
     # --- supply -------------------------------------------------------------------------------
 
-    def supply(self, image: ProcessImage, now_s: float) -> SupplyView:
+    def supply(self, image: ProcessImage, now_s: float, load_kw: float | None = None) -> SupplyView:
+        """What the supply can carry now, from readings that pass the plausibility checks
+        (``powerctl.control.plausibility``): each source bounded by its nameplate, a suspect reading
+        at its worst case. ``load_kw`` (measured) feeds the power-balance cross-check."""
         stale: list[str] = []
+        pa = self.plausibility.assess(image, now_s, load_kw)
+        bad = pa.suspect
 
         def read(dev: str, sig: str, *, low: float = 0.0, high: float = 0.0, required: bool = True) -> float | None:
             try:
@@ -122,32 +139,45 @@ class Guard:
                 return None  # optional and not mapped by the profile
             if not s.good:
                 stale.append(f"{dev}.{sig}")
+            if f"{dev}.{sig}" in bad:
+                return low if sig == "soc_pct" else 0.0  # suspect: worst case
             return image.worst(dev, sig, now_s, low=low, high=high)
 
-        pv = sum(max(0.0, read(d.name, "p_kw") or 0.0) for d in self.cfg.by_nature(Nature.PV))
+        pv = 0.0
+        for d in self.cfg.by_nature(Nature.PV):
+            pv += min(max(0.0, read(d.name, "p_kw") or 0.0), pv_nameplate_kw(d.limits))
+        if pa.pv_balance_kw is not None and any(f"{d.name}.p_kw" in bad for d in self.cfg.by_nature(Nature.PV)):
+            pv = min(pv, pa.pv_balance_kw)
         batt = 0.0
         for d in self.cfg.by_nature(Nature.BATTERY):
             lim = d.limits
             soc = read(d.name, "soc_pct", low=lim.soc_min_pct, high=lim.soc_max_pct)
             dev_max = read(d.name, "max_discharge_kw", required=False)
             p = lim.max_discharge_kw if dev_max is None else min(lim.max_discharge_kw, max(0.0, dev_max))
-            batt += p if soc is not None and soc > lim.soc_min_pct else 0.0
+            latch = self._floor.setdefault(d.name, FloorLatch())
+            batt += p * latch.fraction(soc if soc is not None else lim.soc_min_pct, lim.soc_min_pct)
         gen = 0.0
         for d in self.cfg.by_nature(Nature.GENSET):
             running = read(d.name, "running")
-            out = read(d.name, "p_kw")
-            if running and running >= 0.5 and f"{d.name}.p_kw" not in stale:
-                gen += max(out or 0.0, d.limits.rating_kw)  # output + headroom to rating
+            read(d.name, "p_kw")
+            key = f"{d.name}.p_kw"
+            if running and running >= 0.5 and key not in stale and key not in bad:
+                gen += d.limits.rating_kw  # output + headroom: never more than its rating
         grid = 0.0
         for d in self.cfg.by_nature(Nature.METER):
             if d.limits.max_import_kw > 0:
                 read(d.name, "p_kw", high=math.inf)
-                if f"{d.name}.p_kw" not in stale:
+                if f"{d.name}.p_kw" not in stale and pa.grid_present.get(d.name, False):
                     grid += d.limits.max_import_kw
         available = pv + batt + gen + grid
         c = self.cfg.control
         margin = c.supply_margin_kw + c.supply_margin_pct / 100.0 * available
-        return SupplyView(pv, batt, gen, grid, available, margin, tuple(stale))
+        for f in pa.raised:
+            log.warning("plausibility: %s: counted as worst case", f)
+        for k in pa.cleared:
+            log.warning("plausibility: %s trusted again", k)
+        suspect = tuple(f"{k}: {v}" for k, v in bad.items() if is_reading(k))
+        return SupplyView(pv, batt, gen, grid, available, margin, tuple(stale), suspect, pa.raised, pa.cleared)
 
     # --- decision -----------------------------------------------------------------------------
 
@@ -181,7 +211,9 @@ class Guard:
         ``gpu_power_w`` is the measured GPU power (None when unreadable: the caps in force are then
         taken as the worst case).
         """
-        sv = self.supply(image, now_s)
+        measured = gpu_power_w is not None and gpu_power_w == gpu_power_w
+        meas_load_kw = gpu_power_w / 1000.0 * self.k_overhead + max(0.0, other_load_kw) if measured else None
+        sv = self.supply(image, now_s, meas_load_kw)
         reasons: list[str] = []
         safe = False
         if requested_caps_w is None:
@@ -196,6 +228,12 @@ class Guard:
             want = {i: min(want[i], held[i]) for i in want}
             safe = True
             reasons.append("stale supply (" + ", ".join(sv.stale) + "): safe cap, no rise")
+        if sv.suspect:
+            # A reading physics does not allow: it counts as worst case, and nothing goes up on it.
+            held = self.safe_caps()
+            want = {i: min(want[i], held[i]) for i in want}
+            safe = True
+            reasons.append("implausible supply (" + "; ".join(sv.suspect) + "): safe cap, no rise")
 
         in_force_w = sum(self.last_caps_w.values()) if self.last_caps_w else sum(want.values())
         if gpu_power_w is None or gpu_power_w != gpu_power_w:
@@ -239,7 +277,7 @@ class Guard:
         caps = self.clamp(caps)
         if any(caps[i] < self.last_caps_w.get(i, math.inf) - 1e-9 for i in caps):
             self._last_cut_s = now_s
-        if sv.stale or requested_caps_w is None:
+        if sv.stale or sv.suspect or requested_caps_w is None:
             caps = {i: min(c, self.last_caps_w.get(i, c)) for i, c in caps.items()}
         self.last_caps_w, self.last_t_s = dict(caps), now_s
         return GuardDecision(
@@ -254,4 +292,6 @@ class Guard:
             restore=tuple(a for a in shed_now if a.action == "restore"),
             deficit_kw=cut.deficit_w / 1000.0,
             reason="; ".join(reasons),
+            findings=sv.raised,
+            cleared=sv.cleared,
         )

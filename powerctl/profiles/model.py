@@ -37,6 +37,8 @@ _UNIT_TO_SIGNAL: dict[str, tuple[str, float]] = {
     "s": ("s", 1.0),
     "min": ("s", 60.0),
     "h": ("s", 3600.0),
+    "V": ("V", 1.0),
+    "Hz": ("Hz", 1.0),
     "": ("", 1.0),
 }
 

@@ -119,6 +119,7 @@ class Plant:
         self.grid_import_max_kw = sum(m.limits.max_import_kw for m in meters)
         self.grid_export_max_kw = sum(m.limits.max_export_kw for m in meters)
         self.meter_names = [m.name for m in meters]
+        self.grid_up = True  # False: a grid outage; the site islands on its battery inverter
         self.gpu = GpuCluster(cfg.gpu, gpu_demand_fn, tau_s=gpu_tau_s)
         self.overhead = cfg.gpu.facility_overhead
         self._other = other_load_kw
@@ -196,7 +197,7 @@ class Plant:
         pv_head = {n: pv.headroom_kw() for n, pv in self.pvs.items()}
         pv_head_total = sum(pv_head.values())
 
-        grid_forming_grid = self.grid_import_max_kw > 0 or self.grid_export_max_kw > 0
+        grid_forming_grid = self.grid_up and (self.grid_import_max_kw > 0 or self.grid_export_max_kw > 0)
         bat_pref = sum(b.setpoint_kw for b in self.batteries.values())
         gen_kw = self._dispatch_gensets(load - pv_head_total - bat_pref, dt)
         gen_total = sum(gen_kw.values())
@@ -344,6 +345,10 @@ class Plant:
     def meter_kw(self, name: str | None = None) -> float:
         """Grid import (+) / export (-) at the point of connection (0 in an island)."""
         return self.grid_kw
+
+    def meter_v(self, name: str | None = None) -> float:
+        """Phase voltage at the point of connection: nominal while the grid is up, 0 V in an outage."""
+        return 230.0 if self.grid_up else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         """Every current value, flat, for time series (replay) and status tables."""

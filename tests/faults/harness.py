@@ -128,6 +128,7 @@ class Sample:
     unserved_kw: float
     caps_kw: float  # sum of the caps the plant's GPUs hold
     soc_pct: float
+    grid_cap_kw: float = 0.0  # import the grid allows now (0 in an outage or an island)
 
 
 @dataclass
@@ -253,6 +254,7 @@ class FaultRig:
             unserved_kw=p.unserved_kw_now,
             caps_kw=float(p.gpu.caps_w.sum()) / 1000.0,
             soc_pct=bats[0].soc_pct if bats else math.nan,
+            grid_cap_kw=p.grid_import_max_kw if p.grid_up else 0.0,
         ))
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -382,7 +384,7 @@ class FaultRig:
         return c.supply_margin_kw + c.supply_margin_pct / 100.0 * available_kw
 
     def available_kw(self, s: Sample) -> float:
-        return s.pv_kw + s.battery_limit_kw + s.genset_cap_kw
+        return s.pv_kw + s.battery_limit_kw + s.genset_cap_kw + s.grid_cap_kw
 
     def check_supply(self, *, transients: list[tuple[float, float]] = (), tol_kw: float = 0.5) -> float:  # type: ignore[assignment]
         """Plant truth: nothing unserved, and load <= available supply - margin (+ ``tol_kw`` for the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
+
 from powerctl.config import SiteConfig
 from powerctl.control.guard import Guard
 from powerctl.control.split import slots_from_pool
@@ -138,13 +140,19 @@ def test_stale_soc_reads_as_floor_so_battery_counts_zero() -> None:
 
 
 def test_battery_at_soc_floor_counts_zero() -> None:
+    """Zero at the floor, and (taper with hysteresis, issue 12) still zero just above it until the
+    SoC is REARM_PCT above; then the limit tapers in over TAPER_BAND_PCT."""
     cfg = site()
     _clk, _sim, guard, img = _setup(cfg)
     img.update("pv1", "p_kw", 10.0, 0.0)
     img.update("bat1", "soc_pct", 10.0, 0.0)
     assert guard.supply(img, 0.0).battery_kw == 0.0
     img.update("bat1", "soc_pct", 10.5, 0.0)
-    assert guard.supply(img, 0.0).battery_kw == 8.0
+    assert guard.supply(img, 0.0).battery_kw == 0.0
+    img.update("bat1", "soc_pct", 12.5, 0.0)
+    assert guard.supply(img, 0.0).battery_kw == pytest.approx(4.0)
+    img.update("bat1", "soc_pct", 15.0, 0.0)
+    assert guard.supply(img, 0.0).battery_kw == pytest.approx(8.0)
 
 
 def test_genset_headroom_only_when_running_and_good() -> None:
