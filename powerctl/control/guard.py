@@ -211,8 +211,9 @@ class Guard:
         ``gpu_power_w`` is the measured GPU power (None when unreadable: the caps in force are then
         taken as the worst case).
         """
-        measured = gpu_power_w is not None and gpu_power_w == gpu_power_w
-        meas_load_kw = gpu_power_w / 1000.0 * self.k_overhead + max(0.0, other_load_kw) if measured else None
+        meas_load_kw = None
+        if gpu_power_w is not None and gpu_power_w == gpu_power_w:
+            meas_load_kw = gpu_power_w / 1000.0 * self.k_overhead + max(0.0, other_load_kw)
         sv = self.supply(image, now_s, meas_load_kw)
         reasons: list[str] = []
         safe = False
