@@ -77,7 +77,8 @@ class Actuators(Protocol):
 class Planner(Protocol):
     """What plans and dispatches: ``ControllerCore``, or a baseline of the replay."""
 
-    forecaster: Forecaster | None
+    @property
+    def forecaster(self) -> Forecaster | None: ...
 
     def plan(self, now_s: float, image: ProcessImage, deadline_s: float | None = None) -> Plan | None: ...
 
