@@ -112,6 +112,13 @@ def explain_error(exc: BaseException, cfg: Mqtt) -> str:
     return f"{where}: {type(exc).__name__}: {text}"
 
 
+def _disconnect_cause(client: aiomqtt.Client) -> BaseException | None:
+    fut = getattr(client, "_disconnected", None)  # aiomqtt 2.x keeps the broker's reason there
+    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
+        return fut.exception()
+    return None
+
+
 def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
     for e in eg.exceptions:
         if isinstance(e, BaseExceptionGroup):
@@ -175,8 +182,8 @@ class MqttLink:
         self.last_error: str | None = None
         self._counts = dict.fromkeys((
             "connects", "connect_failures", "published", "out_dropped", "received", "device_updates",
-            "malformed", "oversize", "commands_accepted", "commands_refused", "commands_dropped", "keepalives",
-            "unexpected",
+            "malformed", "oversize", "commands_accepted", "commands_refused", "commands_dropped", "in_dropped",
+            "keepalives", "unexpected",
         ), 0)
 
     # --- producer side (control loop): never blocks -------------------------------------------
@@ -235,6 +242,10 @@ class MqttLink:
     def _failed(self, exc: BaseException, was_connected: bool) -> None:
         msg = explain_error(exc, self.cfg)
         if was_connected:
+            if "took the session over" not in msg:
+                # Mosquitto 2.0.11 closes a taken-over session without saying so (no reason code)
+                msg += (f" (the broker closed it: a broker restart, a network break, or another client "
+                        f"connecting with this client id {self.client_id!r}, which takes the session over)")
             log.warning("MQTT connection lost: %s", msg)
         else:
             self._counts["connect_failures"] += 1
@@ -259,11 +270,40 @@ class MqttLink:
             tls_context=self._tls,
             timeout=self.timeout_s,
             keepalive=15,
+            queue_type=self._incoming_queue_type(),
             max_queued_incoming_messages=2_000,  # x max packet size: the bound on what waits here
         )
 
+    def _incoming_queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's incoming queue, bounded; a message that finds it full is dropped and counted
+        (one log line per 10 s, not one per message)."""
+        link = self
+
+        class Bounded(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if self.full():
+                    link._counts["in_dropped"] += 1
+                    link._refusal_log("incoming:full", f"MQTT: incoming queue full ({self.maxsize} messages): "
+                                      "dropping what arrives (a flood?)")
+                    return
+                super().put_nowait(item)
+
+        return Bounded
+
     async def _session(self) -> None:
-        async with self._client() as client:
+        client = self._client()
+        try:
+            await self._serve(client)
+        except (aiomqtt.MqttError, ExceptionGroup) as exc:
+            # aiomqtt reports a lost connection as "Disconnected during message iteration"; the
+            # broker's reason (e.g. "Session taken over") is in the client's disconnect future
+            cause = _disconnect_cause(client)
+            if cause is not None and cause is not exc:
+                raise cause from None
+            raise
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        async with client:
             self.connected = True
             self._counts["connects"] += 1
             if self.last_error:
