@@ -12,8 +12,15 @@ The checks (README, "Plausibility rules"):
 - **balance**: the battery is the site's other view of the flow: with it, the genset, the grid
   and the load measured, PV delivers ``load - battery - genset - grid``; PV readings above that by
   more than ``balance_tol_kw`` for ``hold_s`` are suspect (one-sided: unmetered load only makes the
-  balance larger, so it cannot raise a false alarm). The load is taken at the battery reading's
-  timestamp, so a cap change between polls is not a mismatch;
+  balance larger, so it cannot raise a false alarm), and so are PV readings while the battery sits
+  at its discharge limit (when the load is not served, the balance includes the unserved part: a
+  saturated battery is the evidence that the other sources do not give what they claim). The load
+  is taken at the battery reading's timestamp, so a cap change between polls is not a mismatch. A
+  PV reading found so stays suspect until it moves and agrees again for ``hold_s`` (a stuck lie
+  would otherwise be trusted again as soon as the cut caps made the balance close);
+- **cannot deliver**: when the load is not covered by what the sources deliver (by more than the
+  tolerance, for ``hold_s``) while the battery delivers less than its SoC allows, its SoC is
+  suspect until the SoC reading moves (a battery that really delivers moves its SoC);
 - **stuck**: a PV reading above zero that does not move beyond ``stuck_noise_kw`` for
   ``stuck_polls`` polls while the balance says PV moved by more than ``STUCK_MOVE_PCT`` of the
   nameplate is suspect (a stuck zero is harmless: it counts nothing);
