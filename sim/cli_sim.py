@@ -73,7 +73,7 @@ def replay(
     perfect_foresight: bool = typer.Option(
         False, "--perfect-foresight", help="forecasts = the future (upper bound)"
     ),
-    pv_forecast: str = typer.Option("clearsky", help="clearsky | persistence | provided"),
+    pv_forecast: str = typer.Option("live", help="live (the daemon's forecaster) | clearsky | persistence | provided"),
     step_s: float = typer.Option(60.0, help="plant step, simulated seconds"),
     plan_every_s: float = typer.Option(300.0, help="planner period, simulated seconds"),
     soc0_pct: float = typer.Option(50.0, help="initial state of charge"),

@@ -80,7 +80,7 @@ def compute_kpis(res: Any) -> dict[str, Any]:
         "sim_days": res.sim_s / 86400.0,
         "wall_s": res.wall_s,
         "speed_x_real_time": res.sim_s / res.wall_s if res.wall_s > 0 else float("inf"),
-        "forecast_peeked": bool(res.forecaster.peeked),
+        "forecast_peeked": bool(getattr(res.forecaster, "peeked", False)),  # LiveForecaster: past only
     }
     k.update(grid_kpis(res))
     k["net_value"] = k["value_minus_fuel"] - k.get("energy_cost", 0.0) - k.get("demand_charge", 0.0) \

@@ -15,17 +15,18 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
-import numpy as np
 from pymodbus.server import ModbusTcpServer
 
 from powerctl.config import ModbusTcp, SiteConfig
-from powerctl.gpu.base import CapResult, GpuInfo
 from powerctl.natures import Nature
 from powerctl.profiles import load_profile
 from powerctl.sim.devices import DeviceSimulator
+from powerctl.sim.plant.port import PlantGpus, apply_write, measurements
 from powerctl.sim.plant.site import Plant
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PlantGpus", "SimSite"]  # PlantGpus lives in sim/plant/port.py; imported from here too
 
 
 class SimSite:
@@ -46,39 +47,19 @@ class SimSite:
 
     def _writer(self, name: str, nature: Nature) -> Callable[[str, float], None]:
         def on_write(signal: str, value: float) -> None:
-            if nature is Nature.BATTERY and signal == "p_set_kw":
-                self.plant.set_battery_kw(name, value)
-            elif nature is Nature.GENSET and signal == "start_cmd":
-                self.plant.set_genset_run(name, value >= 0.5)
-            elif nature is Nature.PV and signal == "p_limit_pct":
-                self.plant.set_pv_limit_pct(name, value)
-            log.debug("%s <- %s = %g", name, signal, value)
+            apply_write(self.plant, nature, name, signal, value)
 
         return on_write
 
     def push(self) -> None:
-        """Copy the plant's measurements into the device registers."""
-        p = self.plant
+        """Copy the plant's measurements into the device registers (a signal the device's profile
+        does not map is ignored by its simulator)."""
         for d in self.cfg.devices:
             sim = self.sims.get(d.name)
             if sim is None:
                 continue
-            if d.nature is Nature.PV:
-                sim.set_signal("p_kw", p.pv_kw(d.name))
-                sim.set_signal("e_kwh", p.pv_e_kwh(d.name))
-                sim.set_signal("state", float(p.pv_state(d.name)))
-            elif d.nature is Nature.BATTERY:
-                sim.set_signal("p_kw", p.battery_kw(d.name))
-                sim.set_signal("soc_pct", p.battery_soc_pct(d.name))
-                sim.set_signal("max_charge_kw", p.battery_max_charge_kw(d.name))
-                sim.set_signal("max_discharge_kw", p.battery_max_discharge_kw(d.name))
-            elif d.nature is Nature.GENSET:
-                sim.set_signal("p_kw", p.genset_kw(d.name))
-                sim.set_signal("state", float(p.genset_status(d.name)))
-                sim.set_signal("fuel_pct", p.genset_fuel_pct(d.name))
-                sim.set_signal("run_time_s", float(int(p.genset_run_time_s(d.name))))
-            elif d.nature is Nature.METER:
-                sim.set_signal("p_kw", p.meter_kw(d.name))
+            for signal, value in measurements(self.plant, d.nature, d.name).items():
+                sim.set_signal(signal, value)
 
     def step(self, t_s: float) -> None:
         self.plant.step(t_s)
@@ -125,37 +106,3 @@ class SimSite:
                 await asyncio.sleep(tick_s)
         finally:
             await self.stop()
-
-
-class PlantGpus:
-    """GPU backend over the plant's GPU cluster: the demo's daemon caps the very GPUs the plant
-    loads the site with (one source of truth for GPU power in one process)."""
-
-    name = "simulated-plant"
-
-    def __init__(self, plant: Plant) -> None:
-        self.plant = plant
-        pool = plant.cfg.gpu
-        self._infos = [
-            GpuInfo(i, f"sim-gpu-{i}", f"SIM-{i:04d}", pool.min_w, pool.max_w, pool.max_w)
-            for i in range(plant.gpu.n)
-        ]
-
-    def list_gpus(self) -> list[GpuInfo]:
-        return list(self._infos)
-
-    def read_power_w(self, index: int) -> float:
-        return float(self.plant.gpu.power_w[index])
-
-    def read_energy_j(self, index: int) -> float:
-        return float(self.plant.gpu.e_kwh * 3.6e6 / max(self.plant.gpu.n, 1))
-
-    def read_limits_w(self, index: int) -> tuple[float, float]:
-        cap = float(self.plant.gpu.caps_w[index])
-        return cap, cap
-
-    def set_cap_w(self, index: int, cap_w: float) -> CapResult:
-        caps = np.array(self.plant.gpu.caps_w, dtype=float)
-        caps[index] = cap_w
-        enforced = self.plant.set_gpu_caps_w(caps)[index]
-        return CapResult(index, cap_w, float(enforced), float(enforced), abs(enforced - cap_w) < 1.0)

@@ -83,17 +83,18 @@ def test_planner_failure_falls_to_safe_caps_never_max(trace: SiteTrace) -> None:
     from powerctl.sim import replay as r
 
     cfg = make_cfg()
-    orig = r.CoreController.__init__
+    orig = r.make_planner
 
-    def broken(self, *a, **kw):  # every rung of the ladder fails: plans are "safe"
-        orig(self, *a, **kw)
-        self.core.problem.force_fail.update({"primary", "secondary", "rule"})
+    def broken(*a, **kw):  # every rung of the ladder fails: plans are "safe"
+        core = orig(*a, **kw)
+        core.problem.force_fail.update({"primary", "secondary", "rule"})
+        return core
 
-    r.CoreController.__init__ = broken
+    r.make_planner = broken
     try:
         res = simulate(cfg, trace, controller="ours", days=0.05)
     finally:
-        r.CoreController.__init__ = orig
+        r.make_planner = orig
     s = res.series
     assert res.controller.stats()["plan_rungs"] == {"safe": 15}
     assert (s["gpu_cap_kw"] <= 64 * cfg.gpu.safe_cap_w / 1000 + 1e-9).all()
