@@ -41,6 +41,7 @@ from powerctl.natures import Nature
 from powerctl.sim.plant.battery import Battery
 from powerctl.sim.plant.genset import Genset, GensetStatus
 from powerctl.sim.plant.gpu_cluster import DemandFn, GpuCluster
+from powerctl.sim.plant.grid import GridConnection
 from powerctl.sim.plant.pv import PvArray, demo_pv_kw_fn
 
 _EPS = 1e-9
@@ -120,6 +121,8 @@ class Plant:
         self.grid_export_max_kw = sum(m.limits.max_export_kw for m in meters)
         self.meter_names = [m.name for m in meters]
         self.grid_up = True  # False: a grid outage; the site islands on its battery inverter
+        # Scheduled and random outages on top (sim/plant/grid.py); a replay may replace it.
+        self.grid = GridConnection(self.grid_import_max_kw, self.grid_export_max_kw)
         self.gpu = GpuCluster(cfg.gpu, gpu_demand_fn, tau_s=gpu_tau_s)
         self.overhead = cfg.gpu.facility_overhead
         self._other = other_load_kw
@@ -197,7 +200,7 @@ class Plant:
         pv_head = {n: pv.headroom_kw() for n, pv in self.pvs.items()}
         pv_head_total = sum(pv_head.values())
 
-        grid_forming_grid = self.grid_up and (self.grid_import_max_kw > 0 or self.grid_export_max_kw > 0)
+        grid_forming_grid = self.grid_present(t_s) and (self.grid_import_max_kw > 0 or self.grid_export_max_kw > 0)
         bat_pref = sum(b.setpoint_kw for b in self.batteries.values())
         gen_kw = self._dispatch_gensets(load - pv_head_total - bat_pref, dt)
         gen_total = sum(gen_kw.values())
@@ -348,7 +351,11 @@ class Plant:
 
     def meter_v(self, name: str | None = None) -> float:
         """Phase voltage at the point of connection: nominal while the grid is up, 0 V in an outage."""
-        return 230.0 if self.grid_up else 0.0
+        return 230.0 if self.grid_present(self.t_s) else 0.0
+
+    def grid_present(self, t_s: float) -> bool:
+        """The grid is there: not switched off by a test (``grid_up``) and no outage at t_s."""
+        return self.grid_up and self.grid.up(t_s)
 
     def snapshot(self) -> dict[str, Any]:
         """Every current value, flat, for time series (replay) and status tables."""
@@ -363,6 +370,7 @@ class Plant:
             "gpu_demand_kw": float(np.minimum(self.gpu.demand_w, self.gpu.max_w).sum()) / 1000.0,
             "load_kw": self.load_kw,
             "grid_kw": self.grid_kw,
+            "grid_up": int(self.grid_present(self.t_s)),
             "unserved_kw": self.unserved_kw_now,
             "spill_kw": self.spill_kw,
             "value_rate_per_h": self.gpu.value_rate_per_h(),
