@@ -3,17 +3,20 @@
 Frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON (one object; at most
 ``MAX_FRAME_BYTES``). One reply frame per request frame, in order, on a connection that stays open.
 
-Every request carries ``seq`` (an integer that only goes up per controller identity) and ``ts``
-(the sender's wall clock, s). The agent refuses a ``seq`` not above the last one it took from that
-identity, and a ``ts`` older than the agent's own start or further than ``max_skew_s`` from its clock:
-so a captured request cannot be played again, not even to an agent that restarted since.
+Every request carries ``client`` (a random name per controller process: the daemon, the watchdog
+and ``apply-safe-caps`` share one certificate), ``seq`` (an integer that only goes up per
+certificate identity and client) and ``ts`` (the sender's wall clock, s). The agent refuses a
+``seq`` not above the last one it took from that identity and client, and a ``ts`` older than the
+agent's own start or further than ``max_skew_s`` from its clock: so a captured request cannot be
+played again, not even to an agent that restarted since. A client silent for ``max_skew_s`` is
+forgotten safely: any request of its would be refused for its time anyway.
 
 Requests (no other keys accepted):
 
-    {"op": "state", "seq": S, "ts": T}
+    {"op": "state", "client": C, "seq": S, "ts": T}
         -> {"ok": true, "node": NAME, "gpus": [{index, name, uuid, min_w, max_w, safe_w, power_w, energy_j,
             requested_w, enforced_w}], "lease_s_left": L, "health": {...}}
-    {"op": "set", "seq": S, "ts": T, "caps_w": [W0, W1, ...], "lease_s": D}
+    {"op": "set", "client": C, "seq": S, "ts": T, "caps_w": [W0, W1, ...], "lease_s": D}
         -> the same state, read back after the set, plus per GPU ``set_ok`` and ``message``.
            The lease ends at ``ts + lease_s`` (shortened to the agent's ``max_lease_s``).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import ssl
 import struct
 from collections.abc import Iterable
@@ -32,9 +36,11 @@ from typing import Any
 
 MAX_FRAME_BYTES = 64 * 1024  # a set for 64 GPUs is ~1.5 kB
 _HEADER = struct.Struct(">I")
+_CLIENT = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_CLIENTS = 4096  # per agent, after forgetting the silent ones
 OPS: dict[str, frozenset[str]] = {
-    "state": frozenset({"op", "seq", "ts"}),
-    "set": frozenset({"op", "seq", "ts", "caps_w", "lease_s"}),
+    "state": frozenset({"op", "client", "seq", "ts"}),
+    "set": frozenset({"op", "client", "seq", "ts", "caps_w", "lease_s"}),
 }
 
 
@@ -86,6 +92,8 @@ def parse_request(body: bytes, gpu_count: int) -> dict[str, Any]:
         raise Refused(f"op must be one of {', '.join(OPS)}")
     if set(doc) != OPS[op]:
         raise Refused(f"op {op!r} takes exactly the keys {sorted(OPS[op])}")
+    if not isinstance(doc["client"], str) or not _CLIENT.fullmatch(doc["client"]):
+        raise Refused("client must be 1-64 letters, digits or '-'")
     if isinstance(doc["seq"], bool) or not isinstance(doc["seq"], int) or not 0 < doc["seq"] < 2**63:
         raise Refused("seq must be a positive integer")
     _number(doc, "ts")
@@ -102,23 +110,29 @@ def parse_request(body: bytes, gpu_count: int) -> dict[str, Any]:
 
 
 class ReplayGuard:
-    """Per controller identity: ``seq`` strictly increasing; ``ts`` not before the agent's start and
-    within ``max_skew_s`` of the agent's clock. Pure: the clock is passed in."""
+    """Per (controller identity, client): ``seq`` strictly increasing; ``ts`` not before the agent's
+    start and within ``max_skew_s`` of the agent's clock. Pure: the clock is passed in."""
 
     def __init__(self, start_wall_s: float, max_skew_s: float) -> None:
         self.start_wall_s = start_wall_s
         self.max_skew_s = max_skew_s
-        self.last_seq: dict[str, int] = {}
+        self.last: dict[tuple[str, str], tuple[int, float]] = {}  # -> (last seq, its ts)
 
-    def check(self, identity: str, seq: int, ts: float, now_wall_s: float) -> None:
+    def check(self, identity: str, client: str, seq: int, ts: float, now_wall_s: float) -> None:
         if ts < self.start_wall_s - 1e-3:
             raise Refused("request older than this agent's start (replay?)")
         if abs(ts - now_wall_s) > self.max_skew_s:
             raise Refused(f"request time is {ts - now_wall_s:+.1f} s from the agent's clock "
                           f"(over {self.max_skew_s:g} s: replay, or clocks not synchronised)")
-        if seq <= self.last_seq.get(identity, 0):
+        key = (identity, client)
+        if seq <= self.last.get(key, (0, 0.0))[0]:
             raise Refused("sequence number already used (replay or out of order)")
-        self.last_seq[identity] = seq
+        if key not in self.last and len(self.last) >= MAX_CLIENTS:
+            horizon = now_wall_s - self.max_skew_s  # requests from before this are refused anyway
+            self.last = {k: v for k, v in self.last.items() if v[1] >= horizon}
+            if len(self.last) >= MAX_CLIENTS:
+                raise Refused(f"over {MAX_CLIENTS} clients active at once")
+        self.last[key] = (seq, ts)
 
 
 # --- TLS -------------------------------------------------------------------------------------

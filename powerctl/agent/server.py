@@ -134,7 +134,7 @@ class AgentCore:
         """One request frame -> one reply; Refused is raised (the caller logs it and answers it)."""
         self.counts.requests += 1
         doc = parse_request(body, len(self.infos))
-        self.replay.check(identity, doc["seq"], float(doc["ts"]), self.wall())
+        self.replay.check(identity, doc["client"], doc["seq"], float(doc["ts"]), self.wall())
         if doc["op"] == "state":
             return self.state()
         caps = [clamp_w(float(c), lo, hi) for c, (lo, hi) in zip(doc["caps_w"], self.ranges, strict=True)]

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import ssl
 import threading
 import time
@@ -92,6 +93,7 @@ class AgentGpus:
         self.timeout_s = gpu_cfg.node_timeout_s
         self.poll_s = min(0.5, self.lease_s / 4)
         self._seq = 0
+        self._client = secrets.token_hex(8)  # this process's name in the agents' replay check
         self._touched = clock()
         now = clock()
         self.nodes: list[_Node] = []
@@ -139,7 +141,7 @@ class AgentGpus:
         return self._seq
 
     def _state_doc(self) -> dict[str, Any]:
-        return {"op": "state", "seq": self._next_seq(), "ts": self.wall()}
+        return {"op": "state", "client": self._client, "seq": self._next_seq(), "ts": self.wall()}
 
     async def _close(self, node: _Node) -> None:
         w, node.reader, node.writer = node.writer, None, None
@@ -200,7 +202,7 @@ class AgentGpus:
     async def _set_node(self, node: _Node) -> dict[str, Any] | None:
         caps = [self._fill(node, local) for local in range(len(node.gpus))]
         node.last_set_t = self.clock()
-        doc = {"op": "set", "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps, "lease_s": self.lease_s}
+        doc = {"op": "set", "client": self._client, "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps, "lease_s": self.lease_s}
         return await self._try(node, doc, self.timeout_s)
 
     def _fill(self, node: _Node, local: int) -> float:
@@ -315,7 +317,10 @@ class AgentGpus:
                 continue
             node.desired_w[local] = float(cap)
             todo[node.cfg.name] = node
-        replies = self._run(self._set_many(list(todo.values())), self.timeout_s + 1.0) if todo else {}
+        try:
+            replies = self._run(self._set_many(list(todo.values())), self.timeout_s + 1.0) if todo else {}
+        except GpuError:  # the loop thread itself is starved: every node counts as not answering
+            replies = {}
         results = list(bad)
         for index, cap in caps_w.items():
             node, local = self._node(index)

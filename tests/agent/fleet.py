@@ -163,7 +163,7 @@ _seq = [0]
 
 def state_doc() -> dict[str, Any]:
     _seq[0] = max(_seq[0] + 1, time.time_ns() // 1000)
-    return {"op": "state", "seq": _seq[0], "ts": time.time()}
+    return {"op": "state", "client": "test-probe", "seq": _seq[0], "ts": time.time()}
 
 
 def requested_w(port: int, ctx: ssl.SSLContext, name: str) -> list[float]:

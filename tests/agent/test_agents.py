@@ -190,14 +190,14 @@ def test_no_certificate_other_site_and_replay_are_refused_and_logged(fleet: Flee
     wait_for(lambda: a0.log_text().count("refused") > before, 5, "the second refusal in the log")
     # 3. a valid request, captured and sent again on a new connection
     ctx = ctx_of(fleet)
-    frame = encode({"op": "set", "seq": time.time_ns() // 1000, "ts": time.time(), "caps_w": [333.0, 333.0],
+    frame = encode({"op": "set", "client": "capture", "seq": time.time_ns() // 1000, "ts": time.time(), "caps_w": [333.0, 333.0],
                     "lease_s": 5.0})
     first = probe(a0.port, ctx, a0.name, frame)
     assert first["ok"] and [g["requested_w"] for g in first["gpus"]] == [333.0, 333.0]
     again = probe(a0.port, ctx, a0.name, frame)
     assert again == {"ok": False, "error": "sequence number already used (replay or out of order)"}
     # 4. a request from before the agent started (a capture replayed after its restart)
-    old = probe(a0.port, ctx, a0.name, {"op": "state", "seq": 2**62, "ts": time.time() - 3600})
+    old = probe(a0.port, ctx, a0.name, {"op": "state", "client": "capture", "seq": 2**62, "ts": time.time() - 3600})
     assert old == {"ok": False, "error": "request older than this agent's start (replay?)"}
     log = a0.log_text()
     assert "replay or out of order" in log and "older than this agent's start" in log
@@ -269,3 +269,26 @@ def test_guard_cuts_the_other_nodes_to_make_room_for_a_stopped_one(fleet: Fleet)
     finally:
         fleet.agents[1].signal(signal.SIGCONT)
         b.close()
+
+
+def test_replay_guard_per_client_and_forgets_only_what_its_clock_would_refuse() -> None:
+    from powerctl.agent import protocol
+    from powerctl.agent.protocol import Refused, ReplayGuard
+
+    g = ReplayGuard(start_wall_s=1000.0, max_skew_s=10.0)
+    g.check("controller", "daemon", 5, 1001.0, 1001.0)
+    g.check("controller", "watchdog", 3, 1001.0, 1001.0)  # another process of the same controller
+    with pytest.raises(Refused, match="already used"):
+        g.check("controller", "daemon", 5, 1001.5, 1001.5)
+    with pytest.raises(Refused, match="from the agent's clock"):
+        g.check("controller", "daemon", 6, 980.0 + 30, 1030.0 + 11)
+    old_max = protocol.MAX_CLIENTS
+    protocol.MAX_CLIENTS = 2
+    try:
+        with pytest.raises(Refused, match="over 2 clients"):
+            g.check("controller", "third", 1, 1002.0, 1002.0)
+        g.check("controller", "third", 1, 1020.0, 1020.0)  # the first two are silent for > max_skew_s
+        with pytest.raises(Refused, match="from the agent's clock"):  # their old requests stay refused
+            g.check("controller", "daemon", 5, 1001.0, 1020.0)
+    finally:
+        protocol.MAX_CLIENTS = old_max
