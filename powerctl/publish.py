@@ -43,10 +43,15 @@ class Publisher:
                 self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "guard_cut", "reason": d.reason})
         for a in (*d.shed, *d.restore):
             self.event(a.action, {"class": a.klass, "gpus": a.gpus, "reason": a.reason})
-        for f in getattr(d, "findings", ()):  # plausibility findings new in this pass, once each
+        # plausibility findings (powerctl/control/plausibility.py), once each when raised and cleared
+        for f in d.findings:
             self.event("implausible", {"finding": f})
-        for f in getattr(d, "cleared", ()):
+            if self.mqtt is not None:
+                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "implausible", "reason": f})
+        for f in d.cleared:
             self.event("plausible_again", {"finding": f})
+            if self.mqtt is not None:
+                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "plausible_again", "reason": f})
 
     def cycle(self, now: float, st: Status, cmd: Commands, image: ProcessImage, caps_w: Mapping[int, float]) -> None:
         t = self.telemetry
