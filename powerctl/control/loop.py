@@ -244,6 +244,7 @@ class ControlLoop:
             requested_caps_w=self.requested_caps_w if planner_alive else None,
             gpu_power_w=gpu_w,
             other_load_kw=self.other_kw,
+            held_w=self._held_w(),
         )
         self.caps_w = dict(d.caps_w)
         self.actuators.gpu_caps(d.caps_w)
@@ -278,6 +279,12 @@ class ControlLoop:
     @property
     def mode(self) -> DispatchMode:
         return DispatchMode.STARTING if self.last_commands is None else self.last_commands.mode
+
+    def _held_w(self) -> Mapping[int, float] | None:
+        """GPUs no cap reaches now (a node agent that does not answer, powerctl.gpu.agents), at the
+        highest cap they may hold: optional on a ``Readings`` (``GpuReadings.held_caps_w``)."""
+        held = getattr(self.readings, "held_caps_w", None)
+        return held() if callable(held) else None
 
     def _update_other(self, wall_s: float, image: ProcessImage, gpu_w: float | None) -> None:
         est = None if gpu_w is None else measured_other_kw(self.cfg, image, wall_s, gpu_w / 1000.0)
