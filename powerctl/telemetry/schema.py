@@ -52,10 +52,12 @@ SCHEMA["plan"] = {
     "peak_import_kw": ("kW", "plan: the billing period's peak import (so far or planned)"),
 }
 SCHEMA["event"] = {
-    "kind": ("", "guard_cut, shed, restore, readback_mismatch, write_error, stopped, ... (string)"),
+    "kind": ("", "guard_cut, shed, restore, readback_mismatch, write_error, stopped, implausible, "
+                 "plausible_again, ... (string)"),
     "reason": ("", "why (string)"),
     "message": ("", "details (string)"),
     "class": ("", "workload class for shed/restore (string)"),
     "gpus": ("", "GPUs affected"),
     "caps_w": ("W", "cap applied (stopped)"),
+    "finding": ("", "implausible / plausible_again: 'device.signal: why' (powerctl/control/plausibility.py)"),
 }
