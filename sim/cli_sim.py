@@ -79,6 +79,8 @@ def replay(
     soc0_pct: float = typer.Option(50.0, help="initial state of charge"),
     static_cap_w: float = typer.Option(None, help="per-GPU cap of the static controller (default: safe cap)"),
     solve_deadline_s: float = typer.Option(None, help="planner deadline in wall seconds (default: config)"),
+    grid_outages_per_day: float = typer.Option(0.0, help="random grid outages per day (grid-tied sites)"),
+    grid_seed: int = typer.Option(0, help="seed of the random grid outages"),
     no_plots: bool = typer.Option(False, "--no-plots"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -118,6 +120,8 @@ def replay(
                 solve_deadline_s=solve_deadline_s,
                 show_progress=not quiet,
                 plots=not no_plots,
+                grid_outages_per_day=grid_outages_per_day,
+                grid_seed=grid_seed,
             )
         except ConfigError as exc:
             _fail("config error", exc)

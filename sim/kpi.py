@@ -83,7 +83,8 @@ def compute_kpis(res: Any) -> dict[str, Any]:
         "forecast_peeked": bool(getattr(res.forecaster, "peeked", False)),  # LiveForecaster: past only
     }
     k.update(grid_kpis(res))
-    k["net_value"] = k["value_minus_fuel"] - k.get("energy_cost", 0.0) - k.get("demand_charge", 0.0) \
+    # The headline for grid-tied sites (= value_minus_fuel without a grid).
+    k["value_minus_energy"] = k["value_minus_fuel"] - k.get("energy_cost", 0.0) - k.get("demand_charge", 0.0) \
         + k.get("export_revenue", 0.0)
     return k
 
@@ -169,7 +170,7 @@ def limit_violations(res: Any) -> dict[str, int]:
 
 
 _ORDER = [
-    ("net_value", "value - fuel - grid cost + export", "{:,.2f}"),
+    ("value_minus_energy", "value - fuel - grid cost + export", "{:,.2f}"),
     ("value_minus_fuel", "value of compute - fuel", "{:,.2f}"),
     ("compute_value", "value of compute", "{:,.2f}"),
     ("compute_energy_kwh", "compute energy (GPU IT) kWh", "{:,.1f}"),
@@ -236,7 +237,7 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
         "battery_equivalent_cycles",
     ]
     if any("energy_cost" in r for r in results.values()):  # grid-tied: what the grid costs and pays
-        keys = ["net_value", *keys[:3], "energy_cost", "demand_charge", "export_revenue", "grid_import_kwh",
+        keys = ["value_minus_energy", *keys[:3], "energy_cost", "demand_charge", "export_revenue", "grid_import_kwh",
                 "grid_export_kwh", *keys[3:]]
     head = f"{'':<28}" + "".join(f"{n:>16}" for n in results)
     rows = [head]

@@ -23,6 +23,7 @@ started daemon. ``perfect_foresight`` (the upper bound) and the other ``pv_forec
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 from powerctl.sim.baselines import StaticPlanner
 from powerctl.sim.forecast_replay import make_forecaster as make_replay_forecaster
+from powerctl.sim.plant.grid import GridConnection
 from powerctl.sim.plant.port import PlantPort
 from powerctl.sim.plant.site import Plant
 from powerctl.sim.traces.site_trace import DATA_DIR, SiteTrace, build_site_trace
@@ -51,9 +53,12 @@ PV_FORECASTS = ("live", "clearsky", "persistence", "provided")
 
 
 def replay_config(cfg: SiteConfig, step_s: float, plan_every_s: float) -> SiteConfig:
-    """The site config with control periods set to the replay's (plan age checks use them)."""
+    """The site config with control periods set to the replay's (plan age checks use them): the
+    guard every step, dispatch at the site's period rounded up to whole steps (every step when
+    a step is longer), plans every ``plan_every_s``."""
+    dispatch_s = step_s * max(1, math.ceil(cfg.control.dispatch_period_s / step_s - 1e-9))
     ctl = cfg.control.model_copy(
-        update={"guard_period_s": step_s, "dispatch_period_s": step_s, "mpc_period_s": plan_every_s}
+        update={"guard_period_s": step_s, "dispatch_period_s": dispatch_s, "mpc_period_s": plan_every_s}
     )
     return cfg.model_copy(update={"control": ctl})
 
@@ -146,11 +151,17 @@ def simulate(
     solve_deadline_s: float | None = None,
     refill_below_pct: float | None = 20.0,
     overrides_at: Callable[[float], Overrides] | None = None,
+    forecaster: Forecaster | None = None,
     progress: Callable[[float, float], None] | None = None,
+    grid_outages_per_day: float = 0.0,
+    grid_outage_mean_s: float = 1800.0,
+    grid_seed: int = 0,
 ) -> ReplayResult:
     """Run the closed loop over the trace (or its first ``days``); no files written.
 
-    ``overrides_at(t_s)`` gives the operator commands in force at ``t_s`` s into the trace."""
+    ``overrides_at(t_s)`` gives the operator commands in force at ``t_s`` s into the trace;
+    ``forecaster`` replaces the one ``pv_forecast``/``perfect_foresight`` choose (its clock is
+    the trace's calendar, epoch seconds)."""
     if days is not None:
         trace = trace.window(days)
     if abs(trace.step_s - step_s) > 1e-9 and step_s % trace.step_s != 0:
@@ -167,9 +178,14 @@ def simulate(
         other_load_kw=trace.other_load_kw_at,
         genset_refill_below_pct=refill_below_pct,
     )
+    if grid_outages_per_day > 0:  # random grid outages, the same for every controller (seeded)
+        plant.grid = GridConnection(plant.grid_import_max_kw, plant.grid_export_max_kw,
+                                    outages_per_day=grid_outages_per_day, mean_outage_s=grid_outage_mean_s,
+                                    seed=grid_seed)
     t0 = pd.Timestamp(trace.t0).timestamp()  # the loop runs on the trace's calendar
-    forecaster: Any
-    if perfect_foresight or pv_forecast != "live":
+    if forecaster is not None:
+        pass
+    elif perfect_foresight or pv_forecast != "live":
         forecaster = _TraceTime(make_replay_forecaster(rcfg, trace, perfect_foresight=perfect_foresight,
                                                        pv_method=pv_forecast), t0)
     else:
@@ -186,7 +202,9 @@ def simulate(
     t_wall = time.perf_counter()
     plant.step(0.0)
     stored0_kwh = plant.stored_kwh()
-    loop.start(t0, 0.0)
+    # the GPUs start at the safe cap, as the daemon puts them (never from their maximum)
+    port.gpu_caps({i: min(float(c), rcfg.gpu.safe_cap_w) for i, c in enumerate(plant.gpu.caps_w)})
+    loop.start(t0, 0.0, {i: float(c) for i, c in enumerate(plant.gpu.caps_w)})
     last_caps = plant.gpu.caps_w.copy()
     plan_wall = []
     step_wall = np.zeros(n)
@@ -271,6 +289,8 @@ def run_replay(
     solve_deadline_s: float | None = None,
     show_progress: bool = True,
     plots: bool = True,
+    grid_outages_per_day: float = 0.0,
+    grid_seed: int = 0,
 ) -> dict[str, Any]:
     """Replay and write ``kpi.json``, ``kpi.txt``, ``series.parquet`` and PNG plots to ``out_dir``."""
     from powerctl.sim.kpi import compute_kpis, format_kpis
@@ -294,6 +314,8 @@ def run_replay(
             soc0_pct=soc0_pct,
             static_cap_w=static_cap_w,
             solve_deadline_s=solve_deadline_s,
+            grid_outages_per_day=grid_outages_per_day,
+            grid_seed=grid_seed,
             progress=cb,
         )
     finally:

@@ -6,13 +6,14 @@ Grid file (TOML, see examples/sweep.toml)::
     days = 2                    # replay length per configuration
     start = "06-01"             # first day in the weather year
     controllers = ["ours", "static"]
-    rank_by = "net_value"       # any KPI column; net_value = value_minus_fuel - capital cost share
+    rank_by = "net_value"       # any KPI column; net_value = value_minus_energy - capital cost share
     [grid]                      # every combination of these (missing keys keep the site's value)
     pv_kwp = [150, 250]
     battery_kwh = [200, 400]
     battery_kw = [100, 150]
     genset_kw = [80, 120]
     gpus = [96, 128]            # total GPU count, shared over the classes in the site's proportions
+    grid_import_kw = [0, 150]   # grid import limit (split over the site's meters; 0 = no import)
     [capex]                     # annualised capital cost per unit and year (0 if absent)
     pv_per_kwp = 60.0
     battery_per_kwh = 35.0
@@ -42,7 +43,8 @@ from powerctl.natures import Nature
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("pv_kwp", "battery_kwh", "battery_kw", "genset_kw", "gpus")
+GRID_KEYS = ("pv_kwp", "battery_kwh", "battery_kw", "genset_kw", "gpus", "grid_import_kw")
+ZERO_OK = {"grid_import_kw"}  # 0 kW import is a site worth sweeping (islanded, or export only)
 CAPEX_KEYS = {"pv_per_kwp", "battery_per_kwh", "battery_per_kw", "genset_per_kw", "gpu_each"}
 
 
@@ -65,8 +67,10 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     for k, v in grid.items():
         if k not in GRID_KEYS:
             raise SweepError(f"{p}: grid.{k}: unknown key (expected one of {', '.join(GRID_KEYS)})")
-        if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and x > 0 for x in v):
-            raise SweepError(f"{p}: grid.{k}: must be a non-empty list of positive numbers")
+        low_ok = (lambda x: x >= 0) if k in ZERO_OK else (lambda x: x > 0)
+        if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and low_ok(x) for x in v):
+            kind = "numbers >= 0" if k in ZERO_OK else "positive numbers"
+            raise SweepError(f"{p}: grid.{k}: must be a non-empty list of {kind}")
     for k, v in data.get("capex", {}).items():
         if k not in CAPEX_KEYS:
             raise SweepError(f"{p}: capex.{k}: unknown key (expected one of {', '.join(sorted(CAPEX_KEYS))})")
@@ -112,6 +116,8 @@ def sized_config(cfg: SiteConfig, sizes: dict[str, float]) -> SiteConfig:
         elif dev["nature"] == Nature.GENSET.value and "genset_kw" in sizes:
             n = len(cfg.by_nature(Nature.GENSET))
             lim["rating_kw"] = sizes["genset_kw"] / n
+        elif dev["nature"] == Nature.METER.value and "grid_import_kw" in sizes:
+            lim["max_import_kw"] = sizes["grid_import_kw"] / len(cfg.by_nature(Nature.METER))
     if "gpus" in sizes:
         total = cfg.gpu.count
         classes = d["gpu"]["classes"]
@@ -178,7 +184,7 @@ def run_point(
         if isinstance(v, int | float | bool):
             row[key] = float(v)
     row["capex_share"] = cap_run
-    row["net_value"] = k["value_minus_fuel"] - cap_run
+    row["net_value"] = k["value_minus_energy"] - cap_run  # grid cost and export count on grid-tied sites
     row["plans_primary"] = float(k["controller"].get("plan_rungs", {}).get("primary", 0))
     return row
 

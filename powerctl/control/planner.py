@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from powerctl.config import SiteConfig
+from powerctl.control.plausibility import _declared, grid_shown_present
 from powerctl.control.value_curves import class_value_pwl
 from powerctl.natures import Nature
 from powerctl.optimizer import (
@@ -110,9 +111,19 @@ def grid_params(cfg: SiteConfig) -> GridParams | None:
 
 
 def grid_fresh(cfg: SiteConfig, image: ProcessImage, now_s: float) -> bool:
-    """Every meter's power reads GOOD: only then is the grid planned with (stale means worst case:
-    a meter we cannot see plans as islanded, no import and no export)."""
-    return all(image.get(m.name, "p_kw", now_s).quality is Quality.GOOD for m in cfg.by_nature(Nature.METER))
+    """Every meter's power reads GOOD and, where the profile maps them, its voltage/frequency show the
+    grid there: only then is the grid planned with (stale means worst case: a meter we cannot see,
+    or one that shows the grid gone, plans as islanded, no import and no export). Without voltage or
+    frequency a fresh meter counts: a planned import of 0 kW must not read as "no grid" next cycle."""
+    for m in cfg.by_nature(Nature.METER):
+        if image.get(m.name, "p_kw", now_s).quality is not Quality.GOOD:
+            return False
+        has_v, has_f = _declared(image, m.name, "v_v", now_s), _declared(image, m.name, "f_hz", now_s)
+        if (has_v or has_f) and not grid_shown_present(
+                0.0, image.value(m.name, "v_v", now_s) if has_v else None,
+                image.value(m.name, "f_hz", now_s) if has_f else None, has_v, has_f):
+            return False
+    return True
 
 
 def grid_inputs(cfg: SiteConfig, image: ProcessImage, now_s: float, x: DispatchInputs,

@@ -192,3 +192,24 @@ def test_the_plan_carries_prices_and_their_source() -> None:
     assert fields["peak_import_kw"] >= 120.0  # the measured peak is the floor
     payload = plan_grid_payload(plan)
     assert len(payload["import_price_per_kwh"]) == T and payload["price_source"] == "tou:summer/peak"
+
+
+def test_planner_plans_islanded_while_the_meter_shows_the_grid_gone() -> None:
+    now = utc(2025, 7, 16, 5.0)
+    cfg = load_config(GRID)
+    img = ProcessImage()
+    signal = {Nature.BATTERY: ["soc_pct"], Nature.GENSET: ["running"], Nature.METER: ["p_kw", "v_v"],
+              Nature.PV: ["p_kw"]}
+    for d in cfg.devices:
+        for s in signal[d.nature]:
+            img.declare(d.name, d.nature, s, max_age_s=5.0)
+    T = site_params(cfg).horizon_steps
+
+    def limits(v_v: float) -> object:
+        img.update("grid", "p_kw", 0.0, now)
+        img.update("grid", "v_v", v_v, now)
+        x = build_inputs(cfg, img, now, np.zeros((1, T)), np.zeros((3, T)), np.zeros(3), np.zeros(1))
+        return x.grid_import_max_kw
+
+    assert limits(231.0) is None  # a live grid (0 kW flowing is fine): the nameplate
+    assert np.all(limits(0.0) == 0.0)  # the meter answers and shows 0 V: islanded

@@ -174,3 +174,18 @@ def test_bad_grid_files(tmp_path: Path, text: str, msg: str) -> None:
     with pytest.raises(SweepError, match=msg) as ei:
         load_grid(p)
     assert str(p) in str(ei.value)
+
+
+def test_grid_import_limit_is_a_sweep_dimension(tmp_path: Path) -> None:
+    from powerctl.config import load_config
+
+    base = load_config(Path(__file__).resolve().parents[2] / "examples" / "grid-site.toml")
+    for kw in (0.0, 80.0):
+        assert sized_config(base, {"grid_import_kw": kw}).device("grid").limits.max_import_kw == kw
+    assert len(sweep_points(base, {"grid_import_kw": [0, 75, 150]}, ["ours"])) == 3
+    p = tmp_path / "g.toml"
+    p.write_text("[grid]\ngrid_import_kw = [0, 150]\n")
+    assert load_grid(p)["grid"] == {"grid_import_kw": [0, 150]}
+    p.write_text("[grid]\ngrid_import_kw = [-1]\n")
+    with pytest.raises(SweepError, match=r"grid\.grid_import_kw: must be a non-empty list of numbers >= 0"):
+        load_grid(p)
