@@ -93,6 +93,8 @@ class Daemon:
                                          state_path=Path(cfg.control.state_dir) / "leases.json")
             self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock)
         self.publish = Publisher(cfg, self.telemetry, self.mqtt, clock)
+        node_rows = getattr(self.gpu, "node_rows", None)  # node agents (powerctl.gpu.agents): per-node rows
+        self.publish.gpu_node_rows = node_rows if callable(node_rows) else None
         self.writes = WriteQueue(self.devices, on_event=self.publish.event)
         readings = GpuReadings(self.image, self.gpu, self.slots, clock, lambda: self.loop.caps_w,
                                max_age_s=max(1.0, 5 * cfg.control.guard_period_s))

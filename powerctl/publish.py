@@ -31,6 +31,8 @@ class Publisher:
         self.telemetry = telemetry
         self.mqtt = mqtt
         self.clock = clock
+        # per-node GPU rows (tag node), set by the daemon when the GPUs are on node agents
+        self.gpu_node_rows: Callable[[Mapping[int, float]], list[tuple[str, dict[str, float]]]] | None = None
 
     def event(self, kind: str, fields: Mapping[str, Any], device: str | None = None) -> None:
         self.telemetry.emit("event", {"kind": kind, **fields}, self.clock(), device)
@@ -87,6 +89,9 @@ class Publisher:
             )
         for cls, kw in cmd.gpu_budget_kw.items():
             t.emit("gpu", {"budget_kw": kw}, now, device=GPU_DEVICE, tags={"class": cls})
+        if self.gpu_node_rows is not None:
+            for node, fields_n in self.gpu_node_rows(caps_w):
+                t.emit("gpu", fields_n, now, device=GPU_DEVICE, tags={"node": node})
 
     def plan(self, now: float, plan: Plan) -> None:
         fields: dict[str, Any] = {"solve_ms": plan.solve_time_s * 1000.0, "rung": plan.rung, "status": plan.status}

@@ -258,6 +258,19 @@ class AgentGpus:
         """GPUs on nodes that do not answer now, at ``assumed_cap_w``: the guard's ``held_w``."""
         return {i: self.assumed_cap_w(i) for node in self.nodes if not self._fresh(node) for i in node.gpus}
 
+    def node_rows(self, caps_w: Mapping[int, float]) -> list[tuple[str, dict[str, float]]]:
+        """Telemetry per node (measurement ``gpu``, tag ``node``): power (W read back, or the worst
+        case while it does not answer), the caps sent, whether it answers."""
+        rows = []
+        for node in self.nodes:
+            p_w = sum(self.read_power_w(i) for i in node.gpus)
+            cap_w = sum(caps_w.get(i, math.nan) for i in node.gpus)
+            fields = {"p_kw": p_w / 1000.0, "reachable": 1.0 if self._fresh(node) else 0.0}
+            if cap_w == cap_w:
+                fields["cap_kw"] = cap_w / 1000.0
+            rows.append((node.cfg.name, fields))
+        return rows
+
     def node_of(self, index: int) -> str:
         return self._node(index)[0].cfg.name
 

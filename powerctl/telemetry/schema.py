@@ -1,5 +1,6 @@
 """The telemetry schema: measurements, their fields and units. Tags: ``site``, ``module`` always;
-``device`` on per-device points; ``class`` on GPU budget points; ``source`` where noted.
+``device`` on per-device points; ``class`` on GPU budget points; ``node`` on per-node GPU points
+(``gpu.backend = "agents"``: ``p_kw``, ``cap_kw``, ``reachable`` of one GPU server); ``source`` where noted.
 
 Per-device measurements carry the nature's signals (``powerctl.natures.SIGNALS``) that were GOOD at
 that cycle: a stale or invalid signal is left out, never written as a number. The dashboard test
@@ -24,6 +25,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     NATURE_MEASUREMENT[n]: {s.name: (s.unit, s.description) for s in sigs.values()} for n, sigs in SIGNALS.items()
 }
 SCHEMA["gpu"]["budget_kw"] = ("kW", "dispatched GPU budget of one workload class (tag class)")
+SCHEMA["gpu"]["reachable"] = ("", "1 while the node's agent answers, 0 while it counts at its lease (tag node)")
 SCHEMA["site"] = {
     "mode": ("", "controller mode: auto / hold / manual (string)"),
     "available_kw": ("kW", "supply the guard counts on (worst case applied)"),

@@ -218,6 +218,9 @@ def test_stopped_agent_counts_at_its_last_lease_then_at_the_safe_cap(fleet: Flee
                  5, "a set to the stopped node fails")
         # the 250 W set may or may not have been applied: the highest cap of a live lease counts
         assert b.read_power_w(0) == 300.0 and b.read_power_w(1) == 120.0
+        rows = dict(b.node_rows({0: 250.0, 1: 120.0}))  # telemetry, tag node
+        assert rows["agent-000"] == {"p_kw": 0.42, "reachable": 0.0, "cap_kw": 0.37}
+        assert rows["agent-001"]["reachable"] == 1.0 and "cap_kw" not in rows["agent-001"]
         # every lease sent to it has run out: min(safe, last cap)
         wait_for(lambda: b.read_power_w(0) == SAFE_W, 5, "GPU 0 counted at the safe cap after the lease")
         assert b.read_power_w(1) == 120.0
