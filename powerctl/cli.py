@@ -162,12 +162,17 @@ def run(
     cfg = _load_site(config)
     _logging(verbose, log_json)
     from powerctl.daemon import Daemon
+    from powerctl.web.server import PortInUse
 
     async def main(stop: asyncio.Event) -> None:
         # built inside the loop: the Modbus clients bind to the running event loop when created
         await Daemon(cfg).run(stop)
 
-    asyncio.run(_until_signal(main))
+    try:
+        asyncio.run(_until_signal(main))
+    except PortInUse as exc:  # [http] or [scada] address taken: one line, GPUs still at the safe cap
+        err.print(f"{config}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -38,9 +38,11 @@ from powerctl.publish import Publisher
 from powerctl.status import Status
 from powerctl.telemetry import Telemetry
 from powerctl.watchdog import touch_heartbeat
+from powerctl.web.surfaces import Surfaces
 from powerctl.writes import WriteQueue
 
 log = logging.getLogger("powerctl")
+STATUS_LOG_EVERY_S = 60.0
 
 __all__ = ["GPU_DEVICE", "Daemon", "Status"]
 
@@ -96,6 +98,12 @@ class Daemon:
         node_rows = getattr(self.gpu, "node_rows", None)  # node agents (powerctl.gpu.agents): per-node rows
         self.publish.gpu_node_rows = node_rows if callable(node_rows) else None
         self.writes = WriteQueue(self.devices, on_event=self.publish.event)
+        # status page, API, metrics, SCADA, sd_notify (powerctl/web/surfaces.py): read-only views
+        self.surfaces = Surfaces(cfg, lambda: self.status.doc(cfg))
+        self.publish.on_alarm = self.surfaces.alarm
+        self.publish.on_plan = lambda doc, plan: self.surfaces.planned(doc, plan.solve_time_s, plan.rung)
+        self._guard_latency_s: float | None = None
+        self._status_logged_s = -STATUS_LOG_EVERY_S
         readings = GpuReadings(self.image, self.gpu, self.slots, clock, lambda: self.loop.caps_w,
                                max_age_s=max(1.0, 5 * cfg.control.guard_period_s))
         actuators = SiteActuators(CapWriter(self.gpu), self.hooks, setpoints_to=self.writes.commands)
@@ -130,7 +138,11 @@ class Daemon:
 
     def _on_guard(self, d: GuardDecision) -> None:
         self.status.after_guard(d)
+        self.surfaces.guard_ran(d.safe, self._guard_latency_s)  # the guard really ran: feeds sd_notify
         self.publish.guard(d)
+
+    def _on_guard_latency(self, latency_s: float) -> None:
+        self._guard_latency_s = latency_s
 
     def _heartbeat(self) -> None:
         # utime, no data written: works on a full disk (see powerctl/watchdog.py)
@@ -181,9 +193,12 @@ class Daemon:
             st.written, st.write_errors = dict(self.writes.written), self.writes.errors
             self.publish.cycle(now, st, cmd, self.image, self.loop.caps_w)
             st.cycle_ms = [*st.cycle_ms[-299:], (time.monotonic() - t0) * 1000.0]
+            self.surfaces.cycle_ran(st.cycle_ms[-1] / 1000.0)
             if self.on_cycle is not None:
                 self.on_cycle(st)
-            else:
+            elif time.monotonic() - self._status_logged_s >= STATUS_LOG_EVERY_S:
+                # one status line a minute at INFO (the status page and /api/state have every cycle)
+                self._status_logged_s = time.monotonic()
                 log.info(st.line())
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
 
@@ -195,8 +210,12 @@ class Daemon:
         self.loop.start(self.clock(), time.monotonic())
         # start from the safe cap (never from whatever maximum the GPUs booted with)
         apply_safe_caps_to(self.gpu, self.cfg.gpu.safe_cap_w)  # never raises a lower cap
+        # bind the HTTP and SCADA ports now: a taken port stops the start with the address (OSError)
+        await self.surfaces.start()
         try:
             async with asyncio.TaskGroup() as tg:
+                for name, serve in self.surfaces.tasks():
+                    tg.create_task(serve, name=name)
                 for dev in self.devices.values():
                     tg.create_task(dev.run(), name=f"poll-{dev.name}")
                 tg.create_task(self.telemetry.run(), name="telemetry")
@@ -205,7 +224,7 @@ class Daemon:
                 planner = tg.create_task(self._planner(), name="planner")
                 tg.create_task(
                     run_guard(self.loop, self.gpu, clock=self.clock, planner=planner, wake=self._wake_guard,
-                              hooks=self.hooks, on_decision=self._on_guard),
+                              hooks=self.hooks, on_decision=self._on_guard, on_latency=self._on_guard_latency),
                     name="guard",
                 )
                 tg.create_task(self._dispatcher(), name="dispatcher")
@@ -218,6 +237,8 @@ class Daemon:
             pass
         finally:
             self.writes.cancel()
+            with contextlib.suppress(Exception):
+                await self.surfaces.close()
             # the guard task already did this on cancellation; repeat in case it never started
             apply_caps(self.gpu, self.guard.safe_caps())
             with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from powerctl.config import SiteConfig
@@ -90,6 +91,7 @@ async def run_guard(
     wake: asyncio.Event | None = None,
     hooks: HookRunner | None = None,
     on_decision: Callable[[GuardDecision], None] | None = None,
+    on_latency: Callable[[float], None] | None = None,
 ) -> None:
     """The guard task. Runs until cancelled; on the way out it puts every GPU at the safe cap.
 
@@ -118,7 +120,10 @@ async def run_guard(
                 exc = None if planner.cancelled() else planner.exception()
                 log.error("planner task stopped (%s): guard holds GPUs at the safe cap", exc or "cancelled")
                 planner_reported = True
+            t0 = time.monotonic()
             d = loop.guard_tick(clock(), planner_alive=alive)
+            if on_latency is not None:  # /metrics: powerctl_guard_cycle_seconds
+                on_latency(time.monotonic() - t0)
             if on_decision is not None:
                 on_decision(d)
             if wake is None:

@@ -13,6 +13,7 @@ from powerctl.control.core import Commands
 from powerctl.control.guard import GuardDecision
 from powerctl.gpu_io import GPU_DEVICE
 from powerctl.grid_billing import plan_grid_fields, plan_grid_payload
+from powerctl.guard_events import GuardEvents
 from powerctl.optimizer import Plan
 from powerctl.process_image import ProcessImage
 from powerctl.status import Status
@@ -33,27 +34,35 @@ class Publisher:
         self.clock = clock
         # per-node GPU rows (tag node), set by the daemon when the GPUs are on node agents
         self.gpu_node_rows: Callable[[Mapping[int, float]], list[tuple[str, dict[str, float]]]] | None = None
+        # guard decisions -> state changes (a cut starts / ends, safe cap, shed, restore)
+        self.guard_events = GuardEvents()
+        self.on_alarm: Callable[[dict[str, Any]], None] | None = None  # the HTTP alarm list
+        self.on_plan: Callable[[dict[str, Any], Plan], None] | None = None  # /api/plan and metrics
+
+    def alarm(self, doc: dict[str, Any]) -> None:
+        """An alarm for the operator: MQTT ``alarms`` and the status page."""
+        if self.mqtt is not None:
+            self.mqtt.publish_alarm(doc)
+        if self.on_alarm is not None:
+            self.on_alarm(doc)
 
     def event(self, kind: str, fields: Mapping[str, Any], device: str | None = None) -> None:
         self.telemetry.emit("event", {"kind": kind, **fields}, self.clock(), device)
 
     def guard(self, d: GuardDecision) -> None:
-        if d.cut:
-            self.event("guard_cut", {"reason": d.reason})
-            log.warning("guard: %s", d.reason)
-            if self.mqtt is not None:
-                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "guard_cut", "reason": d.reason})
-        for a in (*d.shed, *d.restore):
-            self.event(a.action, {"class": a.klass, "gpus": a.gpus, "reason": a.reason})
+        # once per state change, not per 200 ms tick (powerctl/guard_events.py); the log filter
+        # (powerctl/logs.py) rate-limits what still repeats
+        for e in self.guard_events.on_decision(d, self.clock()):
+            log.log(e.level, e.fmt, *e.args)
+            self.event(e.kind, {k: e.alarm[k] for k in ("reason", "class", "gpus") if k in e.alarm})
+            self.alarm(e.alarm)
         # plausibility findings (powerctl/control/plausibility.py), once each when raised and cleared
         for f in d.findings:
             self.event("implausible", {"finding": f})
-            if self.mqtt is not None:
-                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "implausible", "reason": f})
+            self.alarm({"t_s": self.clock(), "kind": "implausible", "reason": f})
         for f in d.cleared:
             self.event("plausible_again", {"finding": f})
-            if self.mqtt is not None:
-                self.mqtt.publish_alarm({"t_s": self.clock(), "kind": "plausible_again", "reason": f})
+            self.alarm({"t_s": self.clock(), "kind": "plausible_again", "reason": f})
 
     def cycle(self, now: float, st: Status, cmd: Commands, image: ProcessImage, caps_w: Mapping[int, float]) -> None:
         t = self.telemetry
@@ -76,14 +85,7 @@ class Publisher:
             fields["solve_ms"] = st.last_solve_ms
         t.emit("site", fields, now)
         if self.mqtt is not None:
-            self.mqtt.publish_state(
-                {
-                    "t_s": now, "mode": str(st.mode), "pv_kw": st.pv_kw, "soc_pct": st.soc_pct,
-                    "battery_kw": st.battery_kw, "genset_kw": st.genset_kw, "genset_running": st.genset_running,
-                    "gpu_kw": st.gpu_kw, "available_kw": st.available_kw, "stale": st.stale,
-                    "last_solve_ms": st.last_solve_ms, "plan_rung": st.plan_rung,
-                }
-            )
+            self.mqtt.publish_state(st.doc(self.cfg))  # every device (powerctl.site_state)
             self.mqtt.publish_caps(
                 {"t_s": now, "budget_kw": cmd.gpu_budget_kw, "caps_w": {str(i): c for i, c in caps_w.items()}}
             )
@@ -104,9 +106,9 @@ class Publisher:
         fields["unserved_kw"] = float(plan.unserved_kw[0])
         fields.update(plan_grid_fields(plan))  # grid-tied sites: grid power, prices and their source
         self.telemetry.emit("plan", fields, now)
-        if self.mqtt is not None:
+        if self.mqtt is not None or self.on_plan is not None:
             steps = np.asarray(plan.steps_s, dtype=float)
-            self.mqtt.publish_plan(
+            doc: dict[str, Any] = (
                 {
                     "t_s": now, "rung": plan.rung, "status": plan.status, "solver": plan.solver,
                     "solve_ms": plan.solve_time_s * 1000.0,
@@ -120,3 +122,7 @@ class Publisher:
                     **plan_grid_payload(plan),
                 }
             )
+            if self.mqtt is not None:
+                self.mqtt.publish_plan(doc)
+            if self.on_plan is not None:
+                self.on_plan(doc, plan)

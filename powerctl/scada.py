@@ -21,6 +21,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from powerctl.profiles.codec import encode
+from powerctl.web.server import PortInUse
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ class ScadaServer:
         # bind here, so a taken port fails the daemon's start with the address in the message
         # (pymodbus's serve_forever would only log it and leave nothing listening)
         if not await self._server.listen():
-            raise OSError(f"SCADA Modbus server: cannot listen on {self.host}:{self.port}: "
-                          f"{bind_problem(self.host, self.port)}")
+            raise PortInUse(f"SCADA Modbus server: cannot listen on {self.host}:{self.port}: "
+                            f"{bind_problem(self.host, self.port)}")
         log.info("SCADA Modbus TCP (read-only) on %s:%d unit %d", self.host, self.port, self.unit_id)
 
     async def close(self) -> None:

@@ -342,7 +342,11 @@ class MqttLink:
 
     async def _publish_discovery(self, client: aiomqtt.Client) -> None:
         limits = self.commands.limits if isinstance(self.commands.limits, CommandLimits) else None
-        for topic, cfg in homeassistant_discovery(self.tree, limits, self.discovery_prefix):
+        from powerctl.natures import Nature
+
+        names = {n: [d.name for d in self.site.by_nature(n)] for n in (Nature.BATTERY, Nature.GENSET)}
+        for topic, cfg in homeassistant_discovery(self.tree, limits, self.discovery_prefix,
+                                                  batteries=names[Nature.BATTERY], gensets=names[Nature.GENSET]):
             await client.publish(topic, to_json(cfg), qos=1, retain=True, timeout=self.timeout_s)
 
     async def _sender(self, client: aiomqtt.Client) -> None:

@@ -19,6 +19,7 @@ Command names: ``mode``, ``gpu_budget_max_kw``, ``battery_reserve_pct``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,20 +84,42 @@ _SENSORS = (
     ("genset_kw", "Genset power", "genset_kw", "kW", "power"),
     ("gpu_kw", "GPU power", "gpu_kw", "kW", "power"),
     ("available_kw", "Available power", "available_kw", "kW", "power"),
-    ("stale", "Stale signals", "stale_count", None, None),
+    ("stale", "Stale signals", "stale | length", None, None),
+    ("control_mode", "Control mode", "mode", None, None),  # plan | safe | hold | manual (what the loop does)
+    ("plan_rung", "Plan rung", "plan_rung", None, None),
 )
+# per battery / genset (object id suffix, name suffix, key in the state's per-device entry, unit, class)
+_BATTERY_SENSORS = (("soc_pct", "SoC", "soc_pct", "%", "battery"), ("kw", "power", "p_kw", "kW", "power"))
+_GENSET_SENSORS = (("kw", "power", "p_kw", "kW", "power"), ("running", "running", "running", None, None))
+
+
+def _sensor_rows(batteries: Sequence[str], gensets: Sequence[str]) -> list[tuple[str, str, str, str | None, str | None]]:
+    """Every sensor: the site totals, then one set per battery and per genset (the state's
+    ``batteries`` / ``gensets`` maps, keyed by device name)."""
+    rows = list(_SENSORS)
+    for group, names, sensors in (("batteries", batteries, _BATTERY_SENSORS), ("gensets", gensets, _GENSET_SENSORS)):
+        for dev in names:
+            for oid, label, key, unit, dclass in sensors:
+                rows.append((f"{_safe_level(dev)}_{oid}", f"{dev} {label}", f"{group}[{json.dumps(dev)}].{key}", unit, dclass))
+    return rows
 
 
 def homeassistant_discovery(
-    tree: TopicTree, limits: Any, discovery_prefix: str = "homeassistant"
+    tree: TopicTree, limits: Any, discovery_prefix: str = "homeassistant",
+    *, batteries: Sequence[str] = (), gensets: Sequence[str] = (),
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(config topic, payload) pairs, published retained; limits: a CommandLimits."""
+    """(config topic, payload) pairs, published retained; limits: a CommandLimits.
+
+    Every template reads a field the state (or, for the mode select, the ``commands/state``
+    topic) really publishes: tests/ops/test_homeassistant.py renders each one against the
+    daemon's messages. The select shows the operator's mode lease (auto/hold/manual); what the
+    loop does (plan/safe/hold/manual) is the "Control mode" sensor."""
     node = _safe_level(f"powerctl_{tree.site}_{tree.module}")
     device = {"identifiers": [node], "name": f"powerctl {tree.site}/{tree.module}", "manufacturer": "powerctl"}
     common = {"availability_topic": tree.status, "payload_available": "online",
               "payload_not_available": "offline", "device": device}
     out: list[tuple[str, dict[str, Any]]] = []
-    for oid, name, key, unit, dclass in _SENSORS:
+    for oid, name, key, unit, dclass in _sensor_rows(batteries, gensets):
         cfg: dict[str, Any] = {**common, "name": name, "unique_id": f"{node}_{oid}", "state_topic": tree.state,
                                "value_template": f"{{{{ value_json.{key} }}}}"}
         if unit:
@@ -107,8 +130,8 @@ def homeassistant_discovery(
         out.append((f"{discovery_prefix}/sensor/{node}/{oid}/config", cfg))
     out.append((f"{discovery_prefix}/select/{node}/mode/config", {
         **common, "name": "Mode", "unique_id": f"{node}_mode", "options": list(MODES),
-        "command_topic": tree.command_set("mode"), "state_topic": tree.state,
-        "value_template": "{{ value_json.mode }}",
+        "command_topic": tree.command_set("mode"), "state_topic": tree.commands_state,
+        "value_template": "{{ value_json.mode.value if value_json.mode else 'auto' }}",
     }))
     out.append((f"{discovery_prefix}/number/{node}/gpu_budget_max_kw/config", {
         **common, "name": "GPU budget ceiling", "unique_id": f"{node}_gpu_budget_max_kw",

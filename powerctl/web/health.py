@@ -1,7 +1,8 @@
 """Is the daemon healthy? Pure: ages of the last loop and guard cycles and the stale signals in.
 
 Healthy means all of: the dispatch loop ran within ``LATE_PERIODS`` of its period, the guard ran
-within ``LATE_PERIODS`` of its period, and no supply signal (PV, battery, genset, meter) is stale.
+within ``LATE_PERIODS`` of its period, no supply signal (PV, battery, genset, meter) is stale, the
+guard is not holding the safe cap and the dispatcher has a usable plan.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def assess(
     guard_period_s: float,
     stale_supply: Sequence[str],
     safe: bool = False,
+    no_plan: bool = False,
 ) -> Health:
     """``stale_supply``: "device.signal" of every supply signal that is not good."""
     reasons = [r for r in (_late("control loop", loop_age_s, loop_period_s),
@@ -45,4 +47,6 @@ def assess(
         reasons.append("stale devices: " + ", ".join(sorted(stale_supply)))
     if safe:
         reasons.append("guard holds GPUs at the safe cap")
+    if no_plan:
+        reasons.append("no usable plan: dispatch at the safe-cap budget")
     return Health(not reasons, reasons)

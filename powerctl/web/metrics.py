@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,6 +66,12 @@ class _StateCollector(Collector):
                 gen_on.add_metric([*ids, dev], 1.0 if g["running"] else 0.0)
         yield gen_kw
         yield gen_on
+        for key, name, doc in (("guard_cuts", "powerctl_guard_cuts", "guard cycles that cut caps below the request"),
+                               ("write_errors", "powerctl_write_errors", "device writes refused or failed"),
+                               ("cycles", "powerctl_dispatch_cycles", "dispatch cycles since start")):
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(ids, float(st.get(key) or 0))
+            yield c
         budget = GaugeMetricFamily("powerctl_gpu_budget_kw", "GPU budget per workload class, kW",
                                    labels=[*labels, "class"])
         for cls, kw in (st.get("gpu_budget_kw") or {}).items():
@@ -77,16 +83,14 @@ class Metrics:
     """What the loop records (histograms, counters) plus the state gauges; ``render()`` for /metrics."""
 
     def __init__(self, state: Callable[[], dict[str, Any]] = dict) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # the state collector is asked at scrape time only
         r = self.registry
         self.guard_s = Histogram("powerctl_guard_cycle_seconds", "guard cycle latency", buckets=_GUARD_BUCKETS_S, registry=r)
         self.cycle_s = Histogram("powerctl_dispatch_cycle_seconds", "dispatch cycle latency",
                                  buckets=_CYCLE_BUCKETS_S, registry=r)
         self.solve_s = Histogram("powerctl_solve_seconds", "planner solve time", buckets=_SOLVE_BUCKETS_S, registry=r)
         self.plans = Counter("powerctl_plans", "plans made, by ladder rung", ["rung"], registry=r)
-        self.guard_cuts = Counter("powerctl_guard_cuts", "guard cycles that cut caps below the request", registry=r)
         self.sheds = Counter("powerctl_shed_actions", "shed and restore actions", ["action", "class"], registry=r)
-        self.write_errors = Counter("powerctl_write_errors", "device writes refused or failed", registry=r)
         r.register(_StateCollector(state))
 
     def render(self) -> bytes:

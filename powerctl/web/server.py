@@ -37,7 +37,8 @@ class SiteView(Protocol):
 
 
 class PortInUse(OSError):
-    """The configured address is taken (or not ours): the daemon refuses to start."""
+    """A configured listen address is taken (or not ours): the daemon refuses to start, and the
+    command line prints this one line (HTTP here, SCADA in powerctl/scada.py)."""
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -113,7 +114,7 @@ class HttpServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise PortInUse(exc.errno, f"HTTP server: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+            raise PortInUse(f"HTTP server: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self._runner = runner
         log.info("status page and API on %s", self.url)
 

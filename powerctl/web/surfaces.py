@@ -52,14 +52,12 @@ class Surfaces:
 
     # --- what the daemon reports --------------------------------------------------------------
 
-    def guard_ran(self, safe: bool, cut: bool, latency_s: float | None = None) -> None:
+    def guard_ran(self, safe: bool, latency_s: float | None = None) -> None:
         """After every guard tick that really ran: the only place systemd's watchdog is fed."""
         self._last_guard = self.mono()
         self._guard_safe = safe
         if latency_s is not None:
             self.metrics_.guard_s.observe(latency_s)
-        if cut:
-            self.metrics_.guard_cuts.inc()
         if self._last_cycle is not None:  # READY once the loop has dispatched as well
             self.notifier.guard_ran()
 
@@ -72,20 +70,17 @@ class Surfaces:
         self.metrics_.solve_s.observe(solve_s)
         self.metrics_.plans.labels(rung=rung).inc()
 
-    def shed_action(self, action: str, klass: str) -> None:
-        self.metrics_.sheds.labels(action=action, **{"class": klass}).inc()
-
-    def write_failed(self) -> None:
-        self.metrics_.write_errors.inc()
-
     def alarm(self, doc: dict[str, Any]) -> None:
         self.alarms.append(dict(doc))
+        if doc.get("kind") in ("shed", "restore"):
+            self.metrics_.sheds.labels(action=doc["kind"], **{"class": str(doc.get("class", ""))}).inc()
 
     # --- what the servers read (SiteView) -----------------------------------------------------
 
     def health(self) -> Health:
         now = self.mono()
-        stale = [s for s in self._state().get("stale", []) if s.split(".", 1)[0] in self._supply]
+        st = self._state()
+        stale = [s for s in st.get("stale", []) if s.split(".", 1)[0] in self._supply]
         return assess(
             loop_age_s=None if self._last_cycle is None else now - self._last_cycle,
             loop_period_s=self.cfg.control.dispatch_period_s,
@@ -93,6 +88,7 @@ class Surfaces:
             guard_period_s=self.cfg.control.guard_period_s,
             stale_supply=stale,
             safe=self._guard_safe,
+            no_plan=st.get("mode") == "safe",
         )
 
     def state(self) -> dict[str, Any]:
