@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEBS := mosquitto victoria-metrics mbpoll chromium
 RUN_SECONDS ?= 180
 
-.PHONY: run test lint typecheck debs venv bench clean
+.PHONY: run test lint typecheck debs venv bench clean lean-check
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ test: venv debs lint typecheck
 
 run: venv
 	$(BIN)/powerctl demo examples/demo-site.toml --seconds $(RUN_SECONDS)
+
+# The edge daemon's install from a wheel, without the [sim] extra (needs PyPI; README, Layout).
+lean-check:
+	bash .ci/lean-check
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
