@@ -47,7 +47,7 @@ from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 
 if TYPE_CHECKING:
-    from powerctl.config import BatteryDevice, PvDevice, PvLimits, SiteConfig
+    from powerctl.config import BatteryDevice, BatteryLimits, PvDevice, PvLimits, SiteConfig
 
 NAMEPLATE_TOL = 0.05  # meters are rarely better than a few %: 5 % over nameplate is still believed
 NAMEPLATE_ABS_KW = 1.0
@@ -83,6 +83,11 @@ def pv_nameplate_kw(limits: PvLimits) -> float:
 
 def over_nameplate(p_kw: float, nameplate_kw: float) -> bool:
     return p_kw > nameplate_kw * (1.0 + NAMEPLATE_TOL) + NAMEPLATE_ABS_KW
+
+
+def battery_power_plausible(p_kw: float, lim: BatteryLimits) -> bool:
+    """A battery power reading inside what the battery can do (with the nameplate tolerance)."""
+    return not (over_nameplate(p_kw, lim.max_discharge_kw) or over_nameplate(-p_kw, lim.max_charge_kw))
 
 
 def soc_rate_pct_per_s(max_kw: float, capacity_kwh: float) -> float:
@@ -163,6 +168,8 @@ class Plausibility:
         name, lim = d.name, d.limits
         tr = self._soc.get(name)
         p = _value(image, name, "p_kw", now_s)
+        if p is not None and not battery_power_plausible(p, lim):
+            p = None  # a power the battery cannot have (garbage): integrate nothing from it
         if tr is not None:
             if p is not None:
                 de = -p * dt_s / 3600.0 / lim.capacity_kwh * 100.0
@@ -222,7 +229,8 @@ class Plausibility:
                 sig = image.get(d.name, "p_kw", now_s)
             except KeyError:
                 return None
-            if not sig.good or sig.value is None or f"{d.name}.soc_pct" in found:
+            if (not sig.good or sig.value is None or f"{d.name}.soc_pct" in found
+                    or not battery_power_plausible(sig.value, d.limits)):
                 return None
             bat_kw, bat_ts = bat_kw + sig.value, min(bat_ts, sig.ts)
             soc = _value(image, d.name, "soc_pct", now_s)

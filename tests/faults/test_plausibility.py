@@ -228,3 +228,15 @@ def test_hold_keeps_battery_limits_floor_and_reserve() -> None:
 
 def test_nature_meter_has_grid_presence_signals() -> None:
     assert {"v_v", "f_hz"} <= set(SIGNALS[Nature.METER])
+
+
+def test_garbage_battery_power_does_not_poison_the_soc_estimate() -> None:
+    """A battery power reading it cannot have (5 MW: garbage registers) is not integrated: after the
+    garbage the SoC that never moved is still believed (found by the GARBAGE fault of test_devices)."""
+    cfg = cfg_with()
+    g, img = guard(cfg), image(cfg)
+    t = run(g, img, 0.0, 1.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=0.0)
+    t = run(g, img, t + 0.2, t + 4.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=-5000.0)
+    t = run(g, img, t + 0.2, t + 1.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=0.0)
+    sv = g.supply(img, t, 20.0)
+    assert not sv.suspect and sv.battery_kw == pytest.approx(40.0), sv
