@@ -14,6 +14,7 @@ with a reason (starting from 0 over-prices a new peak, it never under-prices one
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -27,6 +28,8 @@ from powerctl.optimizer import Plan
 from powerctl.process_image import ProcessImage, Quality
 from powerctl.tariff_config import BillingPeriod, Tariff
 from powerctl.tariffs import HorizonPrices, TariffPrices, billing_key
+
+log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 4096
 MAX_PEAK_KW = 1e6
@@ -92,8 +95,13 @@ class PeakTracker:
         if self.path is None:
             return
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"period": self.period.value, "key": self.key, "peak_kw": self.peak}))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps({"period": self.period.value, "key": self.key, "peak_kw": self.peak}))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # planning goes on; the peak is kept in memory
+            if not self.note.startswith("cannot store"):
+                log.warning("%s: cannot store the demand peak: %s", self.path, exc)
+            self.note = f"cannot store {self.path}: {exc}"
 
 
 class GridBilling:

@@ -137,6 +137,11 @@ def test_running_peak_survives_a_restart_and_resets_with_the_period(tmp_path: Pa
         d = PeakTracker(BillingPeriod.MONTH, 0.0, path)
         d.load(t)
         assert d.peak_kw(t) == 0.0 and "stored peak ignored" in d.note, bad
+    # A state directory that cannot be written: the peak is kept in memory, planning goes on.
+    e = PeakTracker(BillingPeriod.MONTH, 0.0, tmp_path / "missing" / "demand_peak.json")
+    e.load(t)
+    e.update(t, 42.0)
+    assert e.peak_kw(t) == 42.0 and e.note.startswith("cannot store")
 
 
 def _image(cfg_path: Path, now_s: float, meter_kw: float | None) -> tuple[object, ProcessImage]:
