@@ -70,6 +70,8 @@ class Daemon:
 
             forecaster = make_forecaster(cfg)
         self.core = ControllerCore(cfg, self.slots, forecaster)
+        # The billing period's peak import survives restarts (powerctl/grid_billing.py).
+        self.core.billing.tracker.path = Path(cfg.control.state_dir) / "demand_peak.json"
         self.hooks = HookRunner(cfg.gpu.shed_hooks, cfg.site.id) if cfg.gpu.shed_hooks else None
         self.devices: dict[str, ModbusDevice] = {}
         for d in cfg.devices:
