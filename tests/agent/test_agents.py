@@ -188,6 +188,11 @@ def test_no_certificate_other_site_and_replay_are_refused_and_logged(fleet: Flee
     before = a0.log_text().count("refused")
     assert "ok" not in probe(a0.port, foreign, a0.name, state_doc())
     wait_for(lambda: a0.log_text().count("refused") > before, 5, "the second refusal in the log")
+    # 2b. this site's certificate, but an agent's (server-auth only): not a controller
+    peer = client_context(pki / "ca.pem", pki / "agent-001.pem", pki / "agent-001.key")
+    before = a0.log_text().count("refused")
+    assert "ok" not in probe(a0.port, peer, a0.name, state_doc())
+    wait_for(lambda: a0.log_text().count("refused") > before, 5, "the agent-as-controller refusal in the log")
     # 3. a valid request, captured and sent again on a new connection
     ctx = ctx_of(fleet)
     frame = encode({"op": "set", "client": "capture", "seq": time.time_ns() // 1000, "ts": time.time(), "caps_w": [333.0, 333.0],
