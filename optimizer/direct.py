@@ -2,15 +2,18 @@
 
 cvxpy's per-solve work for a DPP problem (parameter vector, tensor product, solver interface,
 solution unpacking) costs several milliseconds for a 288-step horizon, more than the solve itself.
-Our model puts every Parameter in a constraint's constant side (see optimizer.model), so after
-compilation the solver data is
+Our model puts every Parameter in a constraint's constant side or, for grid prices, in the cost
+(see optimizer.model), never in the matrix, so after compilation the solver data is
 
-    minimise 1/2 x'Px + c'x  s.t.  A x + s = b(theta), s in {0}^z x R+^l,    b(theta) = B [theta; 1]
+    minimise 1/2 x'Px + c(theta)'x  s.t.  A x + s = b(theta), s in {0}^z x R+^l,
+    b(theta) = B [theta; 1],  c(theta) = Q [theta; 1]
 
-with P, c, A constant. We take A, P, c and the affine map B once from cvxpy's compiled
-`ParamConeProg` (cvxpy's own tensor, so the map is exactly what cvxpy would compute), check on a
-random parameter draw that B reproduces cvxpy's b, and then per solve do one sparse mat-vec and
-hand b to a solver object that was set up once:
+with P and A constant; c is constant too unless grid prices (Parameters in the objective) are in
+the model, and then HiGHS gets the changed costs, Clarabel and OSQP an update of q. We take A, P
+and the affine maps B and Q once from cvxpy's compiled `ParamConeProg` (cvxpy's own tensor, so the
+maps are exactly what cvxpy would compute), check on a random parameter draw that B and Q reproduce
+cvxpy's b and c, and then per solve do one sparse mat-vec and hand b (and c) to a solver object
+that was set up once:
   * HiGHS (dual simplex, LP only): one instance per commitment slot, hot-started from that slot's
     last basis; only changed bounds are passed (optimizer.highs_lp). Fastest here by far.
   * Clarabel (interior point): `update(b=...)` reuses the KKT structure and symbolic factorisation;
