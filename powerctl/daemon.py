@@ -28,7 +28,7 @@ from powerctl.control.split import slots_from_pool
 from powerctl.gpu.base import GpuBackend
 from powerctl.gpu.factory import make_backend
 from powerctl.gpu.failsafe import apply_safe_caps_to
-from powerctl.gpu_io import GPU_DEVICE, CapWriter, GpuReadings, apply_caps
+from powerctl.gpu_io import GPU_DEVICE, CapWriter, GpuReadings, apply_caps, read_caps_w
 from powerctl.guard_task import SiteActuators, run_guard
 from powerctl.hooks import HookRunner
 from powerctl.io.modbus import ModbusDevice
@@ -89,12 +89,12 @@ class Daemon:
         self.commands = None
         self.mqtt = None
         if cfg.mqtt is not None:
-            from powerctl.mqtt.commands import CommandLimits, CommandState
+            from powerctl.mqtt.commands import CommandState
             from powerctl.mqtt.link import MqttLink
 
-            # leases survive a restart (kept atomically in the state dir)
-            self.commands = CommandState(CommandLimits.from_site(cfg), cfg.mqtt.command_lease_s, clock,
-                                         state_path=Path(cfg.control.state_dir) / "leases.json")
+            # leases survive a restart (kept atomically in the state dir); changes paced, ceiling
+            # rises slewed (CommandState.for_site)
+            self.commands = CommandState.for_site(cfg, clock, state_path=Path(cfg.control.state_dir) / "leases.json")
             self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock)
         self.publish = Publisher(cfg, self.telemetry, self.mqtt, clock)
         node_rows = getattr(self.gpu, "node_rows", None)  # node agents (powerctl.gpu.agents): per-node rows
@@ -209,9 +209,9 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set or the task is cancelled; safe caps on the way out."""
         stop = stop or asyncio.Event()
-        self.loop.start(self.clock(), time.monotonic())
         # start from the safe cap (never from whatever maximum the GPUs booted with)
         apply_safe_caps_to(self.gpu, self.cfg.gpu.safe_cap_w)  # never raises a lower cap
+        self.loop.start(self.clock(), time.monotonic(), read_caps_w(self.gpu, [s.index for s in self.slots]))
         # bind the HTTP and SCADA ports now: a taken port stops the start with the address (OSError)
         await self.surfaces.start()
         try:

@@ -163,11 +163,15 @@ class ControlLoop:
 
     # --- clock and freshness --------------------------------------------------------------------
 
-    def start(self, wall_s: float, mono_s: float) -> None:
+    def start(self, wall_s: float, mono_s: float, held_caps_w: Mapping[int, float] | None = None) -> None:
         """The first plan waits for the devices' real state (SoC, genset running or not): a plan on
-        nothing but worst cases would, after a restart, stop a running genset or start one."""
+        nothing but worst cases would, after a restart, stop a running genset or start one.
+        ``held_caps_w``: what the GPUs hold now, so that the first rise is slew-limited too."""
         self._clock_ref = (wall_s, mono_s)
         self._fresh_after = (wall_s, mono_s + FRESH_WAIT_S)
+        if held_caps_w is not None:
+            self.guard.last_caps_w, self.guard.last_t_s = self.guard.clamp(held_caps_w), wall_s
+            self.caps_w = dict(self.guard.last_caps_w)
 
     def watch_clock(self, wall_s: float, mono_s: float) -> float:
         """``wall_s``, noticing a step (NTP, an operator): its advance since the last look is
@@ -288,8 +292,8 @@ class ControlLoop:
 
     def _update_other(self, wall_s: float, image: ProcessImage, gpu_w: float | None) -> None:
         est = None if gpu_w is None else measured_other_kw(self.cfg, image, wall_s, gpu_w / 1000.0)
-        if est is None:
-            return
+        if est is None or self.guard.plausibility.active:
+            return  # not from readings the guard found implausible (a lie or garbage): hold the estimate
         if self._other_t_s is None:
             self.other_kw = est
         else:
