@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 
 import numpy as np
 from rich.live import Live
@@ -73,10 +75,16 @@ def status_table(st: Status, t_sim_h: float | None = None) -> Table:
 async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0, plain: bool = False) -> int:
     from powerctl.sim.plant.pv import demo_pv_kw_fn
     from powerctl.sim.plant.site import Plant
-    from powerctl.sim.serve import PlantGpus, SimSite
+    from powerctl.sim.serve import SimSite
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # The plant's GPUs sit on eight-GPU servers, each behind its own node agent (mutual TLS, leases,
+    # sim/agents.py): the daemon caps them through the agents, as on a real module.
+    from powerctl.sim.agents import PlantAgents, demo_agents
+
+    pki = tempfile.TemporaryDirectory(prefix="powerctl-demo-pki-")
+    cfg = demo_agents(cfg, Path(pki.name))
     t0 = time.time()
     plant = Plant(
         cfg,
@@ -106,7 +114,9 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
         else:
             print(f"{sim_hour():5.2f}h " + daemon.status_line(), flush=True)
 
-    daemon = Daemon(cfg, gpu_backend=PlantGpus(plant), forecaster=forecaster, on_cycle=on_cycle)
+    agents = PlantAgents(cfg, plant)
+    agents.start()
+    daemon = Daemon(cfg, forecaster=forecaster, on_cycle=on_cycle)  # gpu.backend = "agents"
     site_task = asyncio.create_task(site.run(time.time, tick_s=0.1))
     await asyncio.sleep(0.5)
     stop = asyncio.Event()
@@ -127,6 +137,11 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
     finally:
         site_task.cancel()
         await asyncio.gather(site_task, return_exceptions=True)
+        close = getattr(daemon.gpu, "close", None)
+        if callable(close):
+            close()
+        agents.stop()
+        pki.cleanup()
     print(
         f"demo done: {daemon.status.cycles} cycles, {daemon.status.guard_cuts} guard cuts, "
         f"GPUs left at the safe cap ({cfg.gpu.safe_cap_w:.0f} W); telemetry in {cfg.telemetry.file}"
