@@ -33,6 +33,7 @@ from typing import Protocol
 from powerctl.config import SiteConfig
 from powerctl.control.core import Commands, DispatchMode, Forecaster, Overrides
 from powerctl.control.guard import Guard, GuardDecision
+from powerctl.control.plausibility import supply_nameplate_kw
 from powerctl.control.shed import ShedAction
 from powerctl.control.split import GpuSlot
 from powerctl.natures import Nature
@@ -292,8 +293,8 @@ class ControlLoop:
 
     def _update_other(self, wall_s: float, image: ProcessImage, gpu_w: float | None) -> None:
         est = None if gpu_w is None else measured_other_kw(self.cfg, image, wall_s, gpu_w / 1000.0)
-        if est is None or self.guard.plausibility.active:
-            return  # not from readings the guard found implausible (a lie or garbage): hold the estimate
+        if est is None or self.guard.plausibility.active or est > supply_nameplate_kw(self.cfg):
+            return  # not from readings physics rules out (a lie, garbage registers): hold the estimate
         if self._other_t_s is None:
             self.other_kw = est
         else:

@@ -85,6 +85,15 @@ def over_nameplate(p_kw: float, nameplate_kw: float) -> bool:
     return p_kw > nameplate_kw * (1.0 + NAMEPLATE_TOL) + NAMEPLATE_ABS_KW
 
 
+def supply_nameplate_kw(cfg: SiteConfig) -> float:
+    """The most every source together could deliver: no load reading above it is physical."""
+    total = sum(pv_nameplate_kw(d.limits) for d in cfg.by_nature(Nature.PV))
+    total += sum(d.limits.max_discharge_kw for d in cfg.by_nature(Nature.BATTERY))
+    total += sum(d.limits.rating_kw for d in cfg.by_nature(Nature.GENSET))
+    total += sum(d.limits.max_import_kw for d in cfg.by_nature(Nature.METER))
+    return total * (1.0 + NAMEPLATE_TOL) + NAMEPLATE_ABS_KW
+
+
 def battery_power_plausible(p_kw: float, lim: BatteryLimits) -> bool:
     """A battery power reading inside what the battery can do (with the nameplate tolerance)."""
     return not (over_nameplate(p_kw, lim.max_discharge_kw) or over_nameplate(-p_kw, lim.max_charge_kw))
@@ -145,6 +154,10 @@ class Plausibility:
             if p is not None and over_nameplate(p, d.limits.rating_kw):
                 found[f"{d.name}.p_kw"] = f"reads {p:.1f} kW, above its {d.limits.rating_kw:g} kW rating"
         for d in self.cfg.by_nature(Nature.BATTERY):
+            p = _value(image, d.name, "p_kw", now_s)
+            if p is not None and not battery_power_plausible(p, d.limits):
+                found[f"{d.name}.p_kw"] = (f"reads {p:.1f} kW, beyond its {d.limits.max_discharge_kw:g} kW discharge "
+                                           f"/ {d.limits.max_charge_kw:g} kW charge limits")
             why = self._check_soc(image, d, now_s, dt_s)
             if why:
                 found[f"{d.name}.soc_pct"] = why
