@@ -49,11 +49,20 @@ def serve(
 
     async def main(stop: asyncio.Event) -> None:
         site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
+        agents = None
+        if cfg.gpu.backend == "agents":  # the plant's GPU servers as node agents (sim/agents.py)
+            from powerctl.sim.agents import PlantAgents
+
+            agents = PlantAgents(cfg, site.plant)
+            await asyncio.to_thread(agents.start)
         task = asyncio.create_task(site.run(time.time))
-        print(f"serving {len(site.sims)} simulated devices; Ctrl-C to stop", flush=True)
+        print(f"serving {len(site.sims)} simulated devices"
+              + (f" and {len(agents.servers)} GPU node agents" if agents else "") + "; Ctrl-C to stop", flush=True)
         await stop.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if agents is not None:
+            await asyncio.to_thread(agents.stop)
 
     asyncio.run(_until_signal(main))
 
