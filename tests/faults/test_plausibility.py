@@ -237,6 +237,7 @@ def test_garbage_battery_power_does_not_poison_the_soc_estimate() -> None:
     g, img = guard(cfg), image(cfg)
     t = run(g, img, 0.0, 1.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=0.0)
     t = run(g, img, t + 0.2, t + 4.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=-5000.0)
+    assert any(s.startswith("bat1.p_kw") for s in g.supply(img, t, 20.0).suspect)  # beyond its limits
     t = run(g, img, t + 0.2, t + 1.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=0.0)
     sv = g.supply(img, t, 20.0)
     assert not sv.suspect and sv.battery_kw == pytest.approx(40.0), sv
