@@ -266,7 +266,10 @@ class Plausibility:
             return implied
         pv_read = sum(max(0.0, r or 0.0) for r in reads)
         tol = self.balance_tol_kw + self.balance_tol_pct / 100.0 * load
-        saturated = bat_limit_kw > 1.0 and bat_kw >= bat_limit_kw - 1.0 and pv_read > 1.0
+        # While the grid imports, it (not the battery) balances the site: a battery at its limit is then
+        # its setpoint, no evidence against PV (a lying PV shows in the balance check above).
+        grid_in = sum(max(0.0, _value(image, d.name, "p_kw", now_s) or 0.0) for d in self.cfg.by_nature(Nature.METER))
+        saturated = bat_limit_kw > 1.0 and bat_kw >= bat_limit_kw - 1.0 and pv_read > 1.0 and grid_in < tol
         why = ""
         if pv_read > implied + tol:
             why = (f"PV reads {pv_read:.1f} kW, but the balance (load {load:.1f} - battery {bat_kw:.1f} "

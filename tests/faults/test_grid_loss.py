@@ -133,3 +133,27 @@ def test_grid_loss_at_the_import_limit_then_slewed_return() -> None:
     assert imports[0] <= BATTERY_KW - SETPOINT_KW + 1e-6
     assert np.max(np.diff(imports[1:]) / loop.period_s) <= ramp * k + 1e-6
     assert imports[-1] == pytest.approx(IMPORT_KW, rel=0.05)
+
+
+def test_battery_at_its_limit_while_the_grid_imports_is_no_evidence_against_pv() -> None:
+    """On a grid-tied site the battery follows its setpoint and the grid balances: a battery
+    discharging at its limit under PV is normal, not a sign that PV lies (it cost the 7-day grid
+    replay 619 safe-cap minutes before). PV that lies still shows in the balance."""
+    cfg = grid_cfg()
+    loop = Loop(cfg)
+    loop.plant.set_battery_kw("bess", BATTERY_KW)  # the plan asks for the battery's limit
+    loop.run_until(60.0)
+    assert loop.plant.battery_kw("bess") == pytest.approx(BATTERY_KW)
+    assert loop.plant.meter_kw("grid") > 50.0
+    sv = loop.guard.supply(loop.img, loop.t, loop.plant.site_load_kw())
+    assert not sv.suspect, sv.suspect
+    assert sv.pv_kw > PV_KW - 1.0 and sv.grid_kw == IMPORT_KW
+    # A PV reading far above what the balance allows is still caught (it has to persist a moment).
+    found = False
+    for _ in range(20):
+        loop.t = round(loop.t + loop.period_s, 6)
+        loop.poll()
+        loop.img.update("pv1", "p_kw", 150.0, loop.t)
+        load_kw = loop.plant.site_load_kw()
+        found = found or any("pv1.p_kw" in s for s in loop.guard.supply(loop.img, loop.t, load_kw).suspect)
+    assert found
