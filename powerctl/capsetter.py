@@ -22,7 +22,9 @@ one JSON reply line per request, in order. Requests (no other keys are accepted)
 ``list`` reports each GPU's range as the cap-setter will accept it (config range x device range).
 A refusal is ``{"ok": false, "error": "<why>"}``; the connection stays open, except after a line
 over the size limit (the rest of it cannot be framed), which is refused and then closed. NaN and
-Infinity literals, booleans as numbers, unknown keys and unknown ops are all refused.
+Infinity literals, booleans as numbers, unknown keys and unknown ops are all refused. A line must
+be complete ``REQUEST_TIMEOUT_S`` after its first byte and a connection may idle ``IDLE_TIMEOUT_S``;
+each peer uid holds at most ``MAX_PER_UID`` connections (see the constants below).
 """
 
 from __future__ import annotations
