@@ -49,6 +49,7 @@ T = TypeVar("T")
 CLOCK_ALLOWANCE_S = 0.25  # controller/agent clock offset tolerated (NTP keeps it to milliseconds)
 CONNECT_TIMEOUT_S = 2.0  # first contact at start-up
 RECONNECT_S = 0.5  # an unreachable node is tried again this often (besides the guard's own sets)
+MAX_PENDING = 8  # requests without a reply on one connection before it is dropped
 
 
 @dataclass
@@ -61,8 +62,10 @@ class _Node:
     max_w: float
     safe_w: float
     started_s: float
-    reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    read_task: asyncio.Task[None] | None = None
+    pending: deque[asyncio.Future[dict[str, Any]]] = field(default_factory=deque)  # oldest first
+    last_reply_t: float = -math.inf
     lock: asyncio.Lock | None = None
     state: dict[str, Any] | None = None  # the agent's last reply
     state_t: float = -math.inf  # when it came (monotonic)
@@ -72,6 +75,18 @@ class _Node:
     sent: list[deque[tuple[float, float]]] = field(default_factory=list)  # per GPU: (lease end, cap)
     last_cap_w: list[float | None] = field(default_factory=list)
     error: str = ""
+
+
+def gpu_index_map(gpu_cfg: GpuPool) -> dict[tuple[int, int], int]:
+    """(node number, GPU on that node) -> GPU index: in the order of ``gpu.classes``, then of the
+    nodes, then of each node's GPUs (the plant and the budget split number GPUs by class)."""
+    out: dict[tuple[int, int], int] = {}
+    for c in gpu_cfg.classes:
+        for n_i, node in enumerate(gpu_cfg.nodes):
+            for local, cls in enumerate(node.classes_per_gpu()):
+                if cls == c.name:
+                    out[(n_i, local)] = len(out)
+    return out
 
 
 class AgentGpus:
@@ -105,14 +120,9 @@ class AgentGpus:
                          now, desired_w=[None] * n.gpus, sent=[deque() for _ in range(n.gpus)],
                          last_cap_w=[None] * n.gpus)
             self.nodes.append(node)
-        index = 0
-        for c in gpu_cfg.classes:
-            for node in self.nodes:
-                for local, cls in enumerate(node.cfg.classes_per_gpu()):
-                    if cls == c.name:
-                        node.gpus[local] = index
-                        self._where[index] = (node, local)
-                        index += 1
+        for (n_i, local), index in gpu_index_map(gpu_cfg).items():
+            self.nodes[n_i].gpus[local] = index
+            self._where[index] = (self.nodes[n_i], local)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agents-backend", daemon=True)
         self._thread.start()
@@ -144,35 +154,71 @@ class AgentGpus:
         return {"op": "state", "client": self._client, "seq": self._next_seq(), "ts": self.wall()}
 
     async def _close(self, node: _Node) -> None:
-        w, node.reader, node.writer = node.writer, None, None
+        w, node.writer = node.writer, None
+        for fut in node.pending:
+            if not fut.done():
+                fut.set_exception(ConnectionResetError("connection closed"))
+        node.pending.clear()
+        if node.read_task is not None:
+            node.read_task.cancel()
+            node.read_task = None
         if w is not None:
             w.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(0.2):
                     await w.wait_closed()
 
+    async def _read_replies(self, node: _Node, reader: asyncio.StreamReader) -> None:
+        """Replies come in request order: each goes to the oldest waiting request. One that timed
+        out still takes its reply (discarded), so a slow answer never shifts the others."""
+        try:
+            while True:
+                n = frame_length(await reader.readexactly(4))
+                body = await reader.readexactly(n)
+                node.last_reply_t = self.clock()
+                fut = node.pending.popleft() if node.pending else None
+                if fut is not None and not fut.done():
+                    try:
+                        fut.set_result(json.loads(body))
+                    except ValueError as exc:
+                        fut.set_exception(exc)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, FrameError) as exc:
+            for fut in node.pending:
+                if not fut.done():
+                    fut.set_exception(ConnectionResetError(str(exc) or "connection closed"))
+            node.pending.clear()
+            node.writer = None
+
     async def _exchange(self, node: _Node, doc: dict[str, Any]) -> dict[str, Any]:
-        if node.writer is None or node.reader is None:
-            node.reader, node.writer = await asyncio.open_connection(
-                node.host, node.port, ssl=self._ctx, server_hostname=node.cfg.name)
+        assert node.lock is not None
+        async with node.lock:  # one connection attempt at a time
+            stuck = node.pending and self.clock() - node.last_reply_t > max(1.0, 5 * self.timeout_s)
+            if node.writer is not None and (stuck or len(node.pending) >= MAX_PENDING):
+                await self._close(node)  # the agent is hung: start over (it may be gone)
+            if node.writer is None:
+                reader, node.writer = await asyncio.open_connection(
+                    node.host, node.port, ssl=self._ctx, server_hostname=node.cfg.name)
+                node.last_reply_t = self.clock()
+                node.read_task = asyncio.create_task(self._read_replies(node, reader))
+            w = node.writer
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        node.pending.append(fut)
         if doc["op"] == "set":  # from here on the agent may apply it, whether it answers or not
             self._record_sent(node, doc["caps_w"])
-        node.writer.write(encode(doc))
-        await node.writer.drain()
-        n = frame_length(await node.reader.readexactly(4))
-        reply: dict[str, Any] = json.loads(await node.reader.readexactly(n))
-        return reply
+        w.write(encode(doc))
+        await w.drain()
+        return await fut
 
     async def _try(self, node: _Node, doc: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """One request to one node within ``timeout_s``; None (and the node marked down) on failure."""
-        assert node.lock is not None
+        """One request to one node within ``timeout_s``; None (and the node marked down) on failure.
+        A timeout leaves the connection open (the late reply is discarded)."""
         node.last_try_t = self.clock()
         try:
             async with asyncio.timeout(timeout_s):
-                async with node.lock:
-                    reply = await self._exchange(node, doc)
+                reply = await self._exchange(node, doc)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError) as exc:
-            await self._close(node)
+            if not isinstance(exc, TimeoutError):
+                await self._close(node)
             why = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             if node.error != why:
                 log.warning("node %s (%s): %s", node.cfg.name, node.cfg.address, why)
@@ -222,7 +268,7 @@ class AgentGpus:
             live = now - self._touched <= self.lease_s / 2
             for node in self.nodes:
                 assert node.lock is not None
-                if node.lock.locked() or (node.error and now - node.last_try_t < RECONNECT_S):
+                if node.pending or node.lock.locked() or (node.error and now - node.last_try_t < RECONNECT_S):
                     continue
                 if live and any(d is not None for d in node.desired_w) and now - node.last_set_t >= self.lease_s / 4:
                     self._loop.create_task(self._set_node(node))
