@@ -150,6 +150,7 @@ def simulate(
     static_cap_w: float | None = None,
     solve_deadline_s: float | None = None,
     refill_below_pct: float | None = 20.0,
+    genset_start_delay_s: float = 10.0,
     overrides_at: Callable[[float], Overrides] | None = None,
     forecaster: Forecaster | None = None,
     progress: Callable[[float, float], None] | None = None,
@@ -177,6 +178,7 @@ def simulate(
         soc0_pct=soc0_pct,
         other_load_kw=trace.other_load_kw_at,
         genset_refill_below_pct=refill_below_pct,
+        genset_start_delay_s=genset_start_delay_s,
     )
     if grid_outages_per_day > 0:  # random grid outages, the same for every controller (seeded)
         plant.grid = GridConnection(plant.grid_import_max_kw, plant.grid_export_max_kw,
