@@ -70,7 +70,7 @@ class WriteQueue:
         dev = self.devices.get(device)
         if dev is None:
             return
-        if not any(sp.signal == signal for sp in dev.profile.setpoints):
+        if not dev.supports(signal):
             # e.g. a battery profile with vendor-specific named setpoints only: the grid-forming
             # inverter still carries the balance; say so once instead of failing every cycle
             if (device, signal) not in self._unsupported:

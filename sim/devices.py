@@ -38,7 +38,9 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from powerctl.profiles.codec import CodecError
 from powerctl.profiles.model import Profile, Setpoint
+from powerctl.profiles.sequences import SequenceError, signal_from_steps
 from powerctl.profiles.values import (
+    decode_points,
     encode_point,
     scale_factors,
     setpoint_value_from_registers,
@@ -294,7 +296,34 @@ class DeviceSimulator(RegisterDevice):
             self.writes.append((sp.signal or sp.name, value))
             if self.on_write is not None:
                 self.on_write(sp.signal or sp.name, value)
+            self._follow_sequences(sp.name)
         return None
+
+    def _follow_sequences(self, written: str) -> None:
+        """A write to a step of a profile sequence: the device now follows what its registers say
+        (``signal_from_steps``), as the vendor's device does once mode, direction and power are in."""
+        for seq in self.profile.sequences.values():
+            if not any(st.setpoint == written for st in seq.steps):
+                continue
+            values: dict[str, float] = {}
+            for st in seq.steps:
+                sp = self.profile.setpoint(st.setpoint)
+                regs = [self.registers[sp.table].get(a, 0) for a in range(sp.address, sp.address + sp.count)]
+                sf = scale_factors(self.profile, self.registers).get(sp.scale_sf) if sp.scale_sf else None
+                try:
+                    values[sp.name] = setpoint_value_from_registers(sp, self.profile, regs, sf)
+                except CodecError:
+                    return  # a code outside the map: the device is in none of the commanded states
+            readings = {n: r.value if isinstance(r.value, float | int) else None for n, r in decode_points(self.profile, self.registers).items()}
+            try:
+                x = signal_from_steps(self.profile, seq, values, readings)
+            except SequenceError:
+                x = None
+            if x is None:
+                continue
+            self.writes.append((seq.signal, x))
+            if self.on_write is not None:
+                self.on_write(seq.signal, x)
 
 
 class SimServer:

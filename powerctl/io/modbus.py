@@ -37,6 +37,7 @@ from powerctl.io.blocks import Block, plan_blocks
 from powerctl.natures import signal_spec
 from powerctl.process_image import ProcessImage, Quality
 from powerctl.profiles.model import Profile, Setpoint, signal_factor
+from powerctl.profiles.sequences import SequenceError, WriteSequence, step_values
 from powerctl.profiles.values import (
     Reading,
     RegisterImage,
@@ -322,7 +323,7 @@ class ModbusDevice:
         """Seconds until the next keep-alive rewrite is due (inf when none is leased)."""
         now = time.monotonic()
         due = [
-            t_s + KEEPALIVE_FRACTION * (self.profile.setpoint(sig).keepalive_s or math.inf) - now
+            t_s + KEEPALIVE_FRACTION * self._keepalive_s(sig) - now
             for sig, (_v, t_s) in self._keepalive.items()
         ]
         return max(0.0, min(due, default=math.inf))
@@ -350,14 +351,50 @@ class ModbusDevice:
 
     # --- writing ------------------------------------------------------------------------------
 
+    def supports(self, signal: str) -> bool:
+        """Whether the profile can take ``signal``: a setpoint feeds it or a sequence maps it."""
+        return signal in self.profile.sequences or any(sp.signal == signal for sp in self.profile.setpoints)
+
     async def write_signal(self, signal: str, value: float) -> WriteResult:
         """Write a setpoint (by signal or setpoint name) in its signal's unit: range-checked,
-        written, read back.
+        written, read back. A signal the profile maps onto a sequence is written step by step.
 
         Raises SetpointRangeError (nothing is sent) for a value outside the profile's range;
         raises DeviceError when the device does not take the write.
         """
-        sp = self.profile.setpoint(signal)
+        seq = self.profile.sequences.get(signal)
+        if seq is not None:
+            result = await self._write_sequence(seq, value)
+            keepalive_s = seq.keepalive_s
+        else:
+            sp = self.profile.setpoint(signal)
+            result = await self._write_setpoint(sp, signal, value)
+            keepalive_s = sp.keepalive_s
+        if keepalive_s:
+            self._keepalive[signal] = (value, time.monotonic())
+            self._wake.set()
+        return result
+
+    async def _write_sequence(self, seq: WriteSequence, value: float) -> WriteResult:
+        """Every step in the profile's order; every step's range is checked before the first write."""
+        readings = {n: float(r.value) if isinstance(r.value, int | float) else None for n, r in self.readings.items()}
+        try:
+            values = step_values(self.profile, seq, value, readings)
+        except SequenceError as exc:
+            raise DeviceError(f"{self.name}: {exc}") from None
+        steps = [(self.profile.setpoint(st.setpoint), v) for st, v in zip(seq.steps, values, strict=True)]
+        for sp, v in steps:
+            setpoint_registers(sp, self.profile, v, 0)  # raises SetpointRangeError: nothing sent yet
+        result = WriteResult(self.name, seq.signal, value, [])
+        for sp, v in steps:
+            one = await self._write_setpoint(sp, sp.name, v)
+            result.registers += one.registers
+            if not one.ok:
+                result.ok = False
+                result.message = "; ".join(m for m in (result.message, one.message) if m)
+        return result
+
+    async def _write_setpoint(self, sp: Setpoint, signal: str, value: float) -> WriteResult:
         sf_exp = None
         if sp.scale_sf:
             sf_exp = scale_factors(self.profile, self.last_image).get(sp.scale_sf)
@@ -381,9 +418,6 @@ class ModbusDevice:
                 self.stats.write_errors += 1
                 raise DeviceError(f"{self.name}: write {sp.name}={value:g} failed: {exc}") from None
         self.stats.writes += 1
-        if sp.keepalive_s:
-            self._keepalive[signal] = (value, time.monotonic())
-            self._wake.set()
         result = WriteResult(self.name, signal, value, regs)
         if sp.readback and sp.value_map is None:
             await self._verify(sp, value, result)
@@ -424,15 +458,19 @@ class ModbusDevice:
             result.message = f"read-back mismatch: wrote {want:g} {sp.unit}, device reports {got if got is not None else reading.reason} {sp.unit}"
             log.warning("%s: %s: %s", self.name, sp.name, result.message)
 
+    def _keepalive_s(self, signal: str) -> float:
+        seq = self.profile.sequences.get(signal)
+        period = seq.keepalive_s if seq is not None else self.profile.setpoint(signal).keepalive_s
+        return period or math.inf
+
     async def _refresh_keepalive(self) -> None:
         for signal, (value, t_s) in list(self._keepalive.items()):
-            sp = self.profile.setpoint(signal)
-            assert sp.keepalive_s is not None
-            if time.monotonic() - t_s >= KEEPALIVE_FRACTION * sp.keepalive_s:
+            period_s = self._keepalive_s(signal)
+            if time.monotonic() - t_s >= KEEPALIVE_FRACTION * period_s:
                 try:
                     await self.write_signal(signal, value)
                     self.stats.keepalive_writes += 1
                 except (DeviceError, SetpointRangeError) as exc:
                     # retry on the next loop turn, not in a tight loop
-                    self._keepalive[signal] = (value, time.monotonic() - KEEPALIVE_FRACTION * sp.keepalive_s + 1.0)
+                    self._keepalive[signal] = (value, time.monotonic() - KEEPALIVE_FRACTION * period_s + 1.0)
                     log.warning("%s: keep-alive rewrite of %s failed: %s", self.name, signal, exc)

@@ -22,6 +22,7 @@ import yaml
 from powerctl import device_profiles
 from powerctl.natures import Nature, signal_spec
 from powerctl.profiles.codec import INTEGER_TYPES, SUNSPEC_SENTINELS, WordOrder, register_count
+from powerctl.profiles.sequences import WriteSequence, check_sequences, parse_sequences
 
 PROFILE_ROOT = Path(device_profiles.__file__).parent
 SCHEMA_PATH = PROFILE_ROOT / "profile.schema.json"
@@ -131,6 +132,7 @@ class Profile:
     default_unit_id: int | None = None
     description: str = ""
     sources: tuple[str, ...] = ()
+    sequences: dict[str, WriteSequence] = field(default_factory=dict)  # signal -> ordered writes
 
     def point(self, name: str) -> Point:
         for p in self.points:
@@ -464,7 +466,7 @@ def parse_profile(data: Any, key: str, path: Path) -> Profile:
     flagged = [p.name for p in points if p.unsourced] + [s.name for s in setpoints if s.unsourced]
     if flagged and not unsourced:
         raise ProfileError(f"{path}: unsourced: {', '.join(flagged)} are flagged unsourced; say why in the unsourced list")
-    return Profile(
+    profile = Profile(
         key=key,
         path=path,
         vendor=data["vendor"],
@@ -486,7 +488,10 @@ def parse_profile(data: Any, key: str, path: Path) -> Profile:
         default_unit_id=data.get("default_unit_id"),
         description=str(data.get("description", "")),
         sources=tuple(data.get("sources", [])),
+        sequences=parse_sequences(data.get("sequences", {})),
     )
+    check_sequences(profile, str(path))
+    return profile
 
 
 def _check_overlaps(points: list[Point], path: Path) -> None:
