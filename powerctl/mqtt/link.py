@@ -334,7 +334,9 @@ class MqttLink:
         for topic in self.sources.topics():
             await client.subscribe(topic, qos=0, timeout=t)
         for topic in self._command_topics:
-            await client.subscribe(topic, qos=1, timeout=t)
+            # QoS 0: no PUBACK per message, so a flood costs the loop no send() per command (a lost
+            # command is a lease not renewed: the operator's tool sees no result and sends again)
+            await client.subscribe(topic, qos=0, timeout=t)
         if self.cfg.homeassistant_discovery:
             await client.subscribe(f"{self.discovery_prefix}/status", qos=0, timeout=t)
             await self._publish_discovery(client)

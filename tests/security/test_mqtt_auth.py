@@ -230,7 +230,10 @@ async def test_refusals_are_logged_with_their_reason_but_rate_limited(mosquitto:
         await wait_connected(link)
         for _ in range(200):
             await anon.publish(f"{BASE}/commands/mode/set", b"manual", qos=1)
-        await obs.until(lambda: link.stats()["commands_refused"] == 200, timeout_s=30, what="200 refusals")
+        try:
+            await obs.until(lambda: link.stats()["commands_refused"] == 200, timeout_s=30, what="200 refusals")
+        except AssertionError:
+            raise AssertionError(f"not 200 refusals: {link.stats()}") from None
     lines = [r for r in caplog.records if "MQTT command mode refused" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # one per 10 s (the test may straddle one)
     assert "unsigned command" in lines[0].getMessage()
