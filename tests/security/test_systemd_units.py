@@ -116,3 +116,12 @@ def test_boot_order_puts_safe_caps_first() -> None:
             "slurmd.service", "kubelet.service"} <= set(before)
     capsetter_after = parse_unit(UNITS / "powerctl-capsetter.service")["Unit"]["After"][0].split()
     assert "powerctl-safe-caps.service" in capsetter_after
+
+
+def test_daemon_notifies_readiness_and_feeds_the_watchdog() -> None:
+    svc = parse_unit(UNITS / "powerctl.service")["Service"]
+    assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
+    watchdog_s = float(svc["WatchdogSec"][0])
+    # the daemon pings at most every watchdog/4 from the guard (every 0.2 s): room for a slow cycle
+    assert 5.0 <= watchdog_s <= 30.0
+    assert float(svc["TimeoutStopSec"][0]) >= 15.0  # STOP_GRACE_S in powerctl/cli.py
