@@ -82,8 +82,8 @@ class RegisterDevice:
 
     # --- the pymodbus device ------------------------------------------------------------------
 
-    def _blocks(self, table: str) -> list[SimData]:
-        addrs = sorted(self.registers[table])
+    def _blocks(self, table: str, keep: Callable[[str, int], bool] | None = None) -> list[SimData]:
+        addrs = sorted(a for a in self.registers[table] if keep is None or keep(table, a))
         if not addrs:
             # pymodbus needs a block per table; an invalid placeholder register refuses access
             dtype = DataType.BITS if table == "coil" else DataType.INVALID
@@ -100,12 +100,17 @@ class RegisterDevice:
             return [SimData(address=s, count=e - s, values=False, datatype=DataType.BITS) for s, e in runs]
         return [SimData(address=s, count=e - s, values=0, datatype=DataType.REGISTERS) for s, e in runs]
 
-    def sim_device(self) -> SimDevice:
+    def sim_device(self, unit_id: int | None = None, keep: Callable[[str, int], bool] | None = None) -> SimDevice:
+        """The pymodbus unit; ``keep`` limits it to some registers (a second unit of one device)."""
         return SimDevice(
-            id=self.unit_id,
-            simdata=(self._blocks("coil"), self._blocks("coil"), self._blocks("holding"), self._blocks("input")),
+            id=self.unit_id if unit_id is None else unit_id,
+            simdata=(self._blocks("coil", keep), self._blocks("coil", keep), self._blocks("holding", keep), self._blocks("input", keep)),
             action=self._action,
         )
+
+    def sim_devices(self) -> list[SimDevice]:
+        """Every unit this device answers as (one, unless a profile writes to a second unit)."""
+        return [self.sim_device()]
 
     async def _wait_while(self, fault: Fault, limit_s: float = 3600.0) -> None:
         """Hold the request while the fault lasts (a dead device), bounded so servers can stop."""
@@ -230,6 +235,22 @@ class DeviceSimulator(RegisterDevice):
             tab[addr], tab[addr + 1] = mid, md.length
             addr += md.length + 2
         tab[addr], tab[addr + 1] = END_MODEL_ID, 0
+
+    def _other_units(self) -> dict[int, set[tuple[str, int]]]:
+        """Registers of setpoints that live on another unit id behind the same server."""
+        out: dict[int, set[tuple[str, int]]] = {}
+        for sp in self.profile.setpoints:
+            if sp.unit_id is not None and sp.unit_id != self.unit_id:
+                out.setdefault(sp.unit_id, set()).update((sp.table, a) for a in range(sp.address, sp.address + sp.count))
+        return out
+
+    def sim_devices(self) -> list[SimDevice]:
+        other = self._other_units()
+        moved = set().union(*other.values()) if other else set()
+        devs = [self.sim_device(keep=lambda t, a: (t, a) not in moved)]
+        for uid, regs in other.items():
+            devs.append(self.sim_device(uid, keep=lambda t, a, regs=regs: (t, a) in regs))  # type: ignore[misc]
+        return devs
 
     # --- values in ----------------------------------------------------------------------------
 
@@ -366,7 +387,7 @@ class SimServer:
         return data[:4] + length.to_bytes(2, "big") + data[6:8] + bytes([data[8] - 2]) + body
 
     async def start(self) -> None:
-        devs = [d.sim_device() for d in self.devices]
+        devs = [u for d in self.devices for u in d.sim_devices()]
         self._server = ModbusTcpServer(
             devs if len(devs) > 1 else devs[0],
             address=(self.host, self.port),

@@ -72,7 +72,7 @@ class SimSite:
                 assert isinstance(d.transport, ModbusTcp)
                 groups.setdefault((d.transport.host, d.transport.port), []).append(self.sims[d.name])
         for (host, port), sims in groups.items():
-            server = ModbusTcpServer([s.sim_device() for s in sims], address=(host, port))
+            server = ModbusTcpServer([u for s in sims for u in s.sim_devices()], address=(host, port))
             self._servers.append(server)
             self._tasks.append(asyncio.create_task(server.serve_forever(), name=f"modbus-sim-{port}"))
         # wait until every port accepts connections, so a daemon started next finds them

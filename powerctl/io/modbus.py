@@ -404,16 +404,17 @@ class ModbusDevice:
                 raise DeviceError(f"{self.name}: scale factor {sp.scale_sf} unknown; poll first")
         regs = setpoint_registers(sp, self.profile, value, sf_exp)  # raises SetpointRangeError
         c = self._client
+        uid = self.unit_id if sp.unit_id is None else sp.unit_id
         async with self._lock:
             try:
                 if sp.write == "fc5":
-                    await self._request(lambda: c.write_coil(sp.address, bool(regs[0]), device_id=self.unit_id), 5)
+                    await self._request(lambda: c.write_coil(sp.address, bool(regs[0]), device_id=uid), 5)
                 elif sp.write == "fc6":
-                    await self._request(lambda: c.write_register(sp.address, regs[0], device_id=self.unit_id), 6)
+                    await self._request(lambda: c.write_register(sp.address, regs[0], device_id=uid), 6)
                 else:
-                    await self._request(lambda: c.write_registers(sp.address, regs, device_id=self.unit_id), 16)
+                    await self._request(lambda: c.write_registers(sp.address, regs, device_id=uid), 16)
                 for addr, extra in sp.after_writes:
-                    await self._request(self._writer(addr, list(extra)), 16)
+                    await self._request(self._writer(addr, list(extra), uid), 16)
             except DeviceError as exc:
                 self.stats.write_errors += 1
                 raise DeviceError(f"{self.name}: write {sp.name}={value:g} failed: {exc}") from None
@@ -423,9 +424,9 @@ class ModbusDevice:
             await self._verify(sp, value, result)
         return result
 
-    def _writer(self, address: int, regs: list[int]) -> Callable[[], Awaitable[Any]]:
+    def _writer(self, address: int, regs: list[int], unit_id: int) -> Callable[[], Awaitable[Any]]:
         c = self._client
-        return lambda: c.write_registers(address, regs, device_id=self.unit_id)
+        return lambda: c.write_registers(address, regs, device_id=unit_id)
 
     def _native(self, sp: Setpoint, value: float) -> float:
         """A setpoint value in the setpoint's own unit (what its read-back point reports)."""

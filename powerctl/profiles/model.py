@@ -100,6 +100,7 @@ class Setpoint:
     sunspec: str | None = None
     unsourced: bool = False
     after_write_refs: tuple[str | None, ...] = ()  # SunSpec references of after_writes, for relocation
+    unit_id: int | None = None  # another unit behind the same gateway (Victron VE.Bus); None = the device's
 
     @property
     def count(self) -> int:
@@ -369,6 +370,7 @@ def _setpoint(s: dict[str, Any], default_words: WordOrder) -> Setpoint:
         sunspec=s.get("sunspec"),
         unsourced=bool(s.get("unsourced", False)),
         after_write_refs=tuple(w.get("sunspec") for w in s.get("after_writes", [])),
+        unit_id=s.get("unit_id"),
     )
 
 
@@ -431,6 +433,8 @@ def _check_setpoints(
             sf = by_name.get(sp.scale_sf)
             if sf is None or sf.dtype != "sunssf":
                 raise ProfileError(f"{where}: scale_sf {sp.scale_sf!r} is not a sunssf point of this profile")
+        if sp.readback and sp.unit_id is not None:
+            raise ProfileError(f"{where}: readback points live on the device's unit, not unit {sp.unit_id}")
         if sp.readback:
             rb = by_name.get(sp.readback)
             if rb is None:

@@ -39,6 +39,9 @@ CASES = [
         -70.0,
         [(6, 47246, [0]), (6, 47083, [5]), (16, 47247, [0x0001, 0x1170]), (16, 47249, [0, 0]), (6, 47100, [1])],
     ),
+    # Hub4Mode on unit 100, then the VE.Bus unit (227): charge allowed, feed-in allowed, L1 setpoint
+    ("victron/gx_modbus", 100, 1.5, [(6, 2902, [3]), (6, 38, [0]), (6, 39, [0]), (6, 37, [(-1500) & 0xFFFF])]),
+    ("victron/gx_modbus", 100, -2.0, [(6, 2902, [3]), (6, 38, [0]), (6, 39, [0]), (6, 37, [2000])]),
     # WChaMax 10000 W (SF 0), InOutWRte_SF -1: 5 kW = 50.0 % = raw 500
     ("sunspec/storage", 1, 5.0, [(16, 40085, [60]), (16, 40082, [500]), (16, 40083, [(-500) & 0xFFFF]), (16, 40075, [3])]),
     ("sunspec/storage", 1, -2.5, [(16, 40085, [60]), (16, 40082, [(-250) & 0xFFFF]), (16, 40083, [250]), (16, 40075, [3])]),
@@ -90,7 +93,8 @@ def _short_keepalive(profile: Profile, period_s: float) -> Profile:
     return dataclasses.replace(profile, setpoints=sps)
 
 
-@pytest.mark.parametrize(("key", "unit"), [("sma/sunny_island", 3), ("huawei/sun2000_luna", 1), ("sunspec/storage", 1)])
+@pytest.mark.parametrize(("key", "unit"), [("sma/sunny_island", 3), ("huawei/sun2000_luna", 1), ("sunspec/storage", 1), ("victron/gx_modbus", 100)]
+)
 async def test_keepalive_renews_the_whole_sequence(key: str, unit: int) -> None:
     shipped = load_profile(key)
     seq = shipped.sequences.get("p_set_kw")
