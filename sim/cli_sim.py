@@ -31,6 +31,10 @@ def _fail(kind: str, exc: Exception) -> None:
     raise typer.Exit(2) from None
 
 
+class _Refused(Exception):
+    """The simulator cannot serve this site (taken port, unencodable nameplate, a crash)."""
+
+
 def serve(
     config: Path,
     time_scale: float = typer.Option(20.0, help="simulated PV day speed-up (1 = real time)"),
@@ -41,6 +45,7 @@ def serve(
     import time
 
     from powerctl.cli import _load_site, _logging, _until_signal
+    from powerctl.sim.encodable import nameplate_problems
     from powerctl.sim.plant.site import Plant
     from powerctl.sim.serve import SimSite
 
@@ -49,6 +54,9 @@ def serve(
 
     async def main(stop: asyncio.Event) -> None:
         site = SimSite(cfg, Plant(cfg, t0_s=time.time(), time_scale=time_scale))
+        problems = nameplate_problems(cfg, site.sims)
+        if problems:
+            raise _Refused("\n".join(f"{config}: {p}" for p in problems))
         agents = None
         if cfg.gpu.backend == "agents":  # the plant's GPU servers as node agents (sim/agents.py)
             from powerctl.sim.agents import PlantAgents
@@ -56,15 +64,31 @@ def serve(
             agents = PlantAgents(cfg, site.plant)
             await asyncio.to_thread(agents.start)
         task = asyncio.create_task(site.run(time.time))
-        print(f"serving {len(site.sims)} simulated devices"
-              + (f" and {len(agents.servers)} GPU node agents" if agents else "") + "; Ctrl-C to stop", flush=True)
-        await stop.wait()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if agents is not None:
-            await asyncio.to_thread(agents.stop)
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            # say "serving" only once every port listens; a simulator that fails (a taken port, a
+            # value its registers cannot carry) ends the command with its reason, never silently
+            while not site.listening and not task.done():  # noqa: ASYNC110 (a flag set by start())
+                await asyncio.sleep(0.05)
+            if site.listening:
+                print(f"serving {len(site.sims)} simulated devices"
+                      + (f" and {len(agents.servers)} GPU node agents" if agents else "") + "; Ctrl-C to stop",
+                      flush=True)
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise _Refused(f"simulator stopped: {task.exception()}")
+        finally:
+            stopper.cancel()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if agents is not None:
+                await asyncio.to_thread(agents.stop)
 
-    asyncio.run(_until_signal(main))
+    try:
+        asyncio.run(_until_signal(main))
+    except _Refused as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from None
 
 
 def replay(

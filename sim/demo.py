@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,15 +23,19 @@ import numpy as np
 from rich.live import Live
 from rich.table import Table
 
-from powerctl.config import SiteConfig
+from powerctl.config import Http, SiteConfig
 from powerctl.daemon import Daemon, Status
 from powerctl.forecast import make_forecaster
 from powerctl.natures import Nature
+from powerctl.sim.encodable import nameplate_problems
+from powerctl.web.server import PortInUse
 
 DEMO_START_HOUR = 11.0
 # The battery starts near its floor, so energy is scarce and the GPU budget follows the sun (and
 # the cloud) instead of being carried by a full battery.
 DEMO_SOC0_PCT = 15.0
+DEMO_HTTP_PORT = 8780  # the status page of `make run`
+PLAIN_EVERY_S = 10.0  # without a terminal: one status line per 10 s
 
 
 def _kwp(cfg: SiteConfig) -> float:
@@ -72,7 +77,8 @@ def status_table(st: Status, t_sim_h: float | None = None) -> Table:
     return table
 
 
-async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0, plain: bool = False) -> int:
+async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0, plain: bool = False,
+                   http_port: int = DEMO_HTTP_PORT, plain_every_s: float = PLAIN_EVERY_S) -> int:
     from powerctl.sim.plant.pv import demo_pv_kw_fn
     from powerctl.sim.plant.site import Plant
     from powerctl.sim.serve import SimSite
@@ -93,7 +99,15 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
         soc0_pct=DEMO_SOC0_PCT,
     )
     site = SimSite(cfg, plant)
+    problems = nameplate_problems(cfg, site.sims)
+    if problems:
+        print("demo: " + "\n".join(problems), file=sys.stderr)
+        pki.cleanup()
+        return 1
+    if cfg.http is None:  # the status page shows the demo live (README "Status page and HTTP API")
+        cfg = cfg.model_copy(update={"http": Http(port=http_port)})
     live: Live | None = None
+    last_plain = [0.0]
 
     def sim_hour() -> float:
         # the demo PV day starts at 11:00 simulated time and runs ``time_scale`` x faster
@@ -111,15 +125,20 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
     def on_cycle(st: Status) -> None:
         if live is not None:
             live.update(status_table(st, sim_hour()))
-        else:
+        elif time.monotonic() - last_plain[0] >= plain_every_s:  # not a line a second into a log
+            last_plain[0] = time.monotonic()
             print(f"{sim_hour():5.2f}h " + daemon.status_line(), flush=True)
 
     agents = PlantAgents(cfg, plant)
     agents.start()
     daemon = Daemon(cfg, forecaster=forecaster, on_cycle=on_cycle)  # gpu.backend = "agents"
     site_task = asyncio.create_task(site.run(time.time, tick_s=0.1))
-    await asyncio.sleep(0.5)
     stop = asyncio.Event()
+    # the simulated devices must listen on their own ports before the daemon polls them: a taken
+    # port (another demo?) is a clear error, never another process's plant
+    while not site.listening and not site_task.done():  # noqa: ASYNC110 (a flag set by start())
+        await asyncio.sleep(0.05)
+    site_task.add_done_callback(lambda _t: stop.set())  # a crashed simulator ends the demo
     loop = asyncio.get_running_loop()
     with suppress(NotImplementedError):
         import signal
@@ -127,13 +146,23 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     loop.call_later(seconds, stop.set)
+    failed = ""
     try:
-        if plain:
-            await daemon.run(stop)
+        if site_task.done():
+            failed = f"simulated site: {site_task.exception()}"
         else:
-            with Live(status_table(daemon.status), refresh_per_second=4) as lv:
-                live = lv
+            assert cfg.http is not None
+            print(f"status page: http://{cfg.http.listen}:{cfg.http.port}/  (API /api/state, metrics /metrics)", flush=True)
+            if plain:
                 await daemon.run(stop)
+            else:
+                with Live(status_table(daemon.status), refresh_per_second=4) as lv:
+                    live = lv
+                    await daemon.run(stop)
+            if site_task.done() and not site_task.cancelled() and site_task.exception() is not None:
+                failed = f"simulated site stopped: {site_task.exception()}"
+    except PortInUse as exc:
+        failed = str(exc)
     finally:
         site_task.cancel()
         await asyncio.gather(site_task, return_exceptions=True)
@@ -142,6 +171,9 @@ async def run_demo(cfg: SiteConfig, *, seconds: float, time_scale: float = 20.0,
             close()
         agents.stop()
         pki.cleanup()
+    if failed:
+        print(f"demo: {failed}", file=sys.stderr)
+        return 1
     print(
         f"demo done: {daemon.status.cycles} cycles, {daemon.status.guard_cuts} guard cuts, "
         f"GPUs left at the safe cap ({cfg.gpu.safe_cap_w:.0f} W); telemetry in {cfg.telemetry.file}"

@@ -20,9 +20,11 @@ from pymodbus.server import ModbusTcpServer
 from powerctl.config import ModbusTcp, SiteConfig
 from powerctl.natures import Nature
 from powerctl.profiles import load_profile
+from powerctl.scada import bind_problem
 from powerctl.sim.devices import DeviceSimulator
 from powerctl.sim.plant.port import PlantGpus, apply_write, measurements
 from powerctl.sim.plant.site import Plant
+from powerctl.web.server import PortInUse
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class SimSite:
         self.sims: dict[str, DeviceSimulator] = {}
         self._servers: list[ModbusTcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.listening = False
         for d in cfg.devices:
             if not isinstance(d.transport, ModbusTcp):
                 continue
@@ -73,8 +76,12 @@ class SimSite:
                 groups.setdefault((d.transport.host, d.transport.port), []).append(self.sims[d.name])
         for (host, port), sims in groups.items():
             server = ModbusTcpServer([u for s in sims for u in s.sim_devices()], address=(host, port))
+            # listen here, not in serve_forever's task: pymodbus only logs a taken port there, and
+            # the daemon would then drive whatever else listens on it
+            if not await server.listen():
+                await self.stop()
+                raise PortInUse(f"simulated devices: cannot listen on {host}:{port}: {bind_problem(host, port)}")
             self._servers.append(server)
-            self._tasks.append(asyncio.create_task(server.serve_forever(), name=f"modbus-sim-{port}"))
         # wait until every port accepts connections, so a daemon started next finds them
         for (host, port) in groups:
             for _ in range(100):
@@ -87,6 +94,7 @@ class SimSite:
                     await asyncio.sleep(0.05)
             else:
                 raise RuntimeError(f"simulated device on {host}:{port} did not start")
+        self.listening = True  # every port bound and accepting (sim serve says so only then)
 
     async def stop(self) -> None:
         for s in self._servers:

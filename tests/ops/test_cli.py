@@ -57,3 +57,37 @@ def test_status_without_a_daemon_says_so_and_exits_2(tmp_path: Path) -> None:
     r = powerctl("status", str(tmp_path / "site.toml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"no answer from the daemon at http://127.0.0.1:{port}/api/state" in r.stderr
+
+
+def _site_on_free_ports(tmp_path: Path, profile: str | None = None) -> tuple[Path, list[int]]:
+    from tests.servers import free_port
+
+    text = (ROOT / "examples" / "demo-site.toml").read_text()
+    ports = [free_port() for _ in range(3)]
+    for old, new in zip((15020, 15021, 15022), ports, strict=True):
+        text = text.replace(f"port = {old}", f"port = {new}")
+    text = text.replace('"run/', f'"{tmp_path}/run/') + f"\n[http]\nport = {free_port()}\n"
+    if profile:
+        text = text.replace('"sunspec/inverter_103"', f'"{profile}"')
+    (tmp_path / "site.toml").write_text(text)
+    return tmp_path / "site.toml", ports
+
+
+@pytest.mark.parametrize("command", [["demo", "--seconds", "20"], ["sim", "serve"]])
+def test_a_taken_modbus_port_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
+    import socket
+
+    site, ports = _site_on_free_ports(tmp_path)
+    with socket.create_server(("127.0.0.1", ports[1])):  # another process holds the battery's port
+        r = powerctl(*command[:1 + (command[0] == "sim")], str(site), *command[1 + (command[0] == "sim"):])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout and "serving" not in r.stdout
+    assert f"cannot listen on 127.0.0.1:{ports[1]}" in r.stderr and "in use" in r.stderr, r.stderr
+
+
+def test_sim_serve_refuses_a_nameplate_its_registers_cannot_carry(tmp_path: Path) -> None:
+    # SunSpec DER W is int16 with a fixed scale factor: 32.767 kW at most; the demo PV is 230 kW
+    site, _ports = _site_on_free_ports(tmp_path, profile="sunspec/der_inverter")
+    r = powerctl("sim", "serve", str(site))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "serving" not in r.stdout
+    assert "pv1: profile sunspec/der_inverter cannot report p_kw = 230 kW" in r.stderr, r.stderr
