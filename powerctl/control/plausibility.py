@@ -266,9 +266,9 @@ class Plausibility:
             return implied
         pv_read = sum(max(0.0, r or 0.0) for r in reads)
         tol = self.balance_tol_kw + self.balance_tol_pct / 100.0 * load
-        # While the grid imports, it (not the battery) balances the site: a battery at its limit is then
-        # its setpoint, no evidence against PV (a lying PV shows in the balance check above).
-        grid_in = sum(max(0.0, _value(image, d.name, "p_kw", now_s) or 0.0) for d in self.cfg.by_nature(Nature.METER))
+        # While power flows at the meter (import or export), the grid, not the battery, balances the site:
+        # a battery at its limit is then its setpoint, no evidence against PV (a lie shows in the balance).
+        grid_in = sum(abs(_value(image, d.name, "p_kw", now_s) or 0.0) for d in self.cfg.by_nature(Nature.METER))
         saturated = bat_limit_kw > 1.0 and bat_kw >= bat_limit_kw - 1.0 and pv_read > 1.0 and grid_in < tol
         why = ""
         if pv_read > implied + tol:
