@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RESEND_S = 10.0
 BATTERY_DEADBAND_KW = 0.5
+PV_LIMIT_DEADBAND_PCT = 0.5
 
 # (kind, fields, device) -> None: where write events go (telemetry)
 EventSink = Callable[[str, dict[str, Any], str | None], None]
@@ -38,11 +39,13 @@ class WriteQueue:
         self._unsupported: set[tuple[str, str]] = set()
 
     def commands(self, cmd: Commands) -> None:
-        """Queue one dispatch cycle's battery setpoints and genset start/stop."""
+        """Queue one dispatch cycle's battery setpoints, genset start/stop and PV limits."""
         for name, p_kw in cmd.battery_kw.items():
             self.queue(name, "p_set_kw", p_kw, deadband=BATTERY_DEADBAND_KW)
         for name, run in cmd.genset_run.items():
             self.queue(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+        for name, pct in cmd.pv_limit_pct.items():
+            self.queue(name, "p_limit_pct", pct, deadband=PV_LIMIT_DEADBAND_PCT)
 
     def queue(self, device: str, signal: str, value: float, deadband: float) -> None:
         self._pending.setdefault(device, {})[signal] = (value, deadband)

@@ -22,8 +22,9 @@ from enum import StrEnum
 
 import numpy as np
 
-from powerctl.config import SiteConfig
+from powerctl.config import PvDevice, SiteConfig
 from powerctl.control.battery import clamp_battery_kw
+from powerctl.control.curtail import RELEASED_PCT, pv_limits_pct
 from powerctl.control.planner import build_inputs, genset_running, site_params
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.grid_billing import GridBilling
@@ -80,6 +81,7 @@ class Commands:
     gpu_budget_kw: dict[str, float] = field(default_factory=dict)  # per class, GPU power
     gpu_caps_w: dict[int, float] = field(default_factory=dict)
     released: tuple[int, ...] = ()  # parked at their minimum cap (idled only if their class is shed)
+    pv_limit_pct: dict[str, float] = field(default_factory=dict)  # active power limit, 100 = released
     mode: DispatchMode = DispatchMode.PLAN
     reason: str = ""
 
@@ -108,6 +110,8 @@ class ControllerCore:
             [c.gpus * cfg.gpu.safe_cap_w / 1000.0 for c in cfg.gpu.classes], dtype=float
         )
         self.gensets = [d.name for d in cfg.by_nature(Nature.GENSET)]
+        self.pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
+        self.pv_forecast_kw: np.ndarray | None = None  # (n_pv, T) the last plan was made with
         self.batteries = [d.name for d in cfg.by_nature(Nature.BATTERY)]
         # when each genset last changed state as we saw it (for min up/down times)
         self._gen_state: dict[str, tuple[bool, float]] = {}
@@ -133,6 +137,7 @@ class ControllerCore:
         """Solve the dispatch problem from the current image and forecasts."""
         fc = self.forecaster(now_s, image, self.steps_s)
         pv_kw, gpu_kw, other_kw = fc[0], fc[1], fc[2]
+        self.pv_forecast_kw = np.asarray(pv_kw, dtype=float)
         reserve_extra_kw = fc[3] if len(fc) > 3 else None  # stale forecasts widen the reserve
         running = genset_running(self.cfg, image, now_s)
         inputs = build_inputs(
@@ -185,7 +190,7 @@ class ControllerCore:
             battery_kw = {n: self._clamp_battery(n, p, image.value(n, "soc_pct", now_s), ov.battery_reserve_pct)
                           for n, p in held.battery_kw.items()}
             return Commands(
-                t_s=now_s, battery_kw=battery_kw, genset_run=dict(held.genset_run),
+                t_s=now_s, battery_kw=battery_kw, genset_run=dict(held.genset_run), pv_limit_pct=dict(held.pv_limit_pct),
                 gpu_budget_kw=dict(held.gpu_budget_kw), gpu_caps_w=dict(held.gpu_caps_w),
                 released=held.released, mode=DispatchMode.HOLD, reason="operator hold",
             )
@@ -204,6 +209,7 @@ class ControllerCore:
             }
             for name in self.batteries:
                 cmd.battery_kw[name] = 0.0  # the grid-forming inverter carries the balance
+            cmd.pv_limit_pct = {pv.name: RELEASED_PCT for pv in self.pvs}  # no plan: no reason to hold PV back
         else:
             idx = self._step_index(now_s)
             budget = {n: float(plan.gpu_kw[i, idx]) for i, n in enumerate(self.class_names)}
@@ -214,10 +220,18 @@ class ControllerCore:
                 if image.value(name, "running", now_s) is None:
                     continue  # state unknown (not read yet, or stale): no start or stop on a guess
                 cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
+            fc_pv = self.pv_forecast_kw
+            cmd.pv_limit_pct = pv_limits_pct(
+                self.pvs,
+                plan.pv_kw[:, idx].tolist() if plan.pv_kw.size else [0.0] * len(self.pvs),
+                fc_pv[:, idx].tolist() if fc_pv is not None and fc_pv.shape[0] == len(self.pvs) and fc_pv.shape[1] > idx else None,
+                self.cfg.control.supply_margin_kw,
+            )
         if ov.mode is OperatorMode.MANUAL:
             cmd.mode, cmd.reason = DispatchMode.MANUAL, "operator manual mode"
             cmd.battery_kw = {}
             cmd.genset_run = {}
+            cmd.pv_limit_pct = {}
             if ov.gpu_budget_max_kw is None:
                 budget = {c: sum(self.caps_w_of(c)) / 1000.0 for c in self.class_names}
             else:

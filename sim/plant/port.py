@@ -120,6 +120,8 @@ class PlantPort:
             apply_write(self.plant, Nature.BATTERY, name, "p_set_kw", p_kw)
         for name, run in cmd.genset_run.items():
             apply_write(self.plant, Nature.GENSET, name, "start_cmd", 1.0 if run else 0.0)
+        for name, pct in cmd.pv_limit_pct.items():
+            apply_write(self.plant, Nature.PV, name, "p_limit_pct", pct)
 
     def gpu_caps(self, caps_w: Mapping[int, float]) -> None:
         g = self.plant.gpu

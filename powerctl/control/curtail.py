@@ -1,0 +1,43 @@
+"""PV curtailment commands: the plan's PV power, where it is below what the sun gives, as a limit.
+
+The optimizer curtails PV when nobody can take the power (battery full, compute capped, no
+export allowed): its ``pv_kw`` is then below the forecast. That limit has to reach the inverter
+(SunSpec 704 ``WMaxLimPct``, the nature signal ``p_limit_pct``), or the power spills into a
+grid-forming inverter that cannot take it. A PV the plan does not curtail is released (100 %).
+
+The limit carries a headroom of ``headroom_kw`` above the plan: a forecast that is a little low
+must not starve the site (in an island the grid-forming inverter sheds a small excess by itself;
+a missing kW is a load it cannot serve).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from powerctl.config import PvDevice
+
+RELEASED_PCT = 100.0
+CURTAILED_BELOW_KW = 1.0  # plan this far below the forecast = curtailed (solver tolerance above it)
+
+
+def rating_kw(pv: PvDevice) -> float:
+    """What 100 % of the inverter's active power limit is (AC rating, else the array's kWp)."""
+    return pv.limits.max_ac_kw if pv.limits.max_ac_kw is not None else pv.limits.kwp
+
+
+def limit_pct(pv: PvDevice, planned_kw: float, forecast_kw: float | None, headroom_kw: float) -> float:
+    """The active power limit for one PV in % of its rating (100 = released)."""
+    if forecast_kw is None or planned_kw >= forecast_kw - CURTAILED_BELOW_KW:
+        return RELEASED_PCT
+    pct = 100.0 * (max(planned_kw, 0.0) + headroom_kw) / rating_kw(pv)
+    return round(min(RELEASED_PCT, max(0.0, pct)), 1)
+
+
+def pv_limits_pct(
+    pvs: Sequence[PvDevice], planned_kw: Sequence[float], forecast_kw: Sequence[float] | None, headroom_kw: float
+) -> dict[str, float]:
+    """Per PV device, in config order: the limit to write now."""
+    return {
+        pv.name: limit_pct(pv, float(planned_kw[i]), None if forecast_kw is None else float(forecast_kw[i]), headroom_kw)
+        for i, pv in enumerate(pvs)
+    }

@@ -1,0 +1,129 @@
+"""PV curtailment reaches the inverter: sunny noon, battery full, compute capped.
+
+The real optimizer plans (HiGHS), the controller core turns the plan's curtailed PV into an
+active power limit, the write queue sends it to a SunSpec DER inverter (model 704 ``WMaxLimPct``
++ ``WMaxLimPctEna``) served by the register-level simulator, whose PV array (sim/plant/pv.py)
+then delivers no more than the limit. When the load comes back the limit is released (100 %).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from powerctl.config import PvDevice, parse_config
+from powerctl.control.core import ControllerCore
+from powerctl.control.curtail import RELEASED_PCT, limit_pct, rating_kw
+from powerctl.control.split import slots_from_pool
+from powerctl.natures import SIGNALS
+from powerctl.process_image import ProcessImage
+from powerctl.profiles import load_profile
+from powerctl.sim.devices import DeviceSimulator
+from powerctl.sim.plant.pv import PvArray
+from powerctl.writes import WriteQueue
+from tests.devices.conftest import make_driver, served
+
+ROOT = Path(__file__).resolve().parents[2]
+PV_FORECAST_KW = 120.0  # below what the GPUs can take at full power (3 x 64 x 700 W x 1.08)
+
+
+def _site():  # type: ignore[no-untyped-def]
+    data = tomllib.loads((ROOT / "examples" / "demo-site.toml").read_text())
+    data["control"]["horizon"] = [{"step_s": 60, "count": 10}]
+    data["control"]["solver"] = "HIGHS"
+    for d in data["devices"]:
+        if d["name"] == "pv1":
+            d["profile"] = "sunspec/der_inverter"
+    return parse_config(data)
+
+
+def _image(cfg, now: float) -> ProcessImage:  # type: ignore[no-untyped-def]
+    img = ProcessImage()
+    for d in cfg.devices:
+        for sig in SIGNALS[d.nature]:
+            img.declare(d.name, d.nature, sig, 60.0)
+    img.update("pv1", "p_kw", PV_FORECAST_KW, now)
+    img.update("bess", "soc_pct", cfg.device("bess").limits.soc_max_pct, now)  # full
+    img.update("gen1", "running", 0.0, now)
+    img.update("gen1", "p_kw", 0.0, now)
+    return img
+
+
+async def _written(queue: WriteQueue, key: str, value: float) -> None:
+    async with asyncio.timeout(10):
+        while queue.written.get(key) != value:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_sunny_noon_full_battery_capped_compute_curtails_at_the_inverter() -> None:
+    cfg = _site()
+    pv_cfg = cfg.device("pv1")
+    assert isinstance(pv_cfg, PvDevice)
+    demand_kw = [5.0]  # per GPU class: compute capped
+
+    def forecast(now, image, steps):  # type: ignore[no-untyped-def]
+        n = len(steps)
+        return np.full((1, n), PV_FORECAST_KW), np.full((3, n), demand_kw[0]), np.zeros(n)
+
+    core = ControllerCore(cfg, slots_from_pool(cfg.gpu), forecast)
+    profile = load_profile("sunspec/der_inverter")
+    array = PvArray("pv1", kwp=pv_cfg.limits.kwp, max_ac_kw=rating_kw(pv_cfg), available_kw=PV_FORECAST_KW)
+    sim = DeviceSimulator(profile, on_write=lambda s, v: setattr(array, "limit_pct", v) if s == "p_limit_pct" else None)
+    lim = profile.setpoint("p_limit_pct")
+    now = 1000.0
+    async with served(sim) as srv:
+        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
+        try:
+            assert await dev.poll_once(), dev.stats.last_error  # SunSpec discovery + WMaxLimPct_SF
+            queue = WriteQueue({"pv1": dev})
+
+            img = _image(cfg, now)
+            plan = core.plan(now, img)
+            cmd = core.dispatch(now + 0.5, img)
+            planned_kw = float(plan.pv_kw[0, 0])
+            assert planned_kw < PV_FORECAST_KW - 10, "the plan should curtail: battery full, compute capped"
+            assert float(plan.spill_kw[0]) == pytest.approx(0.0, abs=1e-6)
+            pct = cmd.pv_limit_pct["pv1"]
+            assert pct == limit_pct(pv_cfg, planned_kw, PV_FORECAST_KW, cfg.control.supply_margin_kw) < RELEASED_PCT
+            queue.commands(cmd)
+            await _written(queue, "pv1.p_limit_pct", pct)
+            # on the wire: FC16 WMaxLimPct (SF -1: tenths of a percent), then FC16 WMaxLimPctEna = 1
+            writes = [(fc, a, v) for fc, a, _n, v in sim.request_log if v is not None]
+            assert writes[-2:] == [(16, lim.address, [round(pct * 10)]), (16, lim.after_writes[0][0], [1])]
+            # the inverter delivers no more than the limit: the plan's PV plus the margin, not the sun's
+            assert array.limit_pct == pytest.approx(pct)
+            taken_kw = float(np.sum(plan.gpu_kw[:, 0])) * (1 + cfg.gpu.facility_overhead) - float(np.sum(plan.battery_kw[:, 0]))
+            assert array.headroom_kw() == pytest.approx(pct / 100 * rating_kw(pv_cfg))
+            assert array.headroom_kw() - taken_kw <= cfg.control.supply_margin_kw + 0.3  # rounding of pct
+            assert array.headroom_kw() < PV_FORECAST_KW
+
+            # the load comes back: the limit is released, the whole sun reaches the site
+            demand_kw[0] = 44.8
+            img = _image(cfg, now + 10)
+            plan = core.plan(now + 10, img)
+            cmd = core.dispatch(now + 10.5, img)
+            assert float(plan.pv_kw[0, 0]) == pytest.approx(PV_FORECAST_KW, abs=0.5)
+            assert cmd.pv_limit_pct["pv1"] == RELEASED_PCT
+            queue.commands(cmd)
+            await _written(queue, "pv1.p_limit_pct", RELEASED_PCT)
+            writes = [(fc, a, v) for fc, a, _n, v in sim.request_log if v is not None]
+            assert writes[-2:] == [(16, lim.address, [1000]), (16, lim.after_writes[0][0], [1])]
+            assert array.headroom_kw() == pytest.approx(PV_FORECAST_KW)
+        finally:
+            dev.close()
+
+
+def test_no_plan_releases_every_pv_limit() -> None:
+    cfg = _site()
+
+    def forecast(now, image, steps):  # type: ignore[no-untyped-def]
+        n = len(steps)
+        return np.full((1, n), PV_FORECAST_KW), np.full((3, n), 5.0), np.zeros(n)
+
+    core = ControllerCore(cfg, slots_from_pool(cfg.gpu), forecast)
+    cmd = core.dispatch(0.0, _image(cfg, 0.0))
+    assert cmd.mode == "safe" and cmd.pv_limit_pct == {"pv1": RELEASED_PCT}
