@@ -211,12 +211,12 @@ class Guard:
         ``gpu_power_w`` is the measured GPU power (None when unreadable: the caps in force are then
         taken as the worst case).
         """
-        # The balance cross-check takes the GPU load alone: "other load" may be estimated from the
-        # very supply readings under test (powerctl.control.loop.measured_other_kw), and leaving
-        # unmetered load out only makes the check more lenient, never a false alarm.
+        # The balance cross-check needs the whole load: unmetered load is the loop's slow estimate
+        # (powerctl.control.loop, 10 s), which holds while the guard has findings, so a sudden lie
+        # shows as a mismatch and is not absorbed into "other load".
         meas_load_kw = None
         if gpu_power_w is not None and gpu_power_w == gpu_power_w:
-            meas_load_kw = gpu_power_w / 1000.0 * self.k_overhead
+            meas_load_kw = gpu_power_w / 1000.0 * self.k_overhead + max(0.0, other_load_kw)
         sv = self.supply(image, now_s, meas_load_kw)
         reasons: list[str] = []
         safe = False

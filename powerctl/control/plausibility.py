@@ -11,8 +11,8 @@ The checks (README, "Plausibility rules"):
   above its ``rating_kw``, each by more than ``NAMEPLATE_TOL`` (+ ``NAMEPLATE_ABS_KW``);
 - **balance**: the battery is the site's other view of the flow: with it, the genset, the grid
   and the load measured, PV delivers ``load - battery - genset - grid``; PV readings above that by
-  more than ``balance_tol_kw`` for ``hold_s`` are suspect (one-sided: unmetered load only makes the
-  balance larger, so it cannot raise a false alarm), and so are PV readings while the battery sits
+  more than ``balance_tol_kw`` for ``hold_s`` are suspect (the load includes the loop's slow estimate
+  of unmetered load, so only a change the estimate has not followed shows), and so are PV readings while the battery sits
   at its discharge limit (when the load is not served, the balance includes the unserved part: a
   saturated battery is the evidence that the other sources do not give what they claim). The load
   is taken at the battery reading's timestamp, so a cap change between polls is not a mismatch. A
@@ -252,8 +252,8 @@ class Plausibility:
         others = 0.0
         for d in (*self.cfg.by_nature(Nature.GENSET), *self.cfg.by_nature(Nature.METER)):
             v = _value(image, d.name, "p_kw", now_s)
-            if v is None or f"{d.name}.p_kw" in found:
-                return None
+            if v is None or f"{d.name}.p_kw" in found or f"{d.name}.{GRID_KEY}" in found:
+                return None  # a term missing, suspect, or the grid just went: no balance to check
             others += v
         load = self._load_at(bat_ts)
         if load is None:
@@ -269,7 +269,11 @@ class Plausibility:
         # While power flows at the meter (import or export), the grid, not the battery, balances the site:
         # a battery at its limit is then its setpoint, no evidence against PV (a lie shows in the balance).
         grid_in = sum(abs(_value(image, d.name, "p_kw", now_s) or 0.0) for d in self.cfg.by_nature(Nature.METER))
-        saturated = bat_limit_kw > 1.0 and bat_kw >= bat_limit_kw - 1.0 and pv_read > 1.0 and grid_in < tol
+        # saturated although the readings claim headroom: the guard keeps the load below what it
+        # counts, so a battery at its limit means a counted source is not there (a grid loss, where
+        # the load really is above the sources, claims no headroom and blames no one)
+        saturated = (bat_limit_kw > 1.0 and bat_kw >= bat_limit_kw - 1.0 and pv_read > 1.0
+                     and pv_read + bat_limit_kw + others > load + 1.0) and grid_in < tol
         why = ""
         if pv_read > implied + tol:
             why = (f"PV reads {pv_read:.1f} kW, but the balance (load {load:.1f} - battery {bat_kw:.1f} "
