@@ -91,3 +91,25 @@ def test_sim_serve_refuses_a_nameplate_its_registers_cannot_carry(tmp_path: Path
     r = powerctl("sim", "serve", str(site))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "serving" not in r.stdout
     assert "pv1: profile sunspec/der_inverter cannot report p_kw = 230 kW" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_demo_logs_fewer_than_100_lines_in_ten_minutes(tmp_path: Path) -> None:
+    """A 60 s demo with the simulated day 15x faster than `make run` (the sun, the cloud, the
+    battery running full): the start-up lines plus ten times the rate after start-up stay under
+    100 (one 600 s run measured for the README: see there)."""
+    from datetime import datetime
+
+    site, _ports = _site_on_free_ports(tmp_path)
+    r = powerctl("demo", str(site), "--seconds", "60", "--time-scale", "300", "--plain", timeout_s=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stamps = [datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S,%f") for ln in r.stderr.splitlines()
+              if len(ln) > 23 and ln[4] == "-" and ln[10] == " "]
+    lines = r.stderr.splitlines()
+    assert stamps, r.stderr
+    t0 = stamps[0]
+    startup = sum(1 for t in stamps if (t - t0).total_seconds() < 10.0)
+    steady = len(stamps) - startup  # the last ~50 s
+    assert startup + steady * (590.0 / 50.0) < 100, "\n".join(lines[-40:])
+    assert len(lines) < 100
