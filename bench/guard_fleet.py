@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,9 +33,20 @@ from powerctl.gpu.agents import AgentGpus
 from powerctl.gpu_io import read_gpu_power_w
 from tests.agent.fleet import Fleet, make_fleet
 from tests.gpu.site import image_for, site_dict
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def distinct_ports(n: int) -> list[int]:
+    """n free loopback ports, all different (each held open until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def start_hosts(fleet: Fleet, per_process: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
@@ -70,7 +82,7 @@ def main() -> None:
     pv_high_kw = n_gpus * 0.4 * 1.3 + 3.0  # every GPU at 400 W fits
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        fleet = make_fleet(tmp / "fleet", [free_port() for _ in range(args.agents)], gpus=args.gpus,
+        fleet = make_fleet(tmp / "fleet", distinct_ports(args.agents), gpus=args.gpus,
                            safe_cap_w=150.0, ranges_w=[(100.0, 400.0)] * args.agents, demand_w=1000.0)
         t0 = time.monotonic()
         procs = start_hosts(fleet, args.per_process, tmp)
@@ -83,6 +95,7 @@ def main() -> None:
         data["devices"][0]["limits"]["kwp"] = pv_high_kw * 1.2  # the array can deliver what it reads
         data["devices"][1]["limits"]["max_charge_kw"] = pv_high_kw * 1.2
         cfg = parse_config(data)
+        time.sleep(5.0)  # let the start-up load of N Python processes pass
         backend = AgentGpus(cfg.gpu)
         guard = Guard(cfg, slots_from_pool(cfg.gpu, backend.list_gpus()), gpu_lag_s=0.1)
         img = image_for(cfg, max_age_s=5.0)
@@ -105,7 +118,7 @@ def main() -> None:
                                                 and abs(r.readback_w - d.caps_w[r.index]) <= 1.0 for r in res)
                 return (time.perf_counter() - t_meas) * 1000.0, ok
 
-            for _ in range(10):
+            for _ in range(25):
                 tick(pv_high_kw)
                 time.sleep(0.2)
             for _ in range(args.drops):
