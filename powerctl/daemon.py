@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -214,6 +215,10 @@ class Daemon:
         self.loop.start(self.clock(), time.monotonic(), read_caps_w(self.gpu, [s.index for s in self.slots]))
         # bind the HTTP and SCADA ports now: a taken port stops the start with the address (OSError)
         await self.surfaces.start()
+        # Everything built so far (the cvxpy problem, profiles, config) lives as long as the daemon:
+        # keep it out of the collector's full passes, whose pause grows with the heap and stretched
+        # guard gaps to ~1 s under a flood of MQTT messages (tests/mqtt/test_flood.py)
+        gc.freeze()
         try:
             async with asyncio.TaskGroup() as tg:
                 for name, serve in self.surfaces.tasks():
