@@ -97,6 +97,10 @@ def main() -> None:
         cfg = parse_config(data)
         time.sleep(5.0)  # let the start-up load of N Python processes pass
         backend = AgentGpus(cfg.gpu)
+        deadline = time.monotonic() + 120
+        while backend.answering() < args.agents and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"{backend.answering()} of {args.agents} agents answer")
         guard = Guard(cfg, slots_from_pool(cfg.gpu, backend.list_gpus()), gpu_lag_s=0.1)
         img = image_for(cfg, max_age_s=5.0)
         indices = list(range(n_gpus))

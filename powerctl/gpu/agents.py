@@ -126,7 +126,13 @@ class AgentGpus:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agents-backend", daemon=True)
         self._thread.start()
-        self._run(self._start(), CONNECT_TIMEOUT_S + 1.0)
+        for node in self.nodes:
+            node.lock = asyncio.Lock()
+        try:
+            self._run(self._start(), CONNECT_TIMEOUT_S + 1.0)
+        except GpuError:  # slow first contact: the nodes not heard from count at their worst case
+            log.warning("agents: %d of %d nodes answered at start; the poller keeps trying the others",
+                        sum(1 for n in self.nodes if n.state is not None), len(self.nodes))
         self._poller = asyncio.run_coroutine_threadsafe(self._poll_all(), self._loop)
 
     # --- the loop thread -------------------------------------------------------------------------
@@ -140,8 +146,6 @@ class AgentGpus:
             raise GpuError(f"agents: no answer within {timeout_s:g} s") from None
 
     async def _start(self) -> None:
-        for node in self.nodes:
-            node.lock = asyncio.Lock()
         async with asyncio.TaskGroup() as tg:
             for node in self.nodes:
                 tg.create_task(self._try(node, self._state_doc(), CONNECT_TIMEOUT_S))
@@ -273,7 +277,9 @@ class AgentGpus:
                 if live and any(d is not None for d in node.desired_w) and now - node.last_set_t >= self.lease_s / 4:
                     self._loop.create_task(self._set_node(node))
                 elif now - max(node.state_t, node.last_try_t) >= self.poll_s:
-                    self._loop.create_task(self._try(node, self._state_doc(), self.timeout_s))
+                    # a new connection's TLS handshake may take longer than a request on an open one
+                    timeout = self.timeout_s if node.writer is not None else CONNECT_TIMEOUT_S
+                    self._loop.create_task(self._try(node, self._state_doc(), timeout))
 
     async def _set_many(self, nodes: list[_Node]) -> dict[str, dict[str, Any] | None]:
         async def one(node: _Node) -> tuple[str, dict[str, Any] | None]:
@@ -282,6 +288,10 @@ class AgentGpus:
         return dict(await asyncio.gather(*(one(n) for n in nodes)))
 
     # --- worst case for a node that does not answer --------------------------------------------
+
+    def answering(self) -> int:
+        """How many nodes answer now."""
+        return sum(1 for n in self.nodes if self._fresh(n))
 
     def _fresh(self, node: _Node) -> bool:
         return not node.error and self.clock() - node.state_t <= max(3 * self.poll_s, 2 * self.timeout_s)
