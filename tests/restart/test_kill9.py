@@ -31,7 +31,7 @@ import pytest
 
 from tests.servers import VictoriaMetrics, free_port
 
-pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(900)]  # a hang guard: twenty daemon starts take minutes on a loaded machine
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("RESTART_KILLS", "20"))  # fewer while debugging
