@@ -87,12 +87,13 @@ def _logging(verbose: bool, json_lines: bool = False) -> None:
 
 def _profile_problems(config: Path, cfg: SiteConfig) -> list[str]:
     """One line per device whose profile is missing, broken or of another nature."""
-    from powerctl.profiles import ProfileError, load_profile
+    from powerctl.profiles import ProfileError
+    from powerctl.profiles.library import site_profile
 
     problems = []
     for i, d in enumerate(cfg.devices):
         try:
-            prof = load_profile(d.profile)
+            prof = site_profile(d.profile, cfg.control.profiles_dir)
         except ProfileError as exc:
             problems.append(f"{config}: devices[{i}].profile: {exc}")
             continue
@@ -115,14 +116,57 @@ def _load_site(path: Path) -> SiteConfig:
 
 
 @app.command()
-def check(config: Path) -> None:
-    """Validate a site config and the profiles it names."""
+def check(
+    config: Path,
+    probe: bool = typer.Option(False, "--probe", help="also connect read-only to every device and print what it reads"),
+) -> None:
+    """Validate a site config and the profiles it names (``--probe``: and read every device once)."""
     cfg = _load(config)
     problems = _profile_problems(config, cfg)
     if problems:
         err.print("[bold red]config error[/]\n" + "\n".join(problems), highlight=False)
         raise typer.Exit(2)
     print(f"{config}: OK ({len(cfg.devices)} devices, {cfg.gpu.count} GPUs in {len(cfg.gpu.classes)} classes)")
+    if probe:
+        from powerctl.probe import format_probe, probe_site
+
+        results = asyncio.run(probe_site(cfg))
+        print(format_probe(results))
+        if not all(r.ok for r in results):
+            raise typer.Exit(1)
+
+
+profiles_app = typer.Typer(no_args_is_help=True, help="Device profiles: the shipped library and a site's own.")
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("list")
+def profiles_list(
+    config: Path | None = typer.Option(None, "--config", help="a site config: its control.profiles_dir is searched first"),
+    profiles_dir: Path | None = typer.Option(None, "--dir", help="a folder of site profiles (overrides --config's)"),
+) -> None:
+    """Every profile a site can name: key, nature, vendor and model, and where it comes from."""
+    from powerctl.profiles import ProfileError
+    from powerctl.profiles.library import available, site_profile
+
+    folder: str | Path | None = profiles_dir
+    if folder is None and config is not None:
+        folder = _load(config).control.profiles_dir
+    bad = 0
+    for a in available(folder):
+        where = "shipped" if a.shipped else f"site ({a.path})"
+        if a.shadowed:
+            print(f"{a.key:<28} (shipped, replaced by the site's)")
+            continue
+        try:
+            p = site_profile(a.key, folder) if not a.shipped else site_profile(a.key, None)
+        except ProfileError as exc:
+            bad += 1
+            print(f"{a.key:<28} BROKEN {where}: {exc}")
+            continue
+        print(f"{a.key:<28} {p.nature.value:<8} {p.vendor}: {p.model}  [{where}]")
+    if bad:
+        raise typer.Exit(2)
 
 
 STOP_GRACE_S = 15.0
@@ -157,9 +201,12 @@ def run(
     config: Path,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     log_json: bool = typer.Option(False, "--log-json", help="log one JSON object a line"),
+    observe: bool = typer.Option(False, "--observe", help="observe-only: read, plan, log what would be written; write nothing"),
 ) -> None:
     """Run the controller daemon for a site (SIGTERM/Ctrl-C: GPUs to the safe cap, then exit)."""
     cfg = _load_site(config)
+    if observe:
+        cfg = cfg.model_copy(update={"control": cfg.control.model_copy(update={"observe_only": True})})
     _logging(verbose, log_json)
     from powerctl.daemon import Daemon
     from powerctl.web.server import PortInUse

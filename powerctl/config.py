@@ -389,6 +389,10 @@ class Control(_Model):
     spill_penalty_per_kwh: NonNegFloat = 0.0
     heartbeat_path: str = "run/heartbeat"
     state_dir: str = "run"
+    # commissioning (powerctl/observe.py): read, plan and log what would be written; write nothing
+    observe_only: bool = False
+    # a folder of site-specific profiles (<vendor>/<model>.yaml), searched before the shipped library
+    profiles_dir: str | None = None
 
     @model_validator(mode="after")
     def _periods(self) -> Control:

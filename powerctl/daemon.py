@@ -34,7 +34,7 @@ from powerctl.guard_task import SiteActuators, run_guard
 from powerctl.hooks import HookRunner
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
-from powerctl.profiles import load_profile
+from powerctl.profiles.library import site_profile
 from powerctl.publish import Publisher
 from powerctl.status import Status
 from powerctl.telemetry import Telemetry
@@ -65,6 +65,11 @@ class Daemon:
         self.status = Status()
         self._heartbeat_failed = False  # logged once
         self.gpu = gpu_backend if gpu_backend is not None else make_backend(cfg.gpu)
+        if cfg.control.observe_only:
+            from powerctl.observe import ObservingGpus
+
+            log.warning("observe-only mode: reading and planning; nothing is written (devices, GPU caps, hooks)")
+            self.gpu = ObservingGpus(self.gpu)
         self.slots = slots_from_pool(cfg.gpu, self.gpu.list_gpus())
         if forecaster is None:
             from powerctl.forecast import make_forecaster
@@ -73,10 +78,11 @@ class Daemon:
         self.core = ControllerCore(cfg, self.slots, forecaster)
         # The billing period's peak import survives restarts (powerctl/grid_billing.py).
         self.core.billing.tracker.path = Path(cfg.control.state_dir) / "demand_peak.json"
-        self.hooks = HookRunner(cfg.gpu.shed_hooks, cfg.site.id) if cfg.gpu.shed_hooks else None
+        run_hooks = cfg.gpu.shed_hooks and not cfg.control.observe_only
+        self.hooks = HookRunner(cfg.gpu.shed_hooks, cfg.site.id) if run_hooks else None
         self.devices: dict[str, ModbusDevice] = {}
         for d in cfg.devices:
-            profile = load_profile(d.profile)
+            profile = site_profile(d.profile, cfg.control.profiles_dir)
             # Declare what the profile actually measures: a signal it cannot provide is absent
             # (consumers know it is optional), not "stale forever".
             for sig in {p.signal for p in profile.points if p.signal}:
@@ -100,7 +106,7 @@ class Daemon:
         self.publish = Publisher(cfg, self.telemetry, self.mqtt, clock)
         node_rows = getattr(self.gpu, "node_rows", None)  # node agents (powerctl.gpu.agents): per-node rows
         self.publish.gpu_node_rows = node_rows if callable(node_rows) else None
-        self.writes = WriteQueue(self.devices, on_event=self.publish.event)
+        self.writes = WriteQueue(self.devices, on_event=self.publish.event, observe_only=cfg.control.observe_only)
         # status page, API, metrics, SCADA, sd_notify (powerctl/web/surfaces.py): read-only views
         self.surfaces = Surfaces(cfg, lambda: self.status.doc(cfg))
         self.publish.on_alarm = self.surfaces.alarm

@@ -28,9 +28,13 @@ EventSink = Callable[[str, dict[str, Any], str | None], None]
 
 
 class WriteQueue:
-    def __init__(self, devices: Mapping[str, ModbusDevice], on_event: EventSink | None = None) -> None:
+    def __init__(
+        self, devices: Mapping[str, ModbusDevice], on_event: EventSink | None = None, *, observe_only: bool = False
+    ) -> None:
         self.devices = devices
         self.on_event = on_event
+        self.observe_only = observe_only  # commissioning: log what would be written, write nothing
+        self.would_write: dict[str, float] = {}  # "device.signal" -> last value not written (observe-only)
         self.written: dict[str, float] = {}  # "device.signal" -> last value written
         self.errors = 0
         self._last: dict[str, tuple[float, float]] = {}  # "device.signal" -> (value, monotonic s)
@@ -83,6 +87,12 @@ class WriteQueue:
         key = f"{device}.{signal}"
         prev = self._last.get(key)
         if prev is not None and abs(prev[0] - value) <= deadband and time.monotonic() - prev[1] < RESEND_S:
+            return
+        if self.observe_only:
+            if self.would_write.get(key) != value:
+                log.info("observe-only: would write %s.%s = %g", device, signal, value)
+            self.would_write[key] = value
+            self._last[key] = (value, time.monotonic())
             return
         try:
             res = await dev.write_signal(signal, value)
