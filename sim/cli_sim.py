@@ -18,6 +18,7 @@ from powerctl.config import ConfigError
 from powerctl.sim.sweep import SweepError
 from powerctl.sim.traces.loaders import TraceError
 from powerctl.sim.traces.site_trace import DATA_DIR
+from powerctl.sim.traces.user import GapPolicy, UserTraces, parse_map_option, read_traces_toml
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -116,12 +117,26 @@ def replay(
     grid_seed: int = typer.Option(0, help="seed of the random grid outages"),
     no_plots: bool = typer.Option(False, "--no-plots"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    pv_power: str = typer.Option(None, "--pv-power", help="measured PV AC power: FILE:column=NAME,unit=W"
+                                 "[,tz=ZONE,clock=ZONE,sign=-1,scale=1,time=COL,label=start|end|instant]"),
+    load: str = typer.Option(None, "--load", help="site load besides the GPUs: FILE:column=NAME,unit=kW,..."),
+    gpu_demand: list[str] = typer.Option(None, "--gpu-demand",
+                                         help="CLASS=FILE:column=NAME,unit=W|% (W per GPU or utilisation)"),
+    price: str = typer.Option(None, "--price", help="grid price per kWh: FILE:column=NAME,unit=1"),
+    traces_toml: Path = typer.Option(None, "--traces", help="traces TOML ([pv_power], [load], [gpu.CLASS], ...)"),
+    gaps: str = typer.Option(None, "--gaps", help="gap policy: interpolate | zero | refuse (default interpolate)"),
+    max_gap_h: float = typer.Option(None, "--max-gap-h", help="longest gap filled, hours (default 3)"),
+    warmup_days: float = typer.Option(1.0, "--warmup-days", help="trace kept before --start for the forecaster"),
 ) -> None:
     """Replay the controller against the simulated plant on a trace; write KPIs, Parquet and plots."""
     from powerctl.sim.kpi import compare_table, format_kpis
     from powerctl.sim.replay import CONTROLLERS, run_replay
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        user = _user_traces(traces_toml, pv_power, load, gpu_demand, price, gaps, max_gap_h)
+    except TraceError as exc:
+        _fail("trace error", exc)
     runs: list[tuple[str, str, bool]]
     if controller == "compare":
         runs = [(c, c, False) for c in CONTROLLERS] + [("ours_perfect", "ours", True)]
@@ -155,6 +170,8 @@ def replay(
                 plots=not no_plots,
                 grid_outages_per_day=grid_outages_per_day,
                 grid_seed=grid_seed,
+                user=user,
+                warmup_days=warmup_days,
             )
         except ConfigError as exc:
             _fail("config error", exc)
@@ -170,6 +187,35 @@ def replay(
         (out_dir / "compare.txt").write_text(table + "\n")
         (out_dir / "compare.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
         out.print(table, highlight=False)
+
+
+def _user_traces(toml: Path | None, pv_power: str | None, load: str | None, gpu: list[str] | None,
+                 price: str | None, gaps: str | None, max_gap_h: float | None) -> UserTraces | None:
+    """The user's trace files: the TOML first, then the command-line mappings over it."""
+    from dataclasses import replace
+
+    if not any((toml, pv_power, load, gpu, price, gaps, max_gap_h is not None)):
+        return None
+    u = read_traces_toml(toml) if toml is not None else UserTraces()
+    if pv_power:
+        u.pv_power = parse_map_option(pv_power, "--pv-power")
+    if load:
+        u.load = parse_map_option(load, "--load")
+    if price:
+        u.price = parse_map_option(price, "--price")
+    for spec in gpu or []:
+        cls, eq, rest = spec.partition("=")
+        if not eq:
+            raise TraceError(f"--gpu-demand {spec!r}: write CLASS=FILE:column=NAME,unit=W")
+        u.gpu = {**(u.gpu or {}), cls: parse_map_option(rest, f"--gpu-demand {cls}")}
+    try:
+        if gaps is not None:
+            u.gaps = replace(u.gaps, policy=GapPolicy(gaps))
+    except ValueError:
+        raise TraceError(f"--gaps {gaps!r}: choose interpolate, zero or refuse") from None
+    if max_gap_h is not None:
+        u.gaps = replace(u.gaps, max_gap_s=max_gap_h * 3600.0)
+    return u
 
 
 def sweep(

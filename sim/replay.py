@@ -293,13 +293,18 @@ def run_replay(
     plots: bool = True,
     grid_outages_per_day: float = 0.0,
     grid_seed: int = 0,
+    user: Any = None,
+    warmup_days: float = 1.0,
 ) -> dict[str, Any]:
-    """Replay and write ``kpi.json``, ``kpi.txt``, ``series.parquet`` and PNG plots to ``out_dir``."""
+    """Replay and write ``kpi.json``, ``kpi.txt``, ``series.parquet`` and PNG plots to ``out_dir``.
+    ``user`` (``sim.traces.user.UserTraces``): the engineer's own PV power, load, GPU demand, price
+    files; ``warmup_days``: trace kept before ``start`` (1 day needs 1 day of data before it)."""
     from powerctl.sim.kpi import compute_kpis, format_kpis
 
     cfg = load_config(cfg_path, check_secrets=False)
     irr = Path(trace) if trace is not None else DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv"
-    st = build_site_trace(cfg, irr, gpu_trace, start=start, days=days, step_s=step_s)
+    st = build_site_trace(cfg, irr, gpu_trace, start=start, days=days, step_s=step_s,
+                          history_days=warmup_days, user=user)
     label = f"replay {controller}{' (perfect foresight)' if perfect_foresight else ''}"
     cb, prog = _progress_bar(label, show_progress)
     if prog is not None:

@@ -8,7 +8,9 @@ when the file has them, ``ghi_clear`` etc. It is validated by ``sim.traces.loade
 - TMY3 stamps mark the **end** of the hour (01:00 ... 24:00 local standard time): shifted back 1 h.
 - NSRDB PSM3 values are instantaneous at the stamp: treated as the mean of the interval centred on
   it, so the start label is the stamp minus half a step.
-- RMIS stamps have no zone; the README infers UTC-7 (Etc/GMT+7) from the clear-sky columns.
+- RMIS stamps have no zone; the README infers UTC-7 (Etc/GMT+7) from the clear-sky columns. They close
+  their interval: shifted back by the file's median step (5 min here, 1 min for 1-min files).
+- PSM3 in Parquet (``read_psm3_parquet``): PSM3 column names on a tz-aware index.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ def read_rmis(path: str | Path, max_gap_s: float = 3 * 3600.0) -> tuple[pd.DataF
     missing = [k for k in ("ghi", "dni", "dhi") if f"{k}_clear" not in pick]
     if missing:  # the clear-sky columns tell night blanks (0) from daytime gaps
         raise TraceError(f"{path}: column pvlib_clearsky_{missing[0]}: missing")
-    df = pd.DataFrame(pick, index=pd.DatetimeIndex(idx) - pd.Timedelta(minutes=5))
+    idx = pd.DatetimeIndex(idx)
+    # stamps close their interval: shift back by the file's own step (1-min RMIS data is 1 min, not 5)
+    step = pd.Series(idx).diff().median() if len(idx) > 1 else pd.Timedelta(minutes=5)
+    df = pd.DataFrame(pick, index=idx - step)
     # night-time blanks: measured = clear-sky = 0 there is the honest fill (the sun is down)
     for k in ("ghi", "dni", "dhi"):
         night = df[k].isna() & (df[f"{k}_clear"] <= 0)
@@ -114,9 +119,46 @@ def read_rmis(path: str | Path, max_gap_s: float = 3 * 3600.0) -> tuple[pd.DataF
     return _finish(df, str(path), max_gap_s), {"latitude": 39.742, "longitude": -105.18, "altitude": 1829.0}
 
 
+_PSM3_COLUMNS = {"GHI": "ghi", "DNI": "dni", "DHI": "dhi", "Clearsky GHI": "ghi_clear",
+                 "Clearsky DNI": "dni_clear", "Clearsky DHI": "dhi_clear", "Temperature": "temp_air",
+                 "Wind Speed": "wind_speed"}
+
+
+def read_psm3_parquet(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """NSRDB PSM3 data saved as Parquet (columns GHI, DNI, DHI, ... on a tz-aware time index or a
+    time column; pvlib's lower-case names accepted). Stamps are instantaneous as in the CSV."""
+    from powerctl.sim.traces.loaders import read_table
+
+    df = read_table(path)
+    if not isinstance(df.index, pd.DatetimeIndex):
+        tcol = next((c for c in df.columns if any(w in str(c).lower() for w in ("time", "date", "measured"))), None)
+        if tcol is None:
+            raise TraceError(f"{path}: no time index or time column (PSM3 Parquet needs one)")
+        df = df.set_index(pd.DatetimeIndex(pd.to_datetime(df[tcol])))
+    if df.index.tz is None:
+        raise TraceError(f"{path}: time stamps have no zone; save the Parquet with a tz-aware index "
+                         "(NSRDB stamps are local standard time, e.g. Etc/GMT+7)")
+    df = df.rename(columns=_PSM3_COLUMNS)
+    missing = [k for k in ("ghi", "dni", "dhi") if k not in df.columns]
+    if missing:
+        raise TraceError(f"{path}: column {missing[0].upper()!r}: missing (columns: {', '.join(map(str, df.columns))})")
+    df = df.copy()
+    for c, v in (("temp_air", 20.0), ("wind_speed", 1.0)):
+        if c not in df.columns:
+            log.info("%s: no %s column: %g assumed", path, c, v)
+            df[c] = v
+    df = df.sort_index()
+    if len(df.index) > 1:
+        df.index = df.index - (df.index[1] - df.index[0]) / 2
+    meta = {k: df.attrs[k] for k in ("latitude", "longitude", "altitude") if k in df.attrs}
+    return _finish(df, str(path)), meta
+
+
 def read_irradiance(path: str | Path, year: int = 2021) -> tuple[pd.DataFrame, dict]:
-    """Pick the reader by looking at the first line of the file."""
+    """Pick the reader by looking at the file: Parquet (PSM3 columns), or the first line of a CSV."""
     p = Path(path)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return read_psm3_parquet(p)
     try:
         first = p.open(encoding="utf-8", errors="replace").readline()
     except OSError as exc:
@@ -124,7 +166,16 @@ def read_irradiance(path: str | Path, year: int = 2021) -> tuple[pd.DataFrame, d
     if first.startswith("Source,Location ID"):
         return read_psm3(p)
     if first.startswith("measured_on"):
-        return read_rmis(p)
+        if "irradiance_ghi__" in first:
+            return read_rmis(p)
+        cols = first.strip().split(",")[1:]
+        raise TraceError(
+            f"{p}: has no irradiance_ghi__* column (columns: {', '.join(cols)}): not RMIS irradiance. "
+            f"Measured AC power? Replay it with --pv-power '{p}:column={cols[0] if cols else 'NAME'},unit=W'"
+        )
     if first.count(",") == 6 and first.split(",")[0].strip().isdigit():
         return read_tmy3(p, year)
-    raise TraceError(f"{p}: unknown irradiance format (expected TMY3, NSRDB PSM3 or RMIS CSV)")
+    raise TraceError(
+        f"{p}: unknown irradiance format (expected TMY3, NSRDB PSM3 CSV/Parquet or RMIS CSV); "
+        "for measured AC power use --pv-power FILE:column=NAME,unit=W"
+    )

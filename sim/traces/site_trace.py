@@ -31,6 +31,7 @@ from powerctl.sim.plant.pv import clear_sky_ac_kw, pv_ac_kw_from_weather
 from powerctl.sim.traces.gpu_load import azure_demand_series
 from powerctl.sim.traces.irradiance import read_irradiance
 from powerctl.sim.traces.loaders import TraceError, interp_to
+from powerctl.sim.traces.user import UserTraces, check_clock, load_on_grid, read_column
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,64 @@ def inference_class(cfg: SiteConfig) -> str | None:
     return None
 
 
+def _window(tz: object, mid: pd.Timestamp, start: str, days: float, history_days: float
+            ) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+    """(t0, first row, end) for ``start`` ("MM-DD" in the data's year, or an ISO time)."""
+    t0 = pd.Timestamp(f"{mid.year}-{start}" if len(start) == 5 else start)
+    t0 = t0.tz_localize(tz) if t0.tzinfo is None else t0.tz_convert(tz)  # type: ignore[arg-type]
+    return t0, t0 - pd.Timedelta(days=history_days), t0 + pd.Timedelta(days=days)
+
+
+def _measured_pv(cfg: SiteConfig, user: UserTraces, start: str, days: float, step_s: float,
+                 history_days: float) -> tuple[pd.Timestamp, pd.DatetimeIndex, pd.Series, pd.Series]:
+    """PV from the user's measured AC power; clear sky from the site's arrays (for the forecaster)."""
+    m = user.pv_power
+    assert m is not None
+    s = read_column(m)
+    if m.dst != "ignore":
+        check_clock(s, cfg.site.longitude, m.describe())
+    t0, lo, hi = _window(s.index.tz, s.index[len(s) // 2], start, days, history_days)
+    index = pd.date_range(lo, hi, freq=pd.Timedelta(seconds=step_s), inclusive="left")
+    # small negatives are the inverter's night draw: no power available from PV there
+    pv = load_on_grid(m, index, user.gaps, s).clip(lower=0.0)
+    site = cfg.site
+    clear = pd.Series(0.0, index=index)
+    for d in cfg.by_nature(Nature.PV):
+        lim = d.limits
+        clear = clear + clear_sky_ac_kw(index, latitude=site.latitude, longitude=site.longitude,
+                                        altitude_m=site.altitude_m, kwp=lim.kwp, tilt_deg=lim.tilt_deg,
+                                        azimuth_deg=lim.azimuth_deg, max_ac_kw=lim.max_ac_kw)
+    return t0, index, pv.rename("pv_kw"), clear.rename("pv_clear_kw")
+
+
+def _user_columns(cfg: SiteConfig, user: UserTraces, df: pd.DataFrame) -> None:
+    """Site load, GPU demand per class and price from the user's files, onto ``df``'s grid."""
+    index = pd.DatetimeIndex(df.index)
+    pool = cfg.gpu
+    if user.load is not None:
+        df["other_load_kw"] = load_on_grid(user.load, index, user.gaps).to_numpy()
+    for cls, m in (user.gpu or {}).items():
+        if f"gpu_w.{cls}" not in df:
+            raise TraceError(f"{m.describe()}: GPU class {cls!r} is not in the site (classes: "
+                             f"{', '.join(c.name for c in pool.classes)})")
+        v = load_on_grid(m, index, user.gaps).to_numpy()
+        if m.unit == "%":
+            if v.min() < -1e-6 or v.max() > 100 + 1e-6:
+                raise TraceError(f"{m.describe()}: utilisation outside 0-100 % (wrong unit? use unit=W for watts)")
+            df[f"gpu_w.{cls}"] = pool.idle_w + (pool.max_w - pool.idle_w) * v / 100.0
+        else:
+            w = v * 1e3  # canonical kW -> W per GPU
+            if w.min() < 0 or w.max() > 2 * pool.max_w:
+                raise TraceError(f"{m.describe()}: {w.max():g} W per GPU is not plausible for max_w="
+                                 f"{pool.max_w:g} (per-GPU watts expected; wrong unit or a cluster total?)")
+            df[f"gpu_w.{cls}"] = w
+    if user.price is not None:
+        df["price_per_kwh"] = load_on_grid(user.price, index, user.gaps).to_numpy()
+
+
 def build_site_trace(
     cfg: SiteConfig,
-    irradiance: str | Path = DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv",
+    irradiance: str | Path | None = DATA_DIR / "pv_irradiance/pvlib_723170TYA_greensboro_tmy3.csv",
     gpu_trace: str | Path | None = DATA_DIR / "gpu_load/azure_llm_inference_trace_2023_code.csv",
     *,
     start: str = "06-01",
@@ -185,10 +241,41 @@ def build_site_trace(
     year: int = 2021,
     mean_util: float = 0.6,
     other_load_kw: float = 0.0,
+    user: UserTraces | None = None,
 ) -> SiteTrace:
-    """Build a replay trace for ``cfg``: ``days`` from ``start`` ("MM-DD" in the weather year, or an ISO
-    time), plus ``history_days`` before it. The GPU trace drives the inference class; other classes
-    always want ``max_w`` (a training queue that never empties)."""
+    """Build a replay trace for ``cfg``: ``days`` from ``start`` ("MM-DD" in the data's year, or an ISO
+    time), plus ``history_days`` of warm-up before it. PV comes from the user's measured power when
+    ``user.pv_power`` is set, else it is modelled from the ``irradiance`` file. The GPU trace drives
+    the inference class; other classes always want ``max_w`` (a training queue that never empties);
+    ``user`` columns (load, GPU demand per class, price) replace those."""
+    if user is not None and user.pv_power is not None:
+        t0, index, pv, clear = _measured_pv(cfg, user, start, days, step_s, history_days)
+        pv_src = user.pv_power.path.name
+    else:
+        if irradiance is None:
+            raise TraceError("no PV input: give an irradiance file or measured PV power (--pv-power)")
+        t0, index, pv, clear = _modelled_pv(cfg, irradiance, start, days, step_s, history_days, year)
+        pv_src = Path(irradiance).name
+    df = pd.DataFrame({"pv_kw": pv, "pv_clear_kw": clear}, index=index)
+    pool = cfg.gpu
+    infer = inference_class(cfg) if gpu_trace is not None else None
+    for c in pool.classes:
+        if c.name == infer and gpu_trace is not None:
+            df[f"gpu_w.{c.name}"] = azure_demand_series(
+                gpu_trace, index, idle_w=pool.idle_w, max_w=pool.max_w, mean_util=mean_util
+            ).to_numpy()
+        else:
+            df[f"gpu_w.{c.name}"] = pool.max_w
+    df["other_load_kw"] = other_load_kw
+    if user is not None:
+        _user_columns(cfg, user, df)
+    src = f"{pv_src} + {Path(gpu_trace).name if gpu_trace else 'constant GPU demand'}"
+    return SiteTrace(df, t0, step_s, [c.name for c in pool.classes], src)
+
+
+def _modelled_pv(cfg: SiteConfig, irradiance: str | Path, start: str, days: float, step_s: float,
+                 history_days: float, year: int
+                 ) -> tuple[pd.Timestamp, pd.DatetimeIndex, pd.Series, pd.Series]:
     weather, wloc = _weather(str(irradiance), year)
     if wloc is not None and (
         abs(wloc[0] - cfg.site.latitude) > 1.0 or abs(wloc[1] - cfg.site.longitude) > 1.0
@@ -205,30 +292,15 @@ def build_site_trace(
         )
     else:
         wloc = None
-    tz = weather.index.tz
-    t0 = pd.Timestamp(f"{weather.index[len(weather) // 2].year}-{start}" if len(start) == 5 else start)
-    t0 = t0.tz_localize(tz) if t0.tzinfo is None else t0.tz_convert(tz)
-    lo = t0 - pd.Timedelta(days=history_days)
-    hi = t0 + pd.Timedelta(days=days)
+    t0, lo, hi = _window(weather.index.tz, weather.index[len(weather) // 2], start, days, history_days)
     if lo < weather.index[0] or hi > weather.index[-1] + (weather.index[1] - weather.index[0]):
         raise TraceError(
             f"{irradiance}: covers {weather.index[0]} to {weather.index[-1]}; need {lo} to {hi} "
-            f"(start {start}, {days:g} days, {history_days:g} days of history)"
+            f"(start {start}, {days:g} days, {history_days:g} days of warm-up): choose --start inside the "
+            "file, fewer --days or a shorter --warmup-days"
         )
     pad = pd.Timedelta(hours=3)
     w = weather[(weather.index >= lo - pad) & (weather.index < hi + pad)]
     index = pd.date_range(lo, hi, freq=pd.Timedelta(seconds=step_s), inclusive="left")
     pv, clear = pv_trace_kw(cfg, w, index, wloc)
-    df = pd.DataFrame({"pv_kw": pv, "pv_clear_kw": clear}, index=index)
-    pool = cfg.gpu
-    infer = inference_class(cfg) if gpu_trace is not None else None
-    for c in pool.classes:
-        if c.name == infer and gpu_trace is not None:
-            df[f"gpu_w.{c.name}"] = azure_demand_series(
-                gpu_trace, index, idle_w=pool.idle_w, max_w=pool.max_w, mean_util=mean_util
-            ).to_numpy()
-        else:
-            df[f"gpu_w.{c.name}"] = pool.max_w
-    df["other_load_kw"] = other_load_kw
-    src = f"{Path(irradiance).name} + {Path(gpu_trace).name if gpu_trace else 'constant GPU demand'}"
-    return SiteTrace(df, t0, step_s, [c.name for c in pool.classes], src)
+    return t0, index, pv, clear

@@ -1,0 +1,187 @@
+"""The engineer's own traces: measured PV power, PSM3 Parquet, load / GPU demand / price files; gap
+policy per window, DST-shifted stamps, and errors that name file, column, row or time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from powerctl.config import SiteConfig
+from powerctl.sim.cli_sim import app
+from powerctl.sim.kpi import compute_kpis
+from powerctl.sim.replay import simulate
+from powerctl.sim.traces import TraceError, build_site_trace
+from powerctl.sim.traces.irradiance import read_irradiance, read_rmis
+from powerctl.sim.traces.site_trace import DATA_DIR
+from powerctl.sim.traces.user import (
+    GapPolicy,
+    Gaps,
+    UserTraces,
+    load_on_grid,
+    parse_map_option,
+    read_column,
+    read_traces_toml,
+    solar_noon_offsets_min,
+)
+from tests.sim.conftest import make_cfg
+
+SERF = DATA_DIR / "pv_power/pvanalytics_nrel_serf_east_ac_power_202203_1min.csv"
+DST = DATA_DIR / "pv_power/pvanalytics_pvdaq_system50_ac_power_dst_15min.parquet"
+PSM3 = DATA_DIR / "pv_irradiance/pvlib_nsrdb_psm3_2017_401182_30min.csv"
+RMIS = DATA_DIR / "pv_irradiance/pvanalytics_nrel_rmis_irradiance_201902_5min.csv"
+DEMO = Path(__file__).resolve().parents[2] / "examples/demo-site.toml"
+runner = CliRunner()
+
+
+def _golden_cfg() -> SiteConfig:  # the conftest site, moved to where the data was measured
+    cfg = make_cfg()
+    site = cfg.site.model_copy(update={"latitude": 39.742, "longitude": -105.18, "timezone": "Etc/GMT+7"})
+    return cfg.model_copy(update={"site": site})
+
+
+def _serf(scale: float = 50.0) -> UserTraces:
+    return UserTraces(pv_power=parse_map_option(f"{SERF}:column=ac_power__752,unit=W,scale={scale:g}", "--pv-power"))
+
+
+def test_measured_pv_power_file_replays_with_its_energy() -> None:
+    """A 1.8-day file replays (warm-up chosen by the user); PV available is the file's power, scaled."""
+    cfg = _golden_cfg()
+    tr = build_site_trace(cfg, None, None, start="2022-03-18T08:00", days=0.5, history_days=0.1, user=_serf())
+    raw = pd.read_csv(SERF)
+    raw.index = pd.to_datetime(raw["measured_on"])
+    sel = raw[(raw.index >= tr.t0) & (raw.index < tr.t0 + pd.Timedelta(hours=12))]["ac_power__752"]
+    res = simulate(cfg, tr, controller="static")
+    s = res.series
+    assert len(s) == 720
+    want_kwh = float(sel.clip(lower=0).sum()) / 60.0 * 50.0 / 1e3
+    got_kwh = float(s["pv_available_kw"].sum()) / 60.0
+    assert got_kwh == pytest.approx(want_kwh, rel=0.01)
+    k = compute_kpis(res)
+    assert k["energy_balance_error_pct"] < 0.1
+
+
+def test_psm3_parquet_is_accepted_like_the_csv(tmp_path: Path) -> None:
+    csv, _meta = read_irradiance(PSM3)
+    raw = pd.read_csv(PSM3, skiprows=2)
+    idx = pd.to_datetime(raw[["Year", "Month", "Day", "Hour", "Minute"]]).dt.tz_localize("Etc/GMT+7")
+    pq = tmp_path / "psm3.parquet"
+    raw[["GHI", "DNI", "DHI", "Temperature", "Wind Speed"]].set_index(pd.DatetimeIndex(idx)).to_parquet(pq)
+    df, _ = read_irradiance(pq)
+    assert df.index[0] == csv.index[0]
+    np.testing.assert_allclose(df["ghi"].to_numpy(), csv["ghi"].to_numpy())
+    tr = build_site_trace(make_cfg(), pq, None, start="06-01", days=0.25, history_days=0.0)
+    assert tr.df["pv_kw"].max() > 0
+
+
+def test_one_minute_rmis_is_shifted_by_one_minute_not_five(tmp_path: Path) -> None:
+    raw = pd.read_csv(RMIS).head(300).copy()
+    t = pd.date_range("2019-02-01 00:01", periods=len(raw), freq="1min")
+    raw["measured_on"] = t.strftime("%m/%d/%Y %H:%M").str.replace(r"^0", "", regex=True)
+    p = tmp_path / "rmis_1min.csv"
+    raw.to_csv(p, index=False)
+    df, _ = read_rmis(p, max_gap_s=1e9)
+    assert df.index[0] == pd.Timestamp("2019-02-01 00:00", tz="Etc/GMT+7")
+
+
+def test_ac_power_csv_with_measured_on_is_not_taken_for_rmis() -> None:
+    with pytest.raises(TraceError) as e:
+        read_irradiance(SERF)
+    msg = str(e.value)
+    assert str(SERF) in msg and "--pv-power" in msg and "column=ac_power__752" in msg
+    assert "format" not in msg.split("(")[0] or "unknown" not in msg
+
+
+def test_load_gpu_and_price_from_user_files(tmp_path: Path) -> None:
+    t = pd.date_range("2022-03-18 00:00", periods=3 * 96, freq="15min", tz="Etc/GMT+7")
+    pd.DataFrame({"ts": t.tz_localize(None), "site_load_w": 20_000.0 + 1000 * np.sin(np.arange(len(t))),
+                  "util": np.linspace(0, 100, len(t)), "eur": 0.2}).to_csv(tmp_path / "site.csv", index=False)
+    (tmp_path / "traces.toml").write_text(
+        '[load]\nfile = "site.csv"\ncolumn = "site_load_w"\nunit = "W"\ntz = "Etc/GMT+7"\n'
+        '[price]\nfile = "site.csv"\ncolumn = "eur"\nunit = "1"\ntz = "Etc/GMT+7"\n'
+        '[gpu.training]\nfile = "site.csv"\ncolumn = "util"\nunit = "%"\ntz = "Etc/GMT+7"\n'
+        '[gaps]\npolicy = "refuse"\n'
+    )
+    u = read_traces_toml(tmp_path / "traces.toml")
+    u.pv_power = _serf().pv_power
+    cfg = _golden_cfg()
+    tr = build_site_trace(cfg, None, None, start="2022-03-18T08:00", days=0.25, history_days=0.0, user=u)
+    assert tr.df["other_load_kw"].between(19.0, 21.0).all()
+    assert tr.df["price_per_kwh"].eq(0.2).all()
+    train = tr.df["gpu_w.training"].to_numpy()
+    assert cfg.gpu.idle_w <= train.min() < train.max() <= cfg.gpu.max_w and train[-1] > train[0]
+    res = simulate(cfg, tr, controller="static", days=0.05)
+    assert res.series["load_kw"].min() > 19.0  # the user's site load is served
+
+
+def _gappy(tmp_path: Path, hole_h: float) -> Path:
+    t = pd.date_range("2022-03-01", periods=3 * 24 * 60, freq="1min", tz="UTC")
+    v = np.full(len(t), 5.0)
+    a = 36 * 60  # the hole is on day 2 only
+    v[a:a + int(hole_h * 60)] = np.nan
+    p = tmp_path / "load.csv"
+    pd.DataFrame({"time": t, "kw": v}).to_csv(p, index=False)
+    return p
+
+
+def test_gap_policy_per_window_and_configurable(tmp_path: Path) -> None:
+    p = _gappy(tmp_path, 5.0)
+    m = parse_map_option(f"{p}:column=kw", "--load")
+    day1 = pd.date_range("2022-03-01", periods=1440, freq="1min", tz="UTC")
+    day2 = day1 + pd.Timedelta(days=1)
+    assert load_on_grid(m, day1, Gaps()).eq(5.0).all()  # a gap elsewhere does not refuse this window
+    with pytest.raises(TraceError) as e:
+        load_on_grid(m, day2, Gaps())
+    msg = str(e.value)
+    assert "2022-03-02 12:00:00+00:00" in msg and "5.0 h" in msg and "--max-gap-h" in msg and str(p) in msg
+    assert load_on_grid(m, day2, Gaps(max_gap_s=6 * 3600)).eq(5.0).all()
+    assert load_on_grid(m, day2, Gaps(GapPolicy.ZERO, 6 * 3600)).min() == 0.0
+    short = _gappy(tmp_path, 0.1)
+    with pytest.raises(TraceError, match="gap policy refuse"):
+        load_on_grid(parse_map_option(f"{short}:column=kw", "--load"), day2, Gaps(GapPolicy.REFUSE))
+
+
+def test_dst_shifted_stamps_detected_and_the_fix_works() -> None:
+    cfg = _golden_cfg()
+    spec = f"{DST}:column=ac_power_2,unit=W"
+    with pytest.raises(TraceError) as e:
+        build_site_trace(cfg, None, None, start="2012-01-10", days=0.1, history_days=0,
+                         user=UserTraces(pv_power=parse_map_option(spec, "--pv-power")))
+    msg = str(e.value)
+    assert "daylight saving" in msg and "clock=" in msg and str(DST) in msg
+    fixed = parse_map_option(spec + ",clock=America/Denver", "--pv-power")
+    off = solar_noon_offsets_min(read_column(fixed), -105.18)
+    summer, winter = off[off.index.month.isin([6, 7])].median(), off[off.index.month.isin([12, 1])].median()
+    assert abs(summer - winter) < 30.0  # the hour is gone once the stamps are read as Denver clock time
+    tr = build_site_trace(cfg, None, None, start="2012-01-10", days=0.1, history_days=0,
+                          user=UserTraces(pv_power=fixed))
+    assert len(tr.df) == 144
+
+
+def test_cli_replays_a_user_file_and_errors_are_one_message(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["replay", str(DEMO), "-q", "--no-plots", "--controller", "static",
+                              "--pv-power", f"{SERF}:column=ac_power__752,unit=W,scale=60,dst=ignore",
+                              "--start", "2022-03-18T10:00", "--days", "0.05", "--warmup-days", "0",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r/kpi.json").exists()
+    cases = {
+        f"{SERF}:column=nope": ["column 'nope'", "missing", "ac_power__752"],
+        f"{SERF}:unit=W": ["column=<name>"],
+        f"{SERF}:column=ac_power__752,unit=parsec": ["unknown unit 'parsec'"],
+        f"{SERF}:column=ac_power__752,clock=Mars/Olympus": ["clock='Mars/Olympus'", "IANA"],
+        f"{SERF}:column=ac_power__752,unit=W,scale=60": ["covers", "--start"],
+    }
+    bad_num = tmp_path / "bad.csv"
+    bad_num.write_text("time,p\n2022-03-18T00:00Z,1\n2022-03-18T00:01Z,x\n")
+    cases[f"{bad_num}:column=p"] = ["row 3", "'x'", str(bad_num)]
+    for spec, words in cases.items():
+        r = runner.invoke(app, ["replay", str(DEMO), "-q", "--no-plots", "--pv-power", spec,
+                                "--start", "2021-06-01", "--days", "0.05", "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2, (spec, r.output)
+        assert "Traceback" not in r.output
+        for w in words:
+            assert w in r.output, (spec, w, r.output)
