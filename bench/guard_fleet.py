@@ -14,6 +14,7 @@ as in the daemon.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import random
 import socket
@@ -63,9 +64,21 @@ def start_hosts(fleet: Fleet, per_process: int, tmp: Path) -> list[subprocess.Po
     for (log, n), p in zip(logs, procs, strict=True):
         while log.read_text().count("listening on port") < n:
             if p.poll() is not None or time.monotonic() > deadline:
+                stop_hosts(procs)
                 raise SystemExit(f"agent host did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
     return procs
+
+
+def stop_hosts(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 def main() -> None:
@@ -86,6 +99,7 @@ def main() -> None:
                            safe_cap_w=150.0, ranges_w=[(100.0, 400.0)] * args.agents, demand_w=1000.0)
         t0 = time.monotonic()
         procs = start_hosts(fleet, args.per_process, tmp)
+        atexit.register(stop_hosts, procs)  # whatever ends this script, the agents go too
         print(f"{args.agents} agents x {args.gpus} GPUs ({len(procs)} processes) up in {time.monotonic() - t0:.1f} s")
         data = site_dict(classes=[{"name": "prod", "gpus": n_gpus}],
                          gpu={"backend": "agents", "min_w": 100.0, "max_w": 400.0, "safe_cap_w": 150.0,
@@ -135,10 +149,7 @@ def main() -> None:
                     time.sleep(0.2)
         finally:
             backend.close()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(20)
+            stop_hosts(procs)
     q = statistics.quantiles(lat_ms, n=100)
     print(f"supply drop measured -> every node's new cap read back, {len(lat_ms)} drops, {n_gpus} GPUs on "
           f"{args.agents} agents: p50 {statistics.median(lat_ms):.1f} ms, p99 {q[98]:.1f} ms, "
