@@ -54,6 +54,9 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("victron/gx_modbus", "BatteryVoltage", 52.3),  # uint16 x 0.1
         ("dse/gencomm", "TotalPower", -150000.0),  # int32 BE
         ("comap/intelilite4", "Identification", "InteliLite4-AMF25"),  # 16-register string
+        ("sunspec/meter_203", "W", -1_234_500.0),  # MW-class meter: int16 x 10^2 (W_SF 2)
+        ("sunspec/meter_203", "TotWhImp", 3_000_000_123.0),  # acc32, big-endian words
+        ("sunspec/meter_203", "PhVphA", 231.4),  # int16 x 10^-1
     ],
 )
 async def test_mbpoll_sees_what_the_codec_encoded(key: str, point: str, value: float | str) -> None:
