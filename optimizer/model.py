@@ -201,7 +201,8 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
     cost: list[cp.Expression] = []
 
     other = cp.Parameter(T, nonneg=True, name="other_load_kw")
-    extra = cp.Parameter(T, nonneg=True, name="reserve_extra_kw")
+    # Signed: a stopped genset that can start in time lowers it (solution.standby_kw).
+    extra = cp.Parameter(T, name="reserve_extra_kw")
     unserved = cp.Variable(T, name="unserved_kw")
     short = cp.Variable(T, name="reserve_short_kw")
     cons += [unserved >= 0, short >= 0]

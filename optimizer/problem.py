@@ -74,7 +74,7 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
     rating = np.array([g.rating_kw for g in p.gensets])[:, None]
     gmin = np.array([g.min_load_kw for g in p.gensets])[:, None]
     floors = np.array([c.p_min_kw for c in p.gpu_classes])[:, None]
-    ch, dis = clip("charge", d.ch, 0.0, cmax), clip("discharge", d.dis, 0.0, dmax)
+    ch, dis = net_battery(clip("charge", d.ch, 0.0, cmax), clip("discharge", d.dis, 0.0, dmax))
     ch, dis = repair_soc(p, v, ch, dis)
     gpu = clip("gpu", d.gpu, floors, v.gpu_ub)
     # Ramp-up limits: a solver's small excess is taken off the budget (lowering is always allowed).
@@ -91,6 +91,15 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
                             clip("grid export", d.exp, 0.0, v.grid.exp_ub))
     return Dispatch(pv=clip("pv", d.pv, 0.0, v.pv_ub), ch=ch, dis=dis,
                     g=clip("genset", d.g, gmin * v.avail, rating * v.avail), gpu=gpu, imp=imp, exp=exp)
+
+
+def net_battery(ch: np.ndarray, dis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """No battery charges and discharges in the same step: the LP may do both where burning energy
+    in the losses pays (a spill penalty, a genset held at minimum load, a negative price), which a
+    PCS cannot do. Netting keeps the net power, so the balance holds; it only saves losses, so the
+    SoC ends higher (`repair_soc` trims charge where that would pass the top of the window)."""
+    both = np.minimum(ch, dis)
+    return ch - both, dis - both
 
 
 def repair_soc(p: SiteParams, v: ParamValues, ch: np.ndarray, dis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,19 @@ def gpu_upper_kw(p: SiteParams, demand_kw: FloatArray) -> FloatArray:
     return np.clip(demand_kw, lo, hi) if len(p.gpu_classes) else np.zeros_like(demand_kw)
 
 
+def standby_kw(p: SiteParams, avail: FloatArray) -> FloatArray:
+    """Reserve (T,) from gensets not carrying load in a step (stopped, or warming up) that can start
+    and warm up within the reserve window (`SiteParams.reserve_duration_s`, the time the batteries
+    must bridge anyway): their rating times the part of the step they are not available. A stop
+    for minimum down time does not count against it: safety over wear, an emergency start does not
+    wait for it (powerctl.control.core)."""
+    out = np.zeros(avail.shape[1]) if avail.ndim == 2 else np.zeros(0)
+    for i, g in enumerate(p.gensets):
+        if g.warmup_s <= p.reserve_duration_s:
+            out = out + g.rating_kw * (1.0 - avail[i])
+    return out
+
+
 def param_values(p: SiteParams, x: DispatchInputs, sched: Schedule) -> ParamValues:
     """Parameter values for inputs `x` under commitment `sched`."""
     steps = np.asarray(p.steps_s, dtype=float)
@@ -143,6 +156,7 @@ def param_values(p: SiteParams, x: DispatchInputs, sched: Schedule) -> ParamValu
         avail[i] = available_fraction(g, sched.on[i], bool(x.genset_on[i]), float(x.genset_state_s[i]), steps)
     e0 = np.array([b.capacity_kwh * s / 100.0 for b, s in zip(p.batteries, x.soc_pct, strict=True)])
     extra = np.zeros(steps.shape[0]) if x.reserve_extra_kw is None else x.reserve_extra_kw
+    extra = extra - standby_kw(p, avail)
     # A budget at the floor is always allowed, so ramp-up limits count from at least the floor.
     prev = np.maximum(x.prev_gpu_kw, [c.p_min_kw for c in p.gpu_classes]) if p.gpu_classes else x.prev_gpu_kw
     return ParamValues(pv_ub=x.pv_forecast_kw, gpu_ub=gpu_upper_kw(p, x.gpu_demand_kw), other=x.other_load_kw,

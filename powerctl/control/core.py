@@ -25,7 +25,7 @@ import numpy as np
 from powerctl.config import PvDevice, SiteConfig
 from powerctl.control.battery import clamp_battery_kw
 from powerctl.control.curtail import RELEASED_PCT, pv_limits_pct
-from powerctl.control.planner import build_inputs, genset_running, site_params
+from powerctl.control.planner import build_inputs, genset_running, pv_stale_rows, pv_worst_case, site_params
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
@@ -98,7 +98,7 @@ class ControllerCore:
         self.cfg = cfg
         self.slots = gpu_slots
         self.forecaster = forecaster
-        self.params = site_params(cfg)
+        self.params = site_params(cfg, gpu_slots)
         # Grid prices and the billing period's peak (in memory; the daemon may give it a state file).
         self.billing = GridBilling(cfg)
         self.problem = problem if problem is not None else DispatchProblem(self.params)
@@ -112,6 +112,8 @@ class ControllerCore:
         self.gensets = [d.name for d in cfg.by_nature(Nature.GENSET)]
         self.pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
         self.pv_forecast_kw: np.ndarray | None = None  # (n_pv, T) the last plan was made with
+        self.pvs_by_nature = [d.name for d in cfg.by_nature(Nature.PV)]
+        self._pv_good_s: dict[str, float] = {}  # when each PV's reading was last GOOD (stale age)
         self.batteries = [d.name for d in cfg.by_nature(Nature.BATTERY)]
         # when each genset last changed state as we saw it (for min up/down times)
         self._gen_state: dict[str, tuple[bool, float]] = {}
@@ -137,8 +139,15 @@ class ControllerCore:
         """Solve the dispatch problem from the current image and forecasts."""
         fc = self.forecaster(now_s, image, self.steps_s)
         pv_kw, gpu_kw, other_kw = fc[0], fc[1], fc[2]
-        self.pv_forecast_kw = np.asarray(pv_kw, dtype=float)
         reserve_extra_kw = fc[3] if len(fc) > 3 else None  # stale forecasts widen the reserve
+        stale = pv_stale_rows(self.cfg, image, now_s)
+        for d, bad in zip(self.pvs_by_nature, stale.tolist(), strict=True):
+            if not bad or d not in self._pv_good_s:
+                self._pv_good_s[d] = now_s  # first sight stale: its stale age counts from now
+        age_s = np.array([now_s - self._pv_good_s[d] for d in self.pvs_by_nature], dtype=float)
+        pv_kw, reserve_extra_kw = pv_worst_case(np.asarray(pv_kw, dtype=float).reshape(len(stale), -1),
+                                                stale, age_s, self.steps_s, reserve_extra_kw)
+        self.pv_forecast_kw = pv_kw
         running = genset_running(self.cfg, image, now_s)
         inputs = build_inputs(
             self.cfg,
@@ -163,6 +172,7 @@ class ControllerCore:
         if self.plan_t_s is not None:
             self.plan_t_s += step_s
         self._gen_state = {n: (on, t_s + step_s) for n, (on, t_s) in self._gen_state.items()}
+        self._pv_good_s = {n: t_s + step_s for n, t_s in self._pv_good_s.items()}
 
     def plan_is_fresh(self, now_s: float) -> bool:
         if self.plan_result is None or self.plan_t_s is None:

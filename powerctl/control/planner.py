@@ -8,10 +8,13 @@ packaged GPU curve table (``powerctl.throughput``), read once when the config is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from powerctl.config import SiteConfig
 from powerctl.control.plausibility import _declared, grid_shown_present
+from powerctl.control.split import GpuSlot
 from powerctl.control.value_curves import class_value_pwl
 from powerctl.natures import Nature
 from powerctl.optimizer import (
@@ -28,8 +31,23 @@ from powerctl.tariffs import HorizonPrices
 from powerctl.throughput import throughput_curve
 
 
-def site_params(cfg: SiteConfig) -> SiteParams:
-    """Optimizer parameters for a site (built once at start-up)."""
+def gpu_floor_kw(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> dict[str, float]:
+    """Per class, the least its GPUs can draw: the sum of their minimum caps (a GPU the dispatcher
+    releases is parked at its minimum cap, see powerctl.control.core), or the class's `floor_pct`
+    share of its maximum if that is higher. `slots` give each GPU's own range (narrowed by the
+    device); without them every GPU has the pool's `min_w`. A class the guard sheds draws only idle
+    power, less than this: the plan then overestimates the load, the safe side."""
+    out: dict[str, float] = {}
+    for c in cfg.gpu.classes:
+        mins_w = ([s.min_w for s in slots if s.klass == c.name] if slots is not None
+                  else [cfg.gpu.min_w] * c.gpus)
+        p_max_kw = c.gpus * cfg.gpu.max_w / 1000.0
+        out[c.name] = min(p_max_kw, max(p_max_kw * c.floor_pct / 100.0, sum(mins_w) / 1000.0))
+    return out
+
+
+def site_params(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> SiteParams:
+    """Optimizer parameters for a site (built once at start-up); `slots` as for `gpu_floor_kw`."""
     ctl = cfg.control
     pv = [PvParams(name=d.name, kwp=d.limits.max_ac_kw or d.limits.kwp) for d in cfg.by_nature(Nature.PV)]
     bats = [
@@ -66,6 +84,7 @@ def site_params(cfg: SiteConfig) -> SiteParams:
             )
         )
     pool = cfg.gpu
+    floors_kw = gpu_floor_kw(cfg, slots)
     classes = []
     for c in pool.classes:
         frac, tput = throughput_curve(pool.model, c.curve)
@@ -74,7 +93,7 @@ def site_params(cfg: SiteConfig) -> SiteParams:
         classes.append(
             GpuClassParams(
                 name=c.name,
-                p_min_kw=p_max_kw * c.floor_pct / 100.0,
+                p_min_kw=floors_kw[c.name],
                 p_max_kw=p_max_kw,
                 value_breakpoints_kw=bp_kw,
                 value_per_h=v_per_h,
@@ -143,6 +162,40 @@ def grid_inputs(cfg: SiteConfig, image: ProcessImage, now_s: float, x: DispatchI
         x.grid_export_max_kw = np.zeros(steps)
     x.peak_import_kw = max(0.0, float(peak_import_kw))
     return x
+
+
+# Stale PV: the share of the forecast added to the reserve grows with the reading's stale age and
+# is whole after this long (as powerctl.forecast.reserve_extra_kw ramps a stale forecast in).
+PV_STALE_FULL_S = 900.0
+PV_STALE_SHARE = 0.5
+
+
+def pv_stale_rows(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.ndarray:
+    """Per PV device (optimizer order), True where its power reading is not GOOD now."""
+    return np.array([image.get(d.name, "p_kw", now_s).quality is not Quality.GOOD
+                     for d in cfg.by_nature(Nature.PV)], dtype=bool)
+
+
+def pv_worst_case(pv_kw: np.ndarray, stale: np.ndarray, stale_age_s: np.ndarray, steps_s: np.ndarray,
+                  reserve_extra_kw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stale means worst case for PV: a PV whose reading is stale is planned at zero for the steps
+    that start within its stale age (at least the first step: nothing says it is there now), then at
+    its forecast, with the rest of its forecast added to the reserve by a share that grows with the
+    stale age (`PV_STALE_SHARE` after `PV_STALE_FULL_S`). Returns (pv_kw, reserve_extra_kw); the
+    reserve is the larger of the given one and this (a forecaster may already widen it)."""
+    pv = np.array(pv_kw, dtype=float, copy=True)
+    if not np.any(stale):
+        return pv, reserve_extra_kw
+    steps = np.asarray(steps_s, dtype=float)
+    starts_s = np.concatenate(([0.0], np.cumsum(steps)[:-1]))
+    extra = np.zeros(steps.size) if reserve_extra_kw is None else np.asarray(reserve_extra_kw, dtype=float)
+    widen = np.zeros(steps.size)
+    for i in np.nonzero(stale)[0]:
+        age_s = max(0.0, float(stale_age_s[i]))
+        dark = (starts_s <= age_s) | (np.arange(steps.size) == 0)
+        pv[i, dark] = 0.0
+        widen += min(1.0, age_s / PV_STALE_FULL_S) * PV_STALE_SHARE * pv[i]
+    return pv, np.maximum(extra, widen)
 
 
 def current_soc_pct(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.ndarray:
