@@ -236,6 +236,7 @@ class ControllerCore:
                 plan.pv_kw[:, idx].tolist() if plan.pv_kw.size else [0.0] * len(self.pvs),
                 fc_pv[:, idx].tolist() if fc_pv is not None and fc_pv.shape[0] == len(self.pvs) and fc_pv.shape[1] > idx else None,
                 self.cfg.control.supply_margin_kw,
+                float(plan.spill_kw[idx]) if plan.spill_kw.size > idx else 0.0,
             )
         if ov.mode is OperatorMode.MANUAL:
             cmd.mode, cmd.reason = DispatchMode.MANUAL, "operator manual mode"

@@ -34,10 +34,26 @@ def limit_pct(pv: PvDevice, planned_kw: float, forecast_kw: float | None, headro
 
 
 def pv_limits_pct(
-    pvs: Sequence[PvDevice], planned_kw: Sequence[float], forecast_kw: Sequence[float] | None, headroom_kw: float
+    pvs: Sequence[PvDevice],
+    planned_kw: Sequence[float],
+    forecast_kw: Sequence[float] | None,
+    headroom_kw: float,
+    spill_kw: float = 0.0,
 ) -> dict[str, float]:
-    """Per PV device, in config order: the limit to write now."""
+    """Per PV device, in config order: the limit to write now.
+
+    A plan may send surplus to ``spill`` (a dump load) rather than curtail: the solver is
+    indifferent when neither costs. A site without a dump load cannot spill, so the planned
+    spill comes off the PV (shared by planned power) before the limit is computed.
+    """
+    total_kw = sum(max(float(p), 0.0) for p in planned_kw)
+    share = min(1.0, max(spill_kw, 0.0) / total_kw) if total_kw > 0 else 0.0
     return {
-        pv.name: limit_pct(pv, float(planned_kw[i]), None if forecast_kw is None else float(forecast_kw[i]), headroom_kw)
+        pv.name: limit_pct(
+            pv,
+            max(float(planned_kw[i]), 0.0) * (1.0 - share),
+            None if forecast_kw is None else float(forecast_kw[i]),
+            headroom_kw,
+        )
         for i, pv in enumerate(pvs)
     }

@@ -41,7 +41,20 @@ class ValueKind(StrEnum):
     DIRECTION = "direction"  # -1 charge, 0 idle, +1 discharge (no unit)
 
 
-_POWER_UNITS = {"W": 1e-3, "kW": 1.0}  # setpoint unit -> kW per unit
+_POWER_UNITS = {"W": 1e-3, "kW": 1.0}  # point unit -> kW per unit (percent_of references)
+
+
+def _signal_per_unit(unit: str, signal_unit: str, where: str) -> float:
+    """Signal units per setpoint unit (1e-3 for a W setpoint of a kW signal)."""
+    from powerctl.profiles.model import signal_factor
+
+    return signal_factor(unit, signal_unit, where)
+
+
+def _factor(profile: Profile, seq: WriteSequence, setpoint: str) -> float:
+    from powerctl.natures import signal_spec
+
+    return _signal_per_unit(profile.setpoint(setpoint).unit, signal_spec(profile.nature, seq.signal).unit, setpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +127,8 @@ def check_sequences(profile: Profile, where: str) -> None:
                     raise ProfileError(f"{here}: percent_of {st.percent_of!r} is not a point")
                 if sp.unit not in ("%", "Pct"):
                     raise ProfileError(f"{here}: percent_of needs a setpoint in %, {sp.name} is in {sp.unit!r}")
-            elif st.kind not in (None, ValueKind.DIRECTION) and sp.unit not in _POWER_UNITS:
-                raise ProfileError(f"{here}: {st.kind} needs a setpoint in W or kW, {sp.name} is in {sp.unit!r}")
+            elif st.kind not in (None, ValueKind.DIRECTION):
+                _signal_per_unit(sp.unit, spec.unit, here)  # raises ProfileError: a unit the signal cannot take
         if not any(st.kind not in (None, ValueKind.DIRECTION) for st in seq.steps):
             raise ProfileError(f"{at}: no step carries the power (signal, magnitude, charge or discharge)")
 
@@ -155,7 +168,7 @@ def step_values(profile: Profile, seq: WriteSequence, x: float, readings: Mappin
         elif st.percent_of is not None:
             out.append(round(100.0 * v / _reference_kw(profile, st.percent_of, readings), 6))
         else:
-            out.append(v / _POWER_UNITS[profile.setpoint(st.setpoint).unit])
+            out.append(v / _factor(profile, seq, st.setpoint))
     return out
 
 
@@ -179,7 +192,7 @@ def signal_from_steps(
         elif st.percent_of is not None:
             kw_of[st.kind] = v / 100.0 * _reference_kw(profile, st.percent_of, readings)
         else:
-            kw_of[st.kind] = v * _POWER_UNITS[profile.setpoint(st.setpoint).unit]
+            kw_of[st.kind] = v * _factor(profile, seq, st.setpoint)
     if ValueKind.SIGNAL in kw_of:
         return kw_of[ValueKind.SIGNAL]
     charge, discharge = kw_of.get(ValueKind.CHARGE), kw_of.get(ValueKind.DISCHARGE)

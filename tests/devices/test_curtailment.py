@@ -63,7 +63,7 @@ async def test_sunny_noon_full_battery_capped_compute_curtails_at_the_inverter()
     cfg = _site()
     pv_cfg = cfg.device("pv1")
     assert isinstance(pv_cfg, PvDevice)
-    demand_kw = [5.0]  # per GPU class: compute capped
+    demand_kw = [13.0]  # per GPU class: compute capped (just above the classes' floors, 64 x 200 W)
 
     def forecast(now, image, steps):  # type: ignore[no-untyped-def]
         n = len(steps)
@@ -73,7 +73,7 @@ async def test_sunny_noon_full_battery_capped_compute_curtails_at_the_inverter()
     profile = load_profile("sunspec/der_inverter")
     array = PvArray("pv1", kwp=pv_cfg.limits.kwp, max_ac_kw=rating_kw(pv_cfg), available_kw=PV_FORECAST_KW)
     sim = DeviceSimulator(profile, on_write=lambda s, v: setattr(array, "limit_pct", v) if s == "p_limit_pct" else None)
-    lim = profile.setpoint("p_limit_pct")
+    lim, ena = profile.setpoint("WMaxLimPct"), profile.setpoint("WMaxLimPctEna")
     now = 1000.0
     async with served(sim) as srv:
         dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
@@ -84,16 +84,20 @@ async def test_sunny_noon_full_battery_capped_compute_curtails_at_the_inverter()
             img = _image(cfg, now)
             plan = core.plan(now, img)
             cmd = core.dispatch(now + 0.5, img)
-            planned_kw = float(plan.pv_kw[0, 0])
+            # the plan keeps PV out of the site (curtailed, or sent to a dump load the site does not have)
+            planned_kw = float(plan.pv_kw[0, 0]) - float(plan.spill_kw[0])
             assert planned_kw < PV_FORECAST_KW - 10, "the plan should curtail: battery full, compute capped"
-            assert float(plan.spill_kw[0]) == pytest.approx(0.0, abs=1e-6)
             pct = cmd.pv_limit_pct["pv1"]
             assert pct == limit_pct(pv_cfg, planned_kw, PV_FORECAST_KW, cfg.control.supply_margin_kw) < RELEASED_PCT
             queue.commands(cmd)
             await _written(queue, "pv1.p_limit_pct", pct)
-            # on the wire: FC16 WMaxLimPct (SF -1: tenths of a percent), then FC16 WMaxLimPctEna = 1
+            # on the wire: revert timer 120 s to released (100 %, disabled), FC16 WMaxLimPct (SF -1:
+            # tenths of a percent), then FC16 WMaxLimPctEna = 1
             writes = [(fc, a, v) for fc, a, _n, v in sim.request_log if v is not None]
-            assert writes[-2:] == [(16, lim.address, [round(pct * 10)]), (16, lim.after_writes[0][0], [1])]
+            assert writes[-5:] == [
+                (16, 40295, [0, 120]), (16, 40293, [1000]), (16, 40294, [0]),
+                (16, lim.address, [round(pct * 10)]), (16, ena.address, [1]),
+            ]
             # the inverter delivers no more than the limit: the plan's PV plus the margin, not the sun's
             assert array.limit_pct == pytest.approx(pct)
             taken_kw = float(np.sum(plan.gpu_kw[:, 0])) * (1 + cfg.gpu.facility_overhead) - float(np.sum(plan.battery_kw[:, 0]))
@@ -106,12 +110,12 @@ async def test_sunny_noon_full_battery_capped_compute_curtails_at_the_inverter()
             img = _image(cfg, now + 10)
             plan = core.plan(now + 10, img)
             cmd = core.dispatch(now + 10.5, img)
-            assert float(plan.pv_kw[0, 0]) == pytest.approx(PV_FORECAST_KW, abs=0.5)
+            assert float(plan.pv_kw[0, 0]) - float(plan.spill_kw[0]) == pytest.approx(PV_FORECAST_KW, abs=0.5)
             assert cmd.pv_limit_pct["pv1"] == RELEASED_PCT
             queue.commands(cmd)
             await _written(queue, "pv1.p_limit_pct", RELEASED_PCT)
             writes = [(fc, a, v) for fc, a, _n, v in sim.request_log if v is not None]
-            assert writes[-2:] == [(16, lim.address, [1000]), (16, lim.after_writes[0][0], [1])]
+            assert writes[-2:] == [(16, lim.address, [1000]), (16, ena.address, [1])]
             assert array.headroom_kw() == pytest.approx(PV_FORECAST_KW)
         finally:
             dev.close()
