@@ -72,6 +72,8 @@ class PlantAgents:
     def __init__(self, cfg: SiteConfig, plant: Plant) -> None:
         gpu = cfg.gpu
         assert gpu.agent_tls is not None
+        # 24 simulated agents each saying "safe cap at start" is noise in a demo: errors only
+        logging.getLogger("powerctl.agent").setLevel(logging.ERROR)
         pki = Path(gpu.agent_tls.ca).parent
         where = gpu_index_map(gpu)
         self.servers: list[tuple[str, int, AgentServer]] = []
