@@ -187,6 +187,24 @@ def replay(
         (out_dir / "compare.txt").write_text(table + "\n")
         (out_dir / "compare.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
         out.print(table, highlight=False)
+        if not no_plots:
+            report = _compare_report(results, out_dir, table)
+            out.print(f"  comparison: {out_dir}/compare.png, daily_energy.png; report: {report}", highlight=False)
+
+
+def _compare_report(results: dict, out_dir: Path, table: str) -> Path:
+    """compare.png, daily_energy.png and one self-contained report.html for ``--controller compare``."""
+    import pandas as pd
+
+    from powerctl.sim.kpi import format_kpis
+    from powerctl.sim.plots import html_report, plot_compare
+
+    series = {n: pd.read_parquet(out_dir / n / "series.parquet") for n in results}
+    pngs = plot_compare(results, series, out_dir)
+    for n in results:  # each controller's power stack and GPU budget under the comparison
+        pngs += [out_dir / n / "power_stack.png", out_dir / n / "gpu_budget.png"]
+    tables = {"Comparison": table, **{n: format_kpis(k) for n, k in results.items()}}
+    return html_report("Controllers compared", tables, pngs, out_dir / "report.html")
 
 
 def _user_traces(toml: Path | None, pv_power: str | None, load: str | None, gpu: list[str] | None,

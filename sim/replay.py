@@ -357,6 +357,7 @@ def write_outputs(res: ReplayResult, kpis: dict[str, Any], out: Path, *, plots: 
     series["mode"] = series["mode"].astype(str)
     series.to_parquet(out / "series.parquet")
     if plots:
-        from powerctl.sim.plots import plot_replay
+        from powerctl.sim.plots import html_report, plot_replay, run_title
 
-        plot_replay(res.series, res.plant, out, title=f"{kpis['run']['controller'] if 'run' in kpis else ''}")
+        pngs = plot_replay(res.series, res.plant, out, title=run_title(kpis))
+        html_report(f"Replay: {run_title(kpis)}", {"KPIs": format_kpis(kpis)}, pngs, out / "report.html")
