@@ -384,7 +384,7 @@ class ModbusDevice:
             raise DeviceError(f"{self.name}: {exc}") from None
         steps = [(self.profile.setpoint(st.setpoint), v) for st, v in zip(seq.steps, values, strict=True)]
         for sp, v in steps:
-            setpoint_registers(sp, self.profile, v, 0)  # raises SetpointRangeError: nothing sent yet
+            self._registers(sp, v)  # raises SetpointRangeError / DeviceError: nothing sent yet
         result = WriteResult(self.name, seq.signal, value, [])
         for sp, v in steps:
             one = await self._write_setpoint(sp, sp.name, v)
@@ -394,7 +394,8 @@ class ModbusDevice:
                 result.message = "; ".join(m for m in (result.message, one.message) if m)
         return result
 
-    async def _write_setpoint(self, sp: Setpoint, signal: str, value: float) -> WriteResult:
+    def _registers(self, sp: Setpoint, value: float) -> list[int]:
+        """The registers for ``value``, with the scale factor of the last poll."""
         sf_exp = None
         if sp.scale_sf:
             sf_exp = scale_factors(self.profile, self.last_image).get(sp.scale_sf)
@@ -402,7 +403,10 @@ class ModbusDevice:
                 # the range check needs no scale factor: refuse a bad value before asking for one
                 setpoint_registers(sp, self.profile, value, 0)
                 raise DeviceError(f"{self.name}: scale factor {sp.scale_sf} unknown; poll first")
-        regs = setpoint_registers(sp, self.profile, value, sf_exp)  # raises SetpointRangeError
+        return setpoint_registers(sp, self.profile, value, sf_exp)  # raises SetpointRangeError
+
+    async def _write_setpoint(self, sp: Setpoint, signal: str, value: float) -> WriteResult:
+        regs = self._registers(sp, value)
         c = self._client
         uid = self.unit_id if sp.unit_id is None else sp.unit_id
         async with self._lock:
