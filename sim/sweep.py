@@ -24,12 +24,17 @@ Grid file (TOML, see examples/sweep.toml)::
 ``run_sweep`` submits one task per (sizes, controller) to a ``dask.distributed`` cluster: a
 ``LocalCluster`` by default, or an existing scheduler (``scheduler="tcp://127.0.0.1:8786"``). Each
 task rebuilds its own trace (workers need the data files at the same paths) and returns a flat KPI
-row; results land in ``sweep.parquet`` + ``sweep.csv`` and ``sweep.png`` (ranked bars).
+row; results land in ``sweep.parquet`` + ``sweep.csv`` and ``sweep.png`` (ranked bars). Each run's
+row is written to ``points/<key>.json`` as it ends (key: hash of site, sizes, controller, options);
+a re-run of the same sweep into the same folder runs only what is missing (a failed or interrupted
+sweep keeps what it finished).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import tomllib
 from collections.abc import Callable
@@ -189,6 +194,13 @@ def run_point(
     return row
 
 
+def point_key(base_json: dict[str, Any], point: dict[str, Any], opts: dict[str, Any],
+              capex: dict[str, float]) -> str:
+    """Names a finished run by everything that decides its result (site, sizes, controller, options)."""
+    blob = json.dumps([base_json, point, opts, capex], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def run_sweep(
     cfg_path: str | Path,
     grid_path: str | Path,
@@ -230,24 +242,42 @@ def run_sweep(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
         client = Client(cluster)
-    rows = []
+    out = Path(out_dir)
+    done_dir = out / "points"  # one JSON per finished run: a re-run skips them (keeps what it finished)
+    done_dir.mkdir(parents=True, exist_ok=True)
+    keys = [point_key(base_json, p, opts, g["capex"]) for p in points]
+    rows = [json.loads((done_dir / f"{k}.json").read_text()) for k in keys if (done_dir / f"{k}.json").exists()]
+    todo = [(k, p) for k, p in zip(keys, points, strict=True) if not (done_dir / f"{k}.json").exists()]
+    if rows:
+        log.info("sweep: %d of %d runs already done in %s, %d to run", len(rows), len(points), done_dir, len(todo))
+    failed: list[str] = []
     try:
-        futs = [client.submit(run_point, base_json, p, opts, g["capex"], pure=False) for p in points]
-        for i, fut in enumerate(as_completed(futs), 1):
-            rows.append(fut.result())
+        futs = {client.submit(run_point, base_json, p, opts, g["capex"], pure=False): (k, p) for k, p in todo}
+        for i, fut in enumerate(as_completed(list(futs)), 1):
+            k, p = futs[fut]
+            try:
+                row = fut.result()
+            except Exception as exc:  # one bad run must not lose the others: named, retried on re-run
+                failed.append(f"{p['sizes']} {p['controller']}: {exc}")
+                continue
+            tmp = done_dir / f"{k}.json.tmp"
+            tmp.write_text(json.dumps(row, default=float))
+            tmp.replace(done_dir / f"{k}.json")  # written as each run ends, atomically
+            rows.append(row)
             if on_result is not None:
                 on_result(i, len(futs))
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(points)} runs failed (the {len(rows)} finished are kept in "
+                         f"{done_dir}; re-run to retry only the rest): " + "; ".join(failed[:3]))
     df = pd.DataFrame(rows)
     if rank_by not in df.columns:
         raise SweepError(f"{grid_path}: sweep.rank_by: {rank_by!r} is not a KPI column")
     df = df.sort_values(rank_by, ascending=False).reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "sweep.parquet")
     df.to_csv(out / "sweep.csv", index=False)
     from powerctl.sim.plots import plot_sweep

@@ -189,3 +189,31 @@ def test_grid_import_limit_is_a_sweep_dimension(tmp_path: Path) -> None:
     p.write_text("[grid]\ngrid_import_kw = [-1]\n")
     with pytest.raises(SweepError, match=r"grid\.grid_import_kw: must be a non-empty list of numbers >= 0"):
         load_grid(p)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_sweep_keeps_what_it_finished_and_reruns_only_the_rest(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "out"
+
+    def stop_after_3(i: int, n: int) -> None:
+        if i == 3:
+            raise _Stop  # the operator's Ctrl-C, or a crash, after three runs ended
+
+    with pytest.raises(_Stop):
+        run_sweep(site, grid, out, workers=2, on_result=stop_after_3)
+    kept = sorted((out / "points").glob("*.json"))
+    assert len(kept) == 3
+    seen: list[tuple[int, int]] = []
+    df = run_sweep(site, grid, out, workers=2, on_result=lambda i, n: seen.append((i, n)))
+    assert len(df) == 12
+    assert [n for _, n in seen] == [9] * 9  # only the 9 missing runs were submitted
+    assert len(list((out / "points").glob("*.json"))) == 12
+    again: list[int] = []
+    run_sweep(site, grid, out, workers=2, on_result=lambda i, n: again.append(n))
+    assert again == []  # nothing left to run
