@@ -23,7 +23,7 @@ import pandas as pd
 
 from powerctl.config import SiteConfig, load_config
 from powerctl.sim.traces.site_trace import DATA_DIR, SiteTrace, build_site_trace
-from powerctl.sim.traces.user import GapPolicy, Gaps, UserTraces, parse_map_option, read_traces_toml
+from powerctl.sim.traces.user import user_traces
 
 __all__ = ["Run", "compare", "kpi_table", "load_site", "load_trace", "replay", "report", "sized", "sweep"]
 
@@ -64,16 +64,8 @@ def load_trace(
     """Everything a replay needs on the plant's grid. PV from ``pv_power`` (measured AC power) when
     given, else modelled from ``irradiance``; ``load``, ``gpu`` ({class: mapping}) and ``price``
     from the user's files; ``warmup_days`` of trace before ``start`` for the forecaster."""
-    user = read_traces_toml(traces_toml) if traces_toml is not None else UserTraces()
-    if pv_power:
-        user.pv_power = parse_map_option(pv_power, "pv_power")
-    if load:
-        user.load = parse_map_option(load, "load")
-    if price:
-        user.price = parse_map_option(price, "price")
-    if gpu:
-        user.gpu = {**(user.gpu or {}), **{c: parse_map_option(s, f"gpu[{c}]") for c, s in gpu.items()}}
-    user.gaps = Gaps(GapPolicy(gaps), max_gap_h * 3600.0)
+    user = user_traces(traces_toml, pv_power=pv_power, load=load, gpu=gpu, price=price, gaps=gaps,
+                       max_gap_h=max_gap_h)
     return build_site_trace(site, irradiance, gpu_trace, start=start, days=days, step_s=step_s,
                             history_days=warmup_days, user=user)
 

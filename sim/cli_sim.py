@@ -18,7 +18,7 @@ from powerctl.config import ConfigError
 from powerctl.sim.sweep import SweepError
 from powerctl.sim.traces.loaders import TraceError
 from powerctl.sim.traces.site_trace import DATA_DIR
-from powerctl.sim.traces.user import GapPolicy, UserTraces, parse_map_option, read_traces_toml
+from powerctl.sim.traces.user import UserTraces, user_traces
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -210,30 +210,16 @@ def _compare_report(results: dict, out_dir: Path, table: str) -> Path:
 def _user_traces(toml: Path | None, pv_power: str | None, load: str | None, gpu: list[str] | None,
                  price: str | None, gaps: str | None, max_gap_h: float | None) -> UserTraces | None:
     """The user's trace files: the TOML first, then the command-line mappings over it."""
-    from dataclasses import replace
-
     if not any((toml, pv_power, load, gpu, price, gaps, max_gap_h is not None)):
         return None
-    u = read_traces_toml(toml) if toml is not None else UserTraces()
-    if pv_power:
-        u.pv_power = parse_map_option(pv_power, "--pv-power")
-    if load:
-        u.load = parse_map_option(load, "--load")
-    if price:
-        u.price = parse_map_option(price, "--price")
+    by_class = {}
     for spec in gpu or []:
         cls, eq, rest = spec.partition("=")
         if not eq:
             raise TraceError(f"--gpu-demand {spec!r}: write CLASS=FILE:column=NAME,unit=W")
-        u.gpu = {**(u.gpu or {}), cls: parse_map_option(rest, f"--gpu-demand {cls}")}
-    try:
-        if gaps is not None:
-            u.gaps = replace(u.gaps, policy=GapPolicy(gaps))
-    except ValueError:
-        raise TraceError(f"--gaps {gaps!r}: choose interpolate, zero or refuse") from None
-    if max_gap_h is not None:
-        u.gaps = replace(u.gaps, max_gap_s=max_gap_h * 3600.0)
-    return u
+        by_class[cls] = rest
+    return user_traces(toml, pv_power=pv_power, load=load, gpu=by_class, price=price, gaps=gaps,
+                       max_gap_h=max_gap_h)
 
 
 def sweep(

@@ -151,6 +151,26 @@ def read_traces_toml(path: str | Path) -> UserTraces:
     return out
 
 
+def user_traces(toml: str | Path | None = None, *, pv_power: str | None = None, load: str | None = None,
+                gpu: dict[str, str] | None = None, price: str | None = None, gaps: str | None = None,
+                max_gap_h: float | None = None) -> UserTraces:
+    """The traces TOML first, then mapping strings (``FILE:column=..``) over it; gap policy last."""
+    u = read_traces_toml(toml) if toml is not None else UserTraces()
+    for key, spec in (("pv_power", pv_power), ("load", load), ("price", price)):
+        if spec:
+            setattr(u, key, parse_map_option(spec, f"--{key.replace('_', '-')}"))
+    if gpu:
+        u.gpu = {**(u.gpu or {}), **{c: parse_map_option(s, f"--gpu-demand {c}") for c, s in gpu.items()}}
+    if gaps is not None:
+        try:
+            u.gaps = replace(u.gaps, policy=GapPolicy(gaps))
+        except ValueError:
+            raise TraceError(f"--gaps {gaps!r}: choose interpolate, zero or refuse") from None
+    if max_gap_h is not None:
+        u.gaps = replace(u.gaps, max_gap_s=max_gap_h * 3600.0)
+    return u
+
+
 def _time_column(df: pd.DataFrame, m: ColumnMap) -> str | None:
     if m.time is not None:
         if m.time not in df.columns:
