@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/replay.py                  # 7 days, 1-min plant steps, planner every 5 min, ours
     .venv/bin/python bench/replay.py --days 1 --controller rule
+    .venv/bin/python bench/replay.py --days 3 --profile    # + where the wall time goes (cProfile)
+
+Also prints the 1-year figure extrapolated linearly from the days run (labelled so; the goal is a
+year at 1-min plant steps with the planner every 5 min in < 10 min on a 2-core machine).
 
 Prints the overall speed (goal: 7 days in < 60 s, i.e. >= 10,000x real time), and p50/p99 of the
 planner call (forecast + optimizer solve, fallback ladder included) and of one plant step without the
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--step-s", type=float, default=60.0)
     ap.add_argument("--plan-every-s", type=float, default=300.0)
     ap.add_argument("--start", default="06-01")
+    ap.add_argument("--profile", action="store_true", help="cProfile the replay; print wall time by part")
     a = ap.parse_args()
 
     from powerctl.config import load_config
@@ -43,7 +48,15 @@ def main() -> None:
     t0 = time.perf_counter()
     tr = build_site_trace(cfg, start=a.start, days=a.days, step_s=a.step_s)
     t_trace = time.perf_counter() - t0
+    prof = None
+    if a.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     res = simulate(cfg, tr, controller=a.controller, step_s=a.step_s, plan_every_s=a.plan_every_s)
+    if prof is not None:
+        prof.disable()
     k = compute_kpis(res)
     pw, sw = res.plan_wall_s, res.step_wall_s
     pct = (lambda x, q: float(np.percentile(x, q)) * 1e3) if len(pw) else (lambda x, q: 0.0)
@@ -67,6 +80,42 @@ def main() -> None:
     )
     print(f"  plan rungs                  {k['controller'].get('plan_rungs')}")
     print(f"  ratio planner/step p50      {pct(pw, 50) / max(np.percentile(sw, 50) * 1e3, 1e-9):8.1f}x")
+    year_s = 365 * 86400 / (res.sim_s / res.wall_s)
+    print(f"  1 year, EXTRAPOLATED        {year_s / 60:8.1f} min (linear from {res.sim_s / 86400:.2f} simulated days; "
+          "goal < 10 min)")
+    if prof is not None:
+        print_parts(prof, res.wall_s)
+
+
+# (label, file fragment, function): cumulative time of these calls; nested ones are listed under
+# their parent, so the lines are not a partition (the planner line contains solve and forecast)
+PARTS = [
+    ("planner (ControllerCore.plan)", "control/core.py", "plan"),
+    ("  optimizer solve (incl. wait on its thread)", "optimizer/problem.py", "solve"),
+    ("  forecast", "forecast.py", "__call__"),
+    ("dispatch (split over GPUs)", "control/loop.py", "dispatch_tick"),
+    ("guard (evaluate, clamp, slew)", "control/loop.py", "guard_tick"),
+    ("plant physics (Plant.step)", "sim/plant/site.py", "step"),
+    ("plant port (refresh, caps)", "sim/plant/port.py", "refresh"),
+    ("loop record", "control/loop.py", "_record"),
+    ("replay row (snapshot)", "sim/plant/site.py", "snapshot"),
+]
+
+
+def print_parts(prof: object, wall_s: float) -> None:
+    import pstats
+
+    st = pstats.Stats(prof)  # type: ignore[arg-type]
+    cum: dict[tuple[str, str], float] = {}
+    for (fname, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        for _label, frag, fn in PARTS:
+            if fname.endswith(frag) and func == fn:
+                cum[(frag, fn)] = cum.get((frag, fn), 0.0) + ct
+    print("  wall time by part (cProfile, so slower than the run above; shares of the profiled run):")
+    total = sum(v for (frag, fn), v in cum.items() if not frag.startswith(("optimizer", "forecast")))
+    for label, frag, fn in PARTS:
+        v = cum.get((frag, fn), 0.0)
+        print(f"    {label:<46} {v:8.2f} s  {100 * v / max(total, 1e-9):5.1f} %")
 
 
 if __name__ == "__main__":
