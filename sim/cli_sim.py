@@ -181,7 +181,7 @@ def replay(
             _fail("bad option", exc)
         results[name] = k
         out.print(format_kpis(k), highlight=False)
-        out.print(f"  written to {dest}/ (kpi.json, kpi.txt, series.parquet, *.png)", highlight=False)
+        out.print(f"  written to {dest}/ (kpi.json, kpi.txt, series.parquet, *.png, report.html)", highlight=False)
     if len(results) > 1:
         table = compare_table(results)
         (out_dir / "compare.txt").write_text(table + "\n")

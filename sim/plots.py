@@ -86,7 +86,7 @@ def plot_replay(s: pd.DataFrame, plant: Any, out: Path, title: str = "") -> list
     ax.stackplot(t, *up, labels=["PV used", "battery discharge", "genset", "grid import"],
                  colors=["#f2c14e", "#5b8e7d", "#8c6e63", "#7f7f7f"], alpha=0.85)
     ax.stackplot(t, *down, labels=["battery charging", "grid export", "spilled"],
-                 colors=["#2a9d8f", "#b0b0b0", "#e76f51"], alpha=0.6)
+                 colors=["#4a90d9", "#b0b0b0", "#e76f51"], alpha=0.6)
     ax.plot(t, s["load_kw"], color="k", lw=1.0, label="site load")
     ax.plot(t, s["pv_available_kw"], color="#d08c00", lw=0.8, ls="--", label="PV available")
     if (s["unserved_kw"] > 0).any():
@@ -195,7 +195,7 @@ def plot_compare(results: dict[str, dict[str, Any]], series: dict[str, pd.DataFr
     daily = {n: daily_energy_kwh(series[n]) for n in names if n in series}
     fig, axes = plt.subplots(len(daily), 1, figsize=(12, 2.6 * len(daily) + 0.6), sharex=True, squeeze=False)
     cols = {"PV used": "#f2c14e", "battery discharge": "#5b8e7d", "genset": "#8c6e63", "grid import": "#7f7f7f",
-            "battery charging": "#2a9d8f", "grid export": "#b0b0b0", "unserved": "red"}
+            "battery charging": "#4a90d9", "grid export": "#b0b0b0", "unserved": "red"}
     for ax, (n, d) in zip(axes[:, 0], daily.items(), strict=True):
         x = np.arange(len(d))
         pos, neg = np.zeros(len(d)), np.zeros(len(d))

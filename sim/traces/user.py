@@ -319,6 +319,8 @@ def check_clock(p: pd.Series, longitude_deg: float, source: str) -> None:
             f"and {off[~late].median():.0f} min on the others: the stamps are local clock time with daylight "
             "saving, labelled as a fixed offset. Fix: add clock=<the logger's zone, e.g. America/Denver> to the "
             "mapping (or dst=ignore to replay as written)"
+            + (f"; even those are {off[~late].median():.0f} min off: is the site's longitude right?"
+               if abs(float(off[~late].median())) > 75.0 else "")
         )
     if abs(float(off.median())) > 75.0:
         raise TraceError(
