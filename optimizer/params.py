@@ -131,6 +131,11 @@ class SiteParams:
     solver: str = "AUTO"
     # Candidate start/stop steps tried per genset by the commitment enumeration (besides "stay").
     commitment_candidates: int = 6
+    # Genset commitment: "milp" (exact, optimizer.milp; HiGHS and a linear model only) with the
+    # enumeration as the next rung when it fails or misses its time limit, or "enumeration" alone.
+    commitment: str = "enumeration"
+    milp_gap: float = 1e-4  # relative MIP gap HiGHS may stop at
+    milp_time_limit_s: float = 0.25  # at most this, and never more than 60 % of the time left
     # Safe plan: GPU budget per class when every solver and the rules failed (fraction of p_max).
     safe_gpu_fraction: float = 0.0
 
@@ -217,9 +222,17 @@ class Plan:
     import_price_per_kwh: FloatArray = field(default_factory=lambda: np.zeros(0))
     export_price_per_kwh: FloatArray = field(default_factory=lambda: np.zeros(0))
     price_source: str = ""
+    # How the genset commitment was decided: "milp", "enumeration", "rule", "none" (no gensets or
+    # the safe plan), and the MILP's relative gap (nan unless "milp").
+    commitment: str = ""
+    mip_gap: float = float("nan")
 
     def explain(self) -> str:
         """Human-readable one-paragraph summary of the plan's status and slack use."""
         head = f"{self.rung} plan by {self.solver} ({self.status}) in {self.solve_time_s * 1e3:.1f} ms"
+        if self.commitment:
+            head += f", commitment by {self.commitment}"
+            if self.commitment == "milp":
+                head += f" (gap {self.mip_gap:.3%})"
         lines = [head, *self.notes, *(str(s) for s in self.slack)]
         return "\n".join(lines)

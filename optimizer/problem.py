@@ -35,6 +35,8 @@ from powerctl.optimizer.commitment import (
     window_steps,
     windowed,
 )
+from powerctl.optimizer.direct import DirectBackend
+from powerctl.optimizer.milp import MilpCommitment
 from powerctl.optimizer.model import Model, build
 from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
 from powerctl.optimizer.solution import Dispatch, ParamValues, make_plan, net_grid, param_values, price_notes
@@ -45,6 +47,8 @@ FALLBACK_RESERVE_S = 0.01
 # the ladder goes on; smaller excursions (first-order solvers stop at ~1e-4) are clipped and the
 # SoC trajectory repaired, so a plan always meets the hard limits exactly.
 LIMIT_TOL = 1e-2
+# The LP slot that prices the MILP's schedule (apart from the enumeration's slots).
+MILP_SLOT = 10_000
 
 
 @dataclass
@@ -57,6 +61,8 @@ class _Solved:
     solver: str
     rung: str
     candidates: int
+    commitment: str = "enumeration"
+    mip_gap: float = float("nan")
 
 
 def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMIT_TOL) -> Dispatch:
@@ -144,19 +150,49 @@ class DispatchProblem:
         self._busy = threading.Lock()
         # Winning slot per commitment stage last cycle (tried first next cycle).
         self._last_winner: dict[int, tuple[int, int]] = {}
-        # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule").
+        # Test hooks: force a rung by making solvers fail ("primary", "secondary", "rule", "milp").
         self.force_fail: set[str] = set()
+        self.milp, self.milp_note = self._make_milp()
+        self._last_milp_on: np.ndarray | None = None  # the last MILP schedule, the next one's warm start
+        # How many plans each commitment rung decided (bench and telemetry).
+        self.commitment_counts: dict[str, int] = {}
 
     def _make_backend(self, kind: str) -> Backend:
         if kind in ("auto", "direct"):
             try:
-                from powerctl.optimizer.direct import DirectBackend
-
                 return DirectBackend(self.model, self.params)
             except Exception:
                 if kind == "direct":
                     raise
         return CvxpyBackend(self.model)
+
+    def _make_milp(self) -> tuple[MilpCommitment | None, str]:
+        """The exact commitment when configured and possible, else None and why not."""
+        p = self.params
+        if p.commitment != "milp" or not p.gensets:
+            return None, ""
+        if self.solvers[0] != "HIGHS" or not isinstance(self.backend, DirectBackend):
+            return None, "milp: needs HiGHS on the compiled linear model; commitment by enumeration"
+        try:
+            return MilpCommitment(self.backend, p), ""
+        except Exception as exc:  # a model the MILP cannot take still plans by enumeration
+            return None, f"milp: {type(exc).__name__}: {exc}; commitment by enumeration"
+
+    def _milp_commit(self, x: DispatchInputs, solver: str, rung: str, deadline_at: float) -> _Solved:
+        """The MILP's schedule, priced by the LP path for that fixed schedule (see optimizer.milp)."""
+        assert self.milp is not None
+        p = self.params
+        if "milp" in self.force_fail:
+            raise SolverFailed("forced failure")
+        left = deadline_at - time.perf_counter()
+        limit = min(p.milp_time_limit_s, 0.6 * left)
+        if limit <= 1e-3:
+            raise SolverFailed("no time left")
+        v0 = param_values(p, x, stay_schedule(x.genset_on, self.steps_s.shape[0]))
+        res = self.milp.solve(v0, x, limit, p.milp_gap, warm=self._last_milp_on)
+        v, d, obj = self._solve_one(x, res.sched, solver, deadline_at - time.perf_counter(), slot=MILP_SLOT)
+        self._last_milp_on = res.sched.on
+        return _Solved(res.sched, v, d, obj, "optimal", solver, rung, 1, commitment="milp", mip_gap=res.gap)
 
     # -- one convex solve ---------------------------------------------------------------------
 
@@ -242,6 +278,13 @@ class DispatchProblem:
             if time.perf_counter() >= deadline_at:
                 notes.append(f"{rung} ({solver}): no time left")
                 continue
+            if self.milp is not None and rung == "primary" and solver == "HIGHS":
+                try:
+                    return self._milp_commit(x, solver, rung, deadline_at), notes
+                except Exception as exc:  # the enumeration is the next rung
+                    notes.append(f"milp ({solver}): {type(exc).__name__}: {exc}; commitment by enumeration")
+            elif self.milp_note:
+                notes.append(self.milp_note)
             try:
                 return self._enumerate(x, solver, rung, deadline_at), notes
             except SolverFailed as exc:
@@ -279,10 +322,16 @@ class DispatchProblem:
         if self.params.grid is not None:
             notes += price_notes(x)
         if solved is not None:
-            return make_plan(self.params, x, solved.values, solved.sched, solved.dispatch,
+            plan = make_plan(self.params, x, solved.values, solved.sched, solved.dispatch,
                              status=solved.status, solver=solved.solver, rung=solved.rung,
                              solve_time_s=time.perf_counter() - t0, notes=notes)
-        return self._fallback(x, notes, t0)
+            plan.commitment = solved.commitment if self.params.gensets else "none"
+            plan.mip_gap = solved.mip_gap
+        else:
+            plan = self._fallback(x, notes, t0)
+            plan.commitment = ("rule" if plan.rung == "rule" else "none") if self.params.gensets else "none"
+        self.commitment_counts[plan.commitment] = self.commitment_counts.get(plan.commitment, 0) + 1
+        return plan
 
     def _fallback(self, x: DispatchInputs, notes: list[str], t0: float) -> Plan:
         if "rule" not in self.force_fail:

@@ -381,6 +381,11 @@ class Control(_Model):
     # HIGHS / AUTO (HiGHS for this linear model): several times faster re-solves, see bench/optimizer.py.
     solver: Literal["CLARABEL", "OSQP", "HIGHS", "AUTO"] = "AUTO"
     solve_deadline_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Genset commitment: "milp" (exact, HiGHS; the enumeration is the next rung when it misses its
+    # time limit) or "enumeration" (candidate schedules only). See README "Optimizer".
+    commitment: Literal["milp", "enumeration"] = "enumeration"
+    milp_gap: Annotated[float, Field(ge=0, le=0.5)] = 1e-3  # relative MIP gap HiGHS may stop at
+    milp_time_limit_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # and at most 60 % of the deadline left
     supply_margin_kw: NonNegKw = 2.0
     supply_margin_pct: Pct = 5.0
     reserve_load_pct: Pct = 10.0

@@ -114,6 +114,9 @@ def site_params(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> Site
         unserved_penalty_per_kwh=ctl.unserved_penalty_per_kwh,
         spill_penalty_per_kwh=ctl.spill_penalty_per_kwh,
         solver=ctl.solver,
+        commitment=ctl.commitment,
+        milp_gap=ctl.milp_gap,
+        milp_time_limit_s=ctl.milp_time_limit_s,
     )
 
 

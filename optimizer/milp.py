@@ -1,0 +1,203 @@
+"""Exact genset commitment: the compiled LP plus on/off binaries, solved as one MILP by HiGHS.
+
+The LP (optimizer.model, compiled by optimizer.direct) takes the genset availability a[i, t] as a
+Parameter: it enters the right-hand side b = b0 + J a (the genset's bounds, the reserve rows and,
+through the stopped-genset reserve of `solution.standby_kw`, the extra reserve). The MILP makes a
+a variable expression of the commitment:
+
+  u[i, t] in {0, 1}  on;   s[i, t] in [0, 1] start;   z[i, t] in [0, 1] stop
+  a[i, t] = u[i, t] - sum_k L_i[k, t] s[i, k]     L: the part of step t lost to a warm-up begun at
+                                                   step k (the same rule as commitment.available_fraction)
+  A x - J a + slack = b0                           the LP's rows, exactly as compiled
+  s_t >= u_t - u_{t-1},  z_t >= u_{t-1} - u_t      (u_{-1} = the current state)
+  sum_{k: start_t - start_k < min_up} s_k <= u_t  min up;  likewise z and 1 - u_t for min down
+  u fixed where the current run or rest has not yet met its minimum time (as the enumeration does)
+  cost: the LP's  + idle fuel f0 dt u + start_cost s
+
+Steps may have any lengths (the windows are in seconds). s and z need no integrality: with u
+binary their rows make them 0 or 1 at any optimum that matters (a larger s only loses availability).
+The schedule found is then priced by the LP path for that fixed schedule (DispatchProblem), so the
+plan's numbers come from the same code as every other plan; the MILP only chooses the schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from powerctl.optimizer.backend import SolverFailed
+from powerctl.optimizer.commitment import Schedule, step_starts_s
+from powerctl.optimizer.params import BoolArray, DispatchInputs, FloatArray, GensetParams, SiteParams
+from powerctl.optimizer.solution import ParamValues
+
+
+@dataclass
+class MilpResult:
+    sched: Schedule
+    objective: float  # the MILP's objective (LP part + idle fuel + starts)
+    gap: float  # HiGHS's relative MIP gap at the end
+    status: str
+
+
+def warmup_loss(gen: GensetParams, steps_s: FloatArray) -> FloatArray:
+    """L[k, t]: the part of step t not available after a start at the beginning of step k."""
+    steps = np.asarray(steps_s, dtype=float)
+    start = step_starts_s(steps)
+    end = start + steps
+    frac = np.clip((end[None, :] - start[:, None] - gen.warmup_s) / steps[None, :], 0.0, 1.0)
+    loss = 1.0 - frac
+    return np.where(np.arange(steps.size)[None, :] >= np.arange(steps.size)[:, None], loss, 0.0)
+
+
+def window(starts_s: FloatArray, length_s: float) -> sp.csr_matrix:
+    """W[t, k] = 1 where step k starts within `length_s` before (or at) step t's start."""
+    d = starts_s[:, None] - starts_s[None, :]
+    return sp.csr_matrix(((d >= 0) & (d < length_s - 1e-9)).astype(float))
+
+
+class MilpCommitment:
+    """The MILP over a `DirectBackend`'s compiled LP (HiGHS; linear model only)."""
+
+    def __init__(self, backend: Any, params: SiteParams) -> None:
+        import highspy
+
+        self._hs = highspy
+        self.be = backend
+        self.p = params
+        m = backend.model
+        if m.avail is None or backend.P.nnz != 0:
+            raise SolverFailed("MILP: needs gensets and a linear model")
+        self.T = params.horizon_steps
+        self.n_gen = len(params.gensets)
+        steps = np.asarray(params.steps_s, dtype=float)
+        B = sp.lil_matrix((backend.m, backend.n_theta + 1))
+        B[backend._b_index, :] = backend.B
+        B = sp.csc_matrix(B)
+        av = backend.param_cols[m.avail.id]
+        J = B[:, av:av + self.n_gen * self.T].tolil()  # column i + n_gen t (cvxpy's F order)
+        ex = backend.param_cols[m.extra.id]
+        J_ex = B[:, ex:ex + self.T]
+        for i, g in enumerate(params.gensets):
+            if g.warmup_s <= params.reserve_duration_s:
+                # extra = given - rating (1 - a): d extra / d a = +rating (solution.standby_kw)
+                cols = i + self.n_gen * np.arange(self.T)
+                J[:, cols] = sp.csc_matrix(J[:, cols]) + g.rating_kw * J_ex
+        self.J = sp.csc_matrix(J)
+        # Per genset: u columns, s columns; a = u - L' s.
+        n = self.T
+        blocks_u, blocks_s = [], []
+        for i, g in enumerate(params.gensets):
+            Ji = self.J[:, i + self.n_gen * np.arange(n)]
+            blocks_u.append(-Ji)
+            blocks_s.append(Ji @ sp.csc_matrix(warmup_loss(g, steps).T))
+        self.A_bin = sp.hstack(blocks_u + blocks_s + [sp.csc_matrix((backend.m, self.n_gen * n))]).tocsc()
+        self.starts_s = step_starts_s(steps)
+        self.dt_h = steps / 3600.0
+        self.steps_s = steps
+        self.stats = {"solved": 0, "failed": 0}
+        self.n_all = backend.n_x + 3 * self.n_gen * n
+        # The commitment rows never change; only their right-hand sides (the current state) do.
+        eye = sp.eye(n, format="csr")
+        shift = sp.eye(n, k=-1, format="csr")  # (shift u)_t = u_{t-1}
+        blocks: list[sp.spmatrix] = [sp.hstack([backend.A, self.A_bin]).tocsr()]
+        for i, g in enumerate(params.gensets):
+            for parts in ([(1, eye), (0, shift - eye)], [(2, eye), (0, eye - shift)],
+                          [(1, window(self.starts_s, g.min_up_s)), (0, -eye)],
+                          [(2, window(self.starts_s, g.min_down_s)), (0, eye)]):
+                mat = sp.lil_matrix((n, self.n_all))
+                for kind, blk in parts:
+                    mat[:, self._idx(kind, i)] = blk
+                blocks.append(sp.csr_matrix(mat))
+        A = sp.vstack(blocks).tocsc()
+        inf = highspy.kHighsInf
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = self.n_all, A.shape[0]
+        lp.col_cost_ = np.zeros(self.n_all)
+        lp.col_lower_, lp.col_upper_ = np.full(self.n_all, -inf), np.full(self.n_all, inf)
+        lp.row_lower_, lp.row_upper_ = np.full(A.shape[0], -inf), np.full(A.shape[0], inf)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+        integ = [highspy.HighsVarType.kContinuous] * self.n_all
+        for k in range(backend.n_x, backend.n_x + self.n_gen * n):
+            integ[k] = highspy.HighsVarType.kInteger
+        lp.integrality_ = integ
+        self.h: Any = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.h.setOptionValue("threads", 1)
+        self.h.passModel(lp)
+        self.n_rows = A.shape[0]
+        self.cols = np.arange(self.n_all, dtype=np.int32)
+        self.row_idx = np.arange(self.n_rows, dtype=np.int32)
+
+    def _idx(self, kind: int, i: int) -> np.ndarray:
+        """Columns (after the LP's) of u (kind 0), s (1) or z (2) of genset i."""
+        base = self.be.n_x + (kind * self.n_gen + i) * self.T
+        return base + np.arange(self.T)
+
+    def solve(self, v: ParamValues, x: DispatchInputs, time_limit_s: float, gap: float,
+              warm: BoolArray | None = None) -> MilpResult:
+        hs = self._hs
+        be, p, T, G = self.be, self.p, self.T, self.n_gen
+        b, c, d = be._data(v)
+        b0 = b - self.J @ v.avail.flatten(order="F")
+        n_x = be.n_x
+        inf = hs.kHighsInf
+        cost = np.zeros(self.n_all)
+        cost[:n_x] = c
+        lo = np.full(self.n_all, -inf)
+        hi = np.full(self.n_all, inf)
+        lo[n_x:], hi[n_x:] = 0.0, 1.0
+        rl_parts = [np.where(np.arange(be.m) < be.n_zero, b0, -inf)]
+        ru_parts = [b0.copy()]
+        for i, g in enumerate(p.gensets):
+            u, s = self._idx(0, i), self._idx(1, i)
+            on0 = float(bool(x.genset_on[i]))
+            state_s = float(x.genset_state_s[i])
+            cost[u] = g.fuel_price_per_l * g.f0_l_per_h * self.dt_h
+            cost[s] = g.start_cost
+            first = np.zeros(T)
+            first[0] = on0
+            # start: s - u + shift u >= -u_{-1} at t = 0; stop: z + u - shift u >= u_{-1} at t = 0;
+            # min up: W s - u <= 0; min down: W z + u <= 1
+            rl_parts += [-first, first, np.full(T, -inf), np.full(T, -inf)]
+            ru_parts += [np.full(T, inf), np.full(T, inf), np.zeros(T), np.ones(T)]
+            # The current run or rest keeps its state until its minimum time is met; a run still
+            # warming up is not stopped inside its warm-up (its availability is a constant there).
+            hold_s = max(0.0, (g.min_up_s if on0 else g.min_down_s) - state_s)
+            if on0:
+                hold_s = max(hold_s, g.warmup_s - state_s)
+            held = self.starts_s < hold_s - 1e-9
+            lo[u[held]] = hi[u[held]] = on0
+            if on0 and state_s < g.warmup_s:
+                # The warm-up left of the current run: a = u - loss0 with u held at 1 there, so
+                # A x - J a = b0 becomes A x - J u = b0 - J loss0.
+                loss0 = 1.0 - np.clip((self.starts_s + self.steps_s + state_s - g.warmup_s) / self.steps_s, 0.0, 1.0)
+                corr = self.J[:, i + G * np.arange(T)] @ loss0
+                rl_parts[0] = rl_parts[0] - corr
+                ru_parts[0] = ru_parts[0] - corr
+        h = self.h
+        h.changeColsCost(self.n_all, self.cols, cost)
+        h.changeColsBounds(self.n_all, self.cols, lo, hi)
+        h.changeRowsBounds(self.n_rows, self.row_idx, np.concatenate(rl_parts), np.concatenate(ru_parts))
+        h.setOptionValue("time_limit", float(h.getRunTime()) + max(1e-3, float(time_limit_s)))
+        h.setOptionValue("mip_rel_gap", float(gap))
+        if warm is not None:
+            # The last plan's schedule as a first incumbent (HiGHS completes the rest, or drops it).
+            cols = np.concatenate([self._idx(0, i) for i in range(G)]).astype(np.int32)
+            vals = np.clip(np.asarray(warm, dtype=float).reshape(-1), lo[cols], hi[cols])
+            h.setSolution(cols.size, cols, vals)
+        h.run()
+        status = h.getModelStatus()
+        info = h.getInfo()
+        has_sol = int(info.primal_solution_status) == 2  # feasible
+        if status != hs.HighsModelStatus.kOptimal and not (status == hs.HighsModelStatus.kTimeLimit and has_sol):
+            self.stats["failed"] += 1
+            raise SolverFailed(f"MILP: {h.modelStatusToString(status)}")
+        sol = np.array(h.getSolution().col_value, dtype=float)
+        on = np.stack([sol[self._idx(0, i)] > 0.5 for i in range(G)])
+        self.stats["solved"] += 1
+        return MilpResult(Schedule(on=on, label="milp"), float(info.objective_function_value) + d,
+                          float(info.mip_gap), "optimal" if status == hs.HighsModelStatus.kOptimal else "time_limit")
