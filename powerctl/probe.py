@@ -27,6 +27,7 @@ class DeviceProbe:
     error: str = ""
     readings: dict[str, tuple[Reading, str]] = field(default_factory=dict)  # point -> (reading, unit)
     writes: int = 0  # requests that wrote (must stay 0: the probe is read-only)
+    probed: bool = True  # False: not a device the probe can read (MQTT); not a failure
 
 
 def _where(t: object) -> str:
@@ -41,7 +42,7 @@ async def _probe_one(cfg: SiteConfig, i: int) -> DeviceProbe:
     d = cfg.devices[i]
     where = _where(d.transport)
     if not isinstance(d.transport, ModbusTcp | ModbusRtu):
-        return DeviceProbe(d.name, d.profile, where, False, "not a Modbus device: not probed (watch its MQTT topics)")
+        return DeviceProbe(d.name, d.profile, where, True, "not a Modbus device: not probed (watch its MQTT topics)", probed=False)
     profile = site_profile(d.profile, cfg.control.profiles_dir)
     image = ProcessImage()
     for sig in {p.signal for p in profile.points if p.signal}:
@@ -60,7 +61,6 @@ async def _probe_one(cfg: SiteConfig, i: int) -> DeviceProbe:
 
 async def probe_site(cfg: SiteConfig) -> list[DeviceProbe]:
     """Every device once, concurrently (a dead device costs its timeout, not the others')."""
-    results: list[DeviceProbe] = []
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(_probe_one(cfg, i)) for i in range(len(cfg.devices))]
     results = [t.result() for t in tasks]
@@ -71,7 +71,7 @@ def format_probe(results: list[DeviceProbe]) -> str:
     lines: list[str] = []
     for r in results:
         head = f"{r.name}  {r.profile}  {r.where}  "
-        lines.append(head + ("OK" if r.ok else f"FAILED: {r.error}"))
+        lines.append(head + (f"SKIPPED: {r.error}" if not r.probed else "OK" if r.ok else f"FAILED: {r.error}"))
         for name, (reading, unit) in r.readings.items():
             if reading.value is None:
                 lines.append(f"  {name:<28} -- ({reading.reason})")
