@@ -50,6 +50,7 @@ def load_trace(
     irradiance: str | Path | None = TMY3,
     gpu_trace: str | Path | None = AZURE,
     pv_power: str | None = None,
+    weather: str | None = None,
     load: str | None = None,
     gpu: dict[str, str] | None = None,
     price: str | None = None,
@@ -62,10 +63,11 @@ def load_trace(
     step_s: float = 60.0,
 ) -> SiteTrace:
     """Everything a replay needs on the plant's grid. PV from ``pv_power`` (measured AC power) when
-    given, else modelled from ``irradiance``; ``load``, ``gpu`` ({class: mapping}) and ``price``
+    given, else modelled from your ``weather`` mapping (``FILE:ghi=COL,...`` or ``FILE:poa=COL``), else
+    from the ``irradiance`` file (TMY3, PSM3 CSV/Parquet, RMIS); ``load``, ``gpu`` ({class: mapping}) and ``price``
     from the user's files; ``warmup_days`` of trace before ``start`` for the forecaster."""
     user = user_traces(traces_toml, pv_power=pv_power, load=load, gpu=gpu, price=price, gaps=gaps,
-                       max_gap_h=max_gap_h)
+                       max_gap_h=max_gap_h, weather=weather)
     return build_site_trace(site, irradiance, gpu_trace, start=start, days=days, step_s=step_s,
                             history_days=warmup_days, user=user)
 

@@ -139,7 +139,10 @@ def pv_trace_kw(
             "azimuth_deg": lim.azimuth_deg,
             "max_ac_kw": lim.max_ac_kw,
         }
-        native = pv_ac_kw_from_weather(weather, **kw)
+        if "poa" in weather:  # a plane-of-array sensor in the array's plane: PVWatts-like, no transposition
+            native = (lim.kwp * weather["poa"] / 1000.0 * (1 - 0.14) * 0.96).clip(upper=lim.max_ac_kw)
+        else:
+            native = pv_ac_kw_from_weather(weather, **kw)
         clear_fine = clear_sky_ac_kw(index, **kw)
         if native_step <= fine_step:
             p_fine = native.resample(fine_step).mean().reindex(index).interpolate().bfill().ffill()
@@ -204,6 +207,33 @@ def _measured_pv(cfg: SiteConfig, user: UserTraces, start: str, days: float, ste
     return t0, index, pv.rename("pv_kw"), clear.rename("pv_clear_kw")
 
 
+def _user_weather_pv(cfg: SiteConfig, user: UserTraces, start: str, days: float, step_s: float,
+                     history_days: float) -> tuple[pd.Timestamp, pd.DatetimeIndex, pd.Series, pd.Series]:
+    """PV modelled from the user's irradiance columns, brought to the plant grid first (gap policy)."""
+    maps = user.weather
+    assert maps
+    key = "poa" if "poa" in maps else "ghi"
+    s = read_column(maps[key])
+    if maps[key].dst != "ignore":
+        check_clock(s, cfg.site.longitude, maps[key].describe())
+    t0, lo, hi = _window(s.index.tz, s.index[len(s) // 2], start, days, history_days)
+    index = pd.date_range(lo, hi, freq=pd.Timedelta(seconds=step_s), inclusive="left")
+    w = pd.DataFrame({k: load_on_grid(m, index, user.gaps, s if k == key else None) for k, m in maps.items()},
+                     index=index)
+    for k in ("ghi", "dni", "dhi", "poa"):
+        if k in w:
+            w[k] = w[k].clip(lower=0.0)  # night offsets of the sensors
+    if "ghi" in w and not {"dni", "dhi"} <= set(w):  # GHI alone: split it (Erbs) at the interval middles
+        import pvlib
+
+        mid = index + pd.Timedelta(seconds=step_s / 2)
+        sun = pvlib.solarposition.get_solarposition(mid, cfg.site.latitude, cfg.site.longitude)
+        parts = pvlib.irradiance.erbs(w["ghi"].to_numpy(), sun["zenith"].to_numpy(), mid)
+        w["dni"], w["dhi"] = np.asarray(parts["dni"]), np.asarray(parts["dhi"])
+    pv, clear = pv_trace_kw(cfg, w, index)
+    return t0, index, pv, clear
+
+
 def _user_columns(cfg: SiteConfig, user: UserTraces, df: pd.DataFrame) -> None:
     """Site load, GPU demand per class and price from the user's files, onto ``df``'s grid."""
     index = pd.DatetimeIndex(df.index)
@@ -251,6 +281,9 @@ def build_site_trace(
     if user is not None and user.pv_power is not None:
         t0, index, pv, clear = _measured_pv(cfg, user, start, days, step_s, history_days)
         pv_src = user.pv_power.path.name
+    elif user is not None and user.weather:
+        t0, index, pv, clear = _user_weather_pv(cfg, user, start, days, step_s, history_days)
+        pv_src = next(iter(user.weather.values())).path.name
     else:
         if irradiance is None:
             raise TraceError("no PV input: give an irradiance file or measured PV power (--pv-power)")

@@ -92,13 +92,42 @@ def parse_map_option(spec: str, where: str) -> ColumnMap:
     path, sep, rest = spec.partition(":")
     if not sep:
         raise TraceError(f"{where}: {spec!r}: write FILE:column=NAME[,unit=W,tz=UTC,sign=-1,scale=1]")
+    return column_map(path, _kv(rest, where), where)
+
+
+IRRADIANCE_KEYS = ("ghi", "dni", "dhi", "poa")
+WEATHER_KEYS = (*IRRADIANCE_KEYS, "temp_air", "wind_speed")
+_WEATHER_UNITS = {"temp_air": "C", "wind_speed": "m/s"}
+
+
+def weather_maps(path: str | Path, opts: dict[str, Any], where: str) -> dict[str, ColumnMap]:
+    """``ghi=COL[,dni=COL,dhi=COL]`` or ``poa=COL`` (+ ``temp_air=``, ``wind_speed=``) and the shared
+    keys (``unit`` of the irradiance, default W/m2; ``tz``, ``clock``, ``time``, ``label``, ``dst``)."""
+    cols = {k: str(opts[k]) for k in WEATHER_KEYS if k in opts}
+    rest = {k: v for k, v in opts.items() if k not in WEATHER_KEYS}
+    if "ghi" not in cols and "poa" not in cols:
+        raise TraceError(f"{where}: name the irradiance column: ghi=<column> (with dni=, dhi= if measured) "
+                         "or poa=<column> (plane of array)")
+    return {k: column_map(path, {**rest, "column": c,
+                                 "unit": _WEATHER_UNITS.get(k, str(rest.get("unit", "W/m2")))}, where)
+            for k, c in cols.items()}
+
+
+def parse_weather_option(spec: str, where: str) -> dict[str, ColumnMap]:
+    path, sep, rest = spec.partition(":")
+    if not sep:
+        raise TraceError(f"{where}: {spec!r}: write FILE:ghi=COL[,dni=COL,dhi=COL,unit=W/m2,tz=UTC] or FILE:poa=COL")
+    return weather_maps(path, _kv(rest, where), where)
+
+
+def _kv(rest: str, where: str) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         k, eq, v = part.partition("=")
         if not eq:
             raise TraceError(f"{where}: {part!r}: expected key=value")
         opts[k.strip()] = v.strip()
-    return column_map(path, opts, where)
+    return opts
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,7 @@ class UserTraces:
     load: ColumnMap | None = None  # site load besides the GPUs (kW)
     gpu: dict[str, ColumnMap] | None = None  # per class: W per GPU, or % utilisation
     price: ColumnMap | None = None  # grid price per kWh (unit "1": the site's currency)
+    weather: dict[str, ColumnMap] | None = None  # irradiance: ghi [+ dni, dhi] or poa; temp_air, wind_speed
     gaps: Gaps = Gaps()
 
 
@@ -139,23 +169,31 @@ def read_traces_toml(path: str | Path) -> UserTraces:
             setattr(out, key, one(doc[key], key))
     if "gpu" in doc:
         out.gpu = {c: one(t, f"gpu.{c}") for c, t in doc["gpu"].items()}
+    if "weather" in doc:
+        w = doc["weather"]
+        if "file" not in w:
+            raise TraceError(f"{p}: [weather]: missing key 'file'")
+        out.weather = weather_maps(p.parent / str(w["file"]), {k: v for k, v in w.items() if k != "file"},
+                                   f"{p}: [weather]")
     if "gaps" in doc:
         g = doc["gaps"]
         try:
             out.gaps = Gaps(GapPolicy(g.get("policy", "interpolate")), float(g.get("max_gap_h", 3.0)) * 3600.0)
         except ValueError as exc:
             raise TraceError(f"{p}: [gaps]: {exc} (policy: interpolate, zero or refuse)") from None
-    unknown = sorted(set(doc) - {"pv_power", "load", "price", "gpu", "gaps"})
+    unknown = sorted(set(doc) - {"pv_power", "load", "price", "gpu", "gaps", "weather"})
     if unknown:
-        raise TraceError(f"{p}: unknown table [{unknown[0]}]; tables: pv_power, load, price, gpu.<class>, gaps")
+        raise TraceError(f"{p}: unknown table [{unknown[0]}]; tables: pv_power, weather, load, price, gpu.<class>, gaps")
     return out
 
 
 def user_traces(toml: str | Path | None = None, *, pv_power: str | None = None, load: str | None = None,
                 gpu: dict[str, str] | None = None, price: str | None = None, gaps: str | None = None,
-                max_gap_h: float | None = None) -> UserTraces:
+                max_gap_h: float | None = None, weather: str | None = None) -> UserTraces:
     """The traces TOML first, then mapping strings (``FILE:column=..``) over it; gap policy last."""
     u = read_traces_toml(toml) if toml is not None else UserTraces()
+    if weather:
+        u.weather = parse_weather_option(weather, "--weather")
     for key, spec in (("pv_power", pv_power), ("load", load), ("price", price)):
         if spec:
             setattr(u, key, parse_map_option(spec, f"--{key.replace('_', '-')}"))

@@ -23,6 +23,7 @@ from powerctl.sim.traces.user import (
     UserTraces,
     load_on_grid,
     parse_map_option,
+    parse_weather_option,
     read_column,
     read_traces_toml,
     solar_noon_offsets_min,
@@ -185,3 +186,41 @@ def test_cli_replays_a_user_file_and_errors_are_one_message(tmp_path: Path) -> N
         assert "Traceback" not in r.output
         for w in words:
             assert w in r.output, (spec, w, r.output)
+
+
+def _psm3_as_user_csv(tmp_path: Path) -> Path:
+    raw = pd.read_csv(PSM3, skiprows=2)
+    t = pd.to_datetime(raw[["Year", "Month", "Day", "Hour", "Minute"]])
+    p = tmp_path / "my_weather.csv"
+    pd.DataFrame({"stamp": t, "G": raw["GHI"], "B": raw["DNI"], "D": raw["DHI"], "T": raw["Temperature"]}
+                 ).to_csv(p, index=False)
+    return p
+
+
+def test_user_irradiance_ghi_dni_dhi_matches_the_psm3_reader_and_ghi_alone_is_split(tmp_path: Path) -> None:
+    p = _psm3_as_user_csv(tmp_path)
+    cfg = make_cfg()  # moved to the PSM3 cell, so both paths model PV at the same place
+    cfg = cfg.model_copy(update={"site": cfg.site.model_copy(update={"latitude": 40.53, "longitude": -108.54,
+                                                                     "altitude_m": 2168.0})})
+    ref = build_site_trace(cfg, PSM3, None, start="06-01", days=1, history_days=0)
+    spec = f"{p}:ghi=G,dni=B,dhi=D,temp_air=T,tz=Etc/GMT+7,label=instant,dst=ignore"
+    mine = build_site_trace(cfg, None, None, start="2017-06-01", days=1, history_days=0,
+                            user=UserTraces(weather=parse_weather_option(spec, "--weather")))
+    e_ref, e_mine = ref.df["pv_kw"].sum(), mine.df["pv_kw"].sum()
+    assert e_mine == pytest.approx(e_ref, rel=0.05)
+    ghi_only = build_site_trace(cfg, None, None, start="2017-06-01", days=1, history_days=0, user=UserTraces(
+        weather=parse_weather_option(f"{p}:ghi=G,tz=Etc/GMT+7,label=instant,dst=ignore", "--weather")))
+    assert ghi_only.df["pv_kw"].sum() == pytest.approx(e_ref, rel=0.25)  # Erbs split, not measured DNI
+
+
+def test_user_plane_of_array_irradiance(tmp_path: Path) -> None:
+    t = pd.date_range("2022-06-01", periods=48, freq="1h", tz="UTC")
+    p = tmp_path / "poa.parquet"
+    pd.DataFrame({"time": t, "poa_w_m2": 500.0}).to_parquet(p)
+    cfg = make_cfg()
+    tr = build_site_trace(cfg, None, None, start="2022-06-01T06:00Z", days=0.5, history_days=0, user=UserTraces(
+        weather=parse_weather_option(f"{p}:poa=poa_w_m2,dst=ignore", "--weather")))
+    kwp = sum(d.limits.kwp for d in cfg.devices if d.nature.value == "pv")
+    assert tr.df["pv_kw"].to_numpy() == pytest.approx(kwp * 0.5 * 0.86 * 0.96, rel=0.01)
+    with pytest.raises(TraceError, match="ghi=<column>"):
+        parse_weather_option(f"{p}:dni=x", "--weather")
