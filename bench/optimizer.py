@@ -8,6 +8,8 @@ the forecast rolls on by a whole step with fresh noise on every step, SoC and th
 budget come from the last plan. "re-solve" is one convex solve (commitment fixed:
 commitment_candidates=0); "commitment" enumerates 1 + 6 switch + 12 window candidates for one genset (pruned by bounds);
 "grid-tied" swaps the genset for a grid (import/export limits, time-of-use prices, demand charge);
+"MILP commitment" decides the commitment exactly (optimizer.milp; 1 and 3 gensets, 1 s deadline as
+in the daemon; goals p99 <= 100 / 250 ms), the enumeration as its next rung, counted per rung;
 "rebuild" builds the cvxpy problem from scratch and solves it through cvxpy each time (what "build
 once" saves), per solver. p50/p99 are wall-clock; "cpu" is the process CPU time per solve (both
 threads), which shows what a busy machine adds: the load average is printed before and after.
@@ -16,6 +18,7 @@ threads), which shows what a busy machine adds: the load average is printed befo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -38,7 +41,8 @@ from powerctl.optimizer import (
 )
 
 
-def site(steps_s: np.ndarray, solver: str, candidates: int, grid: bool = False) -> SiteParams:
+def site(steps_s: np.ndarray, solver: str, candidates: int, grid: bool = False, n_gen: int = 1,
+         commitment: str = "enumeration") -> SiteParams:
     """PV, one battery, one genset, three GPU classes (A100-like concave values, 3 segments).
 
     grid=True: the grid-tied case, a 60 kW import / 30 kW export connection with a demand charge
@@ -49,11 +53,14 @@ def site(steps_s: np.ndarray, solver: str, candidates: int, grid: bool = False) 
     return SiteParams(
         steps_s=steps_s, pv=[PvParams("pv1", 100.0)],
         batteries=[BatteryParams("bess", 200, 100, 100, 10, 95, 0.95, 0.95, 0.02, 0.08)],
-        gensets=[] if grid else [GensetParams("gen1", 150, 45, 1.6, 0.25, 1.2, 5.0, 900, 600, 60)],
+        # n_gen > 1: N+1 sets sharing the 150 kW (each 150 / (n_gen - 1) kW).
+        gensets=[] if grid else [GensetParams(f"gen{i + 1}", 150 / max(1, n_gen - 1), 45 / max(1, n_gen - 1),
+                                              1.6 / max(1, n_gen - 1), 0.25 + 0.01 * i, 1.2, 5.0, 900, 600, 60)
+                                 for i in range(n_gen)],
         grid=GridParams("grid", 60.0, 30.0, 12.0) if grid else None,
         gpu_classes=[GpuClassParams(n, 0.0, 25.6, bp, val * k, 0.001) for n, k in
                      (("inference", 1.0), ("training", 0.7), ("batch", 0.4))],
-        solver=solver, commitment_candidates=candidates)
+        solver=solver, commitment_candidates=candidates, commitment=commitment)
 
 
 class Inputs:
@@ -95,21 +102,23 @@ class Inputs:
         return x
 
 
-def run(p: SiteParams, n: int, backend: str = "auto") -> tuple[float, np.ndarray, np.ndarray, list[str]]:
-    """Compile once, then n solves with rolling inputs: (compile s, wall s, CPU s, rungs)."""
+def run(p: SiteParams, n: int, backend: str = "auto",
+        deadline_s: float = 10.0) -> tuple[float, np.ndarray, np.ndarray, list[str]]:
+    """Compile once, then n solves with rolling inputs: (compile s, wall s, CPU s, rungs); with the
+    MILP a rung is "primary/milp" or "primary/enumeration" (the commitment's rung)."""
     t0 = time.perf_counter()
     prob = DispatchProblem(p, backend=backend)
     compile_s = time.perf_counter() - t0
     src = Inputs(p)
-    plan = prob.solve(src.next(None), deadline_s=10.0)  # first solve sets the solver up
+    plan = prob.solve(src.next(None), deadline_s=deadline_s)  # first solve sets the solver up
     times, cpu, rungs = [], [], []
     for _ in range(n):
         x = src.next(plan)
         t, c = time.perf_counter(), time.process_time()
-        plan = prob.solve(x, deadline_s=10.0)
+        plan = prob.solve(x, deadline_s=deadline_s)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        rungs.append(plan.rung)
+        rungs.append(f"{plan.rung}/{plan.commitment}" if p.commitment == "milp" else plan.rung)
     prob.close()
     return compile_s, np.array(times), np.array(cpu), rungs
 
@@ -142,6 +151,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="re-solves per figure")
     ap.add_argument("--rebuild-n", type=int, default=20, help="rebuild-from-scratch solves per solver")
     ap.add_argument("--solvers", default="CLARABEL,HIGHS", help="comma-separated; AUTO = HIGHS for this LP")
+    ap.add_argument("--milp-n", type=int, default=30, help="solves per MILP commitment row (0: skip)")
+    ap.add_argument("--milp-gap", type=float, default=1e-3, help="MILP relative gap (control.milp_gap)")
+    ap.add_argument("--milp-limit", type=float, default=0.5, help="MILP time limit s (control.milp_time_limit_s)")
     a = ap.parse_args()
     solvers = a.solvers.split(",")
     fixed = np.full(288, 300.0)
@@ -160,6 +172,16 @@ def main() -> None:
                 base_p50[solver] = float(np.median(t))
             tally = ", ".join(f"{r}={rungs.count(r)}" for r in sorted(set(rungs)))
             print(f"{solver:9} {label:38} {c_s * 1e3:8.1f} {ms(t, 50)} {ms(t, 99)} {ms(cpu, 50):>8}  {tally}")
+    if a.milp_n > 0:
+        # Exact commitment as the daemon runs it: 1 s deadline, the MILP's limit and gap as configured
+        # (0.5 s, 0.1 %), the enumeration as the next rung.
+        for n_gen in (1, 3):
+            p = dataclasses.replace(site(fixed, "HIGHS", 6, n_gen=n_gen, commitment="milp"),
+                                    milp_gap=a.milp_gap, milp_time_limit_s=a.milp_limit)
+            c_s, t, cpu, rungs = run(p, a.milp_n, deadline_s=1.0)
+            tally = ", ".join(f"{r}={rungs.count(r)}" for r in sorted(set(rungs)))
+            print(f"{'HIGHS':9} {f'288 x 5 min, MILP commitment, {n_gen} gen.':38} {c_s * 1e3:8.1f} {ms(t, 50)}"
+                  f" {ms(t, 99)} {ms(cpu, 50):>8}  {tally}")
     if a.rebuild_n > 0:
         for solver in solvers:
             t = rebuild(site(fixed, solver, 0), a.rebuild_n)

@@ -33,6 +33,10 @@ from powerctl.optimizer.commitment import Schedule, step_starts_s
 from powerctl.optimizer.params import BoolArray, DispatchInputs, FloatArray, GensetParams, SiteParams
 from powerctl.optimizer.solution import ParamValues
 
+# A schedule found when the time limit struck is used if its proven gap is at most this; further
+# from the optimum, the enumeration (the next rung) is trusted more.
+USABLE_GAP = 0.01
+
 
 @dataclass
 class MilpResult:
@@ -182,7 +186,8 @@ class MilpCommitment:
         h.changeColsCost(self.n_all, self.cols, cost)
         h.changeColsBounds(self.n_all, self.cols, lo, hi)
         h.changeRowsBounds(self.n_rows, self.row_idx, np.concatenate(rl_parts), np.concatenate(ru_parts))
-        h.setOptionValue("time_limit", float(h.getRunTime()) + max(1e-3, float(time_limit_s)))
+        # A MIP run's clock starts at its run (unlike the LP's, see optimizer.highs_lp).
+        h.setOptionValue("time_limit", max(1e-3, float(time_limit_s)))
         h.setOptionValue("mip_rel_gap", float(gap))
         if warm is not None:
             # The last plan's schedule as a first incumbent (HiGHS completes the rest, or drops it).
@@ -193,9 +198,11 @@ class MilpCommitment:
         status = h.getModelStatus()
         info = h.getInfo()
         has_sol = int(info.primal_solution_status) == 2  # feasible
-        if status != hs.HighsModelStatus.kOptimal and not (status == hs.HighsModelStatus.kTimeLimit and has_sol):
+        usable = status == hs.HighsModelStatus.kTimeLimit and has_sol and info.mip_gap <= USABLE_GAP
+        if status != hs.HighsModelStatus.kOptimal and not usable:
             self.stats["failed"] += 1
-            raise SolverFailed(f"MILP: {h.modelStatusToString(status)}")
+            gap_s = f" at gap {info.mip_gap:.1%}" if has_sol else " without a schedule"
+            raise SolverFailed(f"MILP: {h.modelStatusToString(status)}{gap_s}")
         sol = np.array(h.getSolution().col_value, dtype=float)
         on = np.stack([sol[self._idx(0, i)] > 0.5 for i in range(G)])
         self.stats["solved"] += 1
