@@ -224,3 +224,19 @@ def test_user_plane_of_array_irradiance(tmp_path: Path) -> None:
     assert tr.df["pv_kw"].to_numpy() == pytest.approx(kwp * 0.5 * 0.86 * 0.96, rel=0.01)
     with pytest.raises(TraceError, match="ghi=<column>"):
         parse_weather_option(f"{p}:dni=x", "--weather")
+
+
+def test_a_one_day_file_replays_its_whole_day(tmp_path: Path) -> None:
+    raw = pd.read_csv(SERF)
+    t = pd.to_datetime(raw["measured_on"])
+    day = raw[(t >= pd.Timestamp("2022-03-18 05:00-07:00")) & (t < pd.Timestamp("2022-03-19 05:00-07:00"))]
+    p = tmp_path / "one_day.csv"
+    day.to_csv(p, index=False)
+    assert len(day) == 1440
+    u = UserTraces(pv_power=parse_map_option(f"{p}:column=ac_power__752,unit=W,scale=50", "--pv-power"))
+    tr = build_site_trace(_golden_cfg(), None, None, start="2022-03-18T05:00", days=1, history_days=0, user=u)
+    assert len(tr.df) == 1440 and tr.t0 == pd.Timestamp("2022-03-18 05:00-07:00")
+    with pytest.raises(TraceError, match="--warmup-days"):  # a day of warm-up needs a day before the start
+        build_site_trace(_golden_cfg(), None, None, start="2022-03-18T05:00", days=1, history_days=1, user=u)
+    res = simulate(_golden_cfg(), tr, controller="static", days=0.05)
+    assert len(res.series) == 72
