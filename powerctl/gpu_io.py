@@ -4,7 +4,8 @@
   read also lands in the image as the ``gpu`` pool's ``p_kw`` and ``cap_kw``);
 - ``CapWriter``: sends the guard's caps, only those that changed, and all of them every
   ``reassert_s`` (other software may overwrite a limit); a failed set is retried next time;
-- ``read_gpu_power_w``, ``read_caps_w``, ``apply_caps``: one backend call per GPU, errors logged.
+- ``read_gpu_power_w``, ``read_caps_w``, ``read_enforced_w``, ``apply_caps``: one backend call per
+  GPU, errors logged.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ def read_caps_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float]
     except Exception as exc:
         log.warning("GPU limits unreadable: %s", exc)
         return None
+
+
+def read_enforced_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float] | None:
+    """The limit each GPU obeys now: the lower of its requested and enforced limit (something
+    outside powerctl may have lowered either), or None when any GPU cannot be read."""
+    out: dict[int, float] = {}
+    for i in indices:
+        try:
+            req, enf = backend.read_limits_w(i)
+        except Exception as exc:  # unreadable: the guard keeps its own belief
+            log.warning("GPU %d limits unreadable: %s", i, exc)
+            return None
+        known = [float(w) for w in (req, enf) if w == w]
+        if known:
+            out[i] = min(known)
+    return out
 
 
 def apply_caps(backend: GpuBackend, caps_w: Mapping[int, float], only_changed_from: Mapping[int, float] | None = None
@@ -106,6 +123,10 @@ class GpuReadings:
         """GPUs no cap reaches now, at the highest cap they may hold (``powerctl.gpu.agents``)."""
         held = getattr(self.backend, "held_caps_w", None)
         return held() if callable(held) else None
+
+    def enforced_caps_w(self) -> dict[int, float] | None:
+        """The limits the GPUs obey now (``read_enforced_w``): the base of the guard's next rise."""
+        return read_enforced_w(self.backend, self.indices)
 
     def gpu_power_w(self) -> dict[int, float] | None:
         per = read_power_per_gpu_w(self.backend, self.indices)

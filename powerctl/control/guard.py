@@ -36,6 +36,7 @@ from powerctl.control.plausibility import Plausibility, is_reading, pv_nameplate
 from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.slew import SlewLimiter
 from powerctl.control.split import GpuSlot, cut_to_total
+from powerctl.gpu.base import READBACK_TOL_W
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 
@@ -105,6 +106,7 @@ class Guard:
         self._last_cut_s: float | None = None
         self.plausibility = Plausibility(self.cfg)
         self._floor: dict[str, FloorLatch] = {}
+        self._lowered_outside = False  # a limit below our cap was seen (logged once per episode)
 
     def projected_kw(self, available_kw: float, now_s: float) -> float:
         """Supply projected ``lookahead_s`` ahead when it is falling (never above the supply now)."""
@@ -196,6 +198,19 @@ class Guard:
         safe = self.cfg.gpu.safe_cap_w
         return self.clamp({s.index: min(safe, self.last_caps_w.get(s.index, safe)) for s in self.gpus})
 
+    def follow_enforced(self, enforced_w: Mapping[int, float]) -> None:
+        """Take as in force what the GPUs obey when it is below our cap: something outside the
+        guard (the watchdog, ``apply-safe-caps``, a lease expiry, an operator's nvidia-smi, a BMC)
+        lowered it, and writing our old, higher cap back would be a rise the slew never saw."""
+        lowered = {i: w for i, w in enforced_w.items()
+                   if w == w and w < self.last_caps_w.get(i, -math.inf) - READBACK_TOL_W}
+        if lowered and not self._lowered_outside:
+            i, w = next(iter(lowered.items()))
+            log.warning("GPU limits lowered outside the guard (%d GPUs, e.g. GPU %d %.0f W -> %.0f W): "
+                        "rising from there at the slew limit", len(lowered), i, self.last_caps_w[i], w)
+        self._lowered_outside = bool(lowered)
+        self.last_caps_w.update(lowered)
+
     def evaluate(
         self,
         image: ProcessImage,
@@ -205,12 +220,16 @@ class Guard:
         gpu_power_w: float | None,
         other_load_kw: float = 0.0,
         held_w: Mapping[int, float] | None = None,
+        enforced_w: Mapping[int, float] | None = None,
     ) -> GuardDecision:
         """Caps to send now. ``requested_caps_w`` None means no plan (planner dead): safe caps.
 
         ``gpu_power_w`` is the measured GPU power (None when unreadable: the caps in force are then
-        taken as the worst case).
+        taken as the worst case). ``enforced_w``: the limits the GPUs obey now (read back); where
+        one is below the cap the guard last sent, the rise budget starts from it (``follow_enforced``).
         """
+        if enforced_w and self.last_caps_w:
+            self.follow_enforced(enforced_w)
         # The balance cross-check needs the whole load: unmetered load is the loop's slow estimate
         # (powerctl.control.loop, 10 s), which holds while the guard has findings, so a sudden lie
         # shows as a mismatch and is not absorbed into "other load".

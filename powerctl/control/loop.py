@@ -158,6 +158,7 @@ class ControlLoop:
         self._other_t_s: float | None = None
         self._clock_ref: tuple[float, float] | None = None  # (wall, mono) at the last look
         self._fresh_after: tuple[float, float] | None = None  # (readings since wall, give up at mono)
+        self._last_said: tuple[str, str] = ("", "")  # what say_why logged last (rung, slack)
         self._next_plan_s = -math.inf
         self._next_dispatch_s = -math.inf
         self._supply_devices = {d.name for d in cfg.devices if d.nature in SUPPLY}
@@ -220,6 +221,7 @@ class ControlLoop:
             st.plans += 1
             st.plan_rungs[plan.rung] = st.plan_rungs.get(plan.rung, 0) + 1
             st.solve_s.append(plan.solve_time_s)
+            self._last_said = say_why(plan, self._last_said)
         return plan
 
     def dispatch_tick(self, wall_s: float, overrides: Overrides | None = None) -> Commands:
@@ -250,6 +252,7 @@ class ControlLoop:
             gpu_power_w=gpu_w,
             other_load_kw=self.other_kw,
             held_w=self._held_w(),
+            enforced_w=self._enforced_w(),
         )
         self.caps_w = dict(d.caps_w)
         self.actuators.gpu_caps(d.caps_w)
@@ -285,6 +288,12 @@ class ControlLoop:
     def mode(self) -> DispatchMode:
         return DispatchMode.STARTING if self.last_commands is None else self.last_commands.mode
 
+    def _enforced_w(self) -> Mapping[int, float] | None:
+        """The limits the GPUs obey now, read back: optional on a ``Readings``
+        (``powerctl.gpu_io.GpuReadings.enforced_caps_w``); None: the guard keeps its own caps."""
+        read = getattr(self.readings, "enforced_caps_w", None)
+        return read() if callable(read) else None
+
     def _held_w(self) -> Mapping[int, float] | None:
         """GPUs no cap reaches now (a node agent that does not answer, powerctl.gpu.agents), at the
         highest cap they may hold: optional on a ``Readings`` (``GpuReadings.held_caps_w``)."""
@@ -316,3 +325,24 @@ class ControlLoop:
         pv = [image.value(d.name, "p_kw", wall_s) for d in self.cfg.by_nature(Nature.PV)]
         names = self.class_names
         record(wall_s, pv, [class_w[n] / 1000.0 for n in names], [class_cap_w[n] / 1000.0 for n in names])
+
+
+def say_why(plan: Plan, last: tuple[str, str]) -> tuple[str, str]:
+    """One log line per plan that came from a lower rung (or whose commitment did) with the reason,
+    and `explain()` at INFO when the plan uses slack. A line that repeats the last one goes to DEBUG
+    (the reason has not changed; a plan every few seconds must not flood the journal). Returns what
+    was said, for the next call."""
+    lower = plan.rung != "primary" or any(n.startswith("milp") for n in plan.notes)
+    why = "; ".join(plan.notes) if plan.notes else plan.status
+    rung_line = f"plan from rung {plan.rung} (commitment {plan.commitment or '-'}): {why}" if lower else ""
+    slack_line = plan.explain().replace("\n", "; ") if plan.slack else ""
+    for line, prev, level in ((rung_line, last[0], logging.WARNING), (slack_line, last[1], logging.INFO)):
+        if line:
+            # the numbers in a slack line move every plan: compare what is short, not by how much
+            same = line == prev if level == logging.WARNING else _slack_names(plan) == prev
+            log.log(logging.DEBUG if same else level, "%s", line)
+    return (rung_line, _slack_names(plan) if plan.slack else "")
+
+
+def _slack_names(plan: Plan) -> str:
+    return ",".join(sorted({s.constraint for s in plan.slack}))
