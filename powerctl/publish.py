@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,7 @@ class Publisher:
         fields["pv_kw"] = float(plan.pv_kw[:, 0].sum()) if plan.pv_kw.size else 0.0
         fields["unserved_kw"] = float(plan.unserved_kw[0])
         fields.update(plan_grid_fields(plan))  # grid-tied sites: grid power, prices and their source
+        fields.update(plan_why_fields(plan))  # commitment rung, MIP gap, slack names and sizes
         self.telemetry.emit("plan", fields, now)
         if self.mqtt is not None or self.on_plan is not None:
             steps = np.asarray(plan.steps_s, dtype=float)
@@ -119,6 +121,9 @@ class Publisher:
                     "pv_kw": plan.pv_kw.sum(axis=0).tolist() if plan.pv_kw.size else [],
                     "soc_pct": plan.soc_pct.tolist(),
                     "slack": [str(x) for x in plan.slack],
+                    "commitment": plan.commitment,
+                    "mip_gap": None if math.isnan(plan.mip_gap) else plan.mip_gap,
+                    "explain": plan.explain(),
                     **plan_grid_payload(plan),
                 }
             )
@@ -126,3 +131,17 @@ class Publisher:
                 self.mqtt.publish_plan(doc)
             if self.on_plan is not None:
                 self.on_plan(doc, plan)
+
+
+def plan_why_fields(plan: Plan) -> dict[str, Any]:
+    """Telemetry fields that say why: the commitment's rung, the MIP gap, and per slack constraint
+    its largest violation (kW) and energy (kWh), e.g. ``slack_power_balance_unserved_load_kw``."""
+    out: dict[str, Any] = {"commitment": plan.commitment, "slack_count": len(plan.slack),
+                           "notes": len(plan.notes)}
+    if not math.isnan(plan.mip_gap):
+        out["mip_gap"] = plan.mip_gap
+    for sl in plan.slack:
+        name = sl.constraint.replace(".", "_")
+        out[f"slack_{name}_kw"] = sl.max_kw
+        out[f"slack_{name}_kwh"] = sl.energy_kwh
+    return out
