@@ -226,6 +226,13 @@ def _time_column(df: pd.DataFrame, m: ColumnMap) -> str | None:
     raise TraceError(f"{m.path}: no time column found; name it in the mapping: time=<column>")
 
 
+def _stamps(raw: pd.Series) -> pd.DatetimeIndex:
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(raw, errors="coerce", format="mixed"))
+    except (ValueError, TypeError):  # offsets that change (a logger writing -06:00 and -07:00): to UTC
+        return pd.DatetimeIndex(pd.to_datetime(raw, errors="coerce", format="mixed", utc=True))
+
+
 def read_column(m: ColumnMap) -> pd.Series:
     """The mapped column, in canonical units, sign and scale applied, on tz-aware interval-start stamps."""
     df = read_table(m.path)
@@ -233,8 +240,7 @@ def read_column(m: ColumnMap) -> pd.Series:
     if m.column not in df.columns:
         raise TraceError(f"{m.describe()}: missing (columns: {', '.join(map(str, df.columns))})")
     raw = df.index if tcol is None else df[tcol]
-    idx = pd.DatetimeIndex(pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
-                           if not isinstance(raw, pd.DatetimeIndex) else raw)
+    idx = raw if isinstance(raw, pd.DatetimeIndex) else _stamps(raw)
     if idx.hasnans:
         i = int(np.argmax(idx.isna()))
         raise TraceError(f"{m.path}: column {tcol!r}: row {i + 2}: not a time stamp: {pd.Series(raw).iloc[i]!r}")

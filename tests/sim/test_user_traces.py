@@ -240,3 +240,10 @@ def test_a_one_day_file_replays_its_whole_day(tmp_path: Path) -> None:
         build_site_trace(_golden_cfg(), None, None, start="2022-03-18T05:00", days=1, history_days=1, user=u)
     res = simulate(_golden_cfg(), tr, controller="static", days=0.05)
     assert len(res.series) == 72
+
+
+def test_stamps_whose_offset_changes_with_dst_are_read(tmp_path: Path) -> None:
+    p = tmp_path / "dst_offsets.csv"
+    p.write_text("time,kw\n2022-03-12T10:00-07:00,1\n2022-03-12T10:01-07:00,2\n2022-03-14T10:00-06:00,3\n")
+    s = read_column(parse_map_option(f"{p}:column=kw", "--load"))
+    assert s.index[-1] == pd.Timestamp("2022-03-14 16:00", tz="UTC")
