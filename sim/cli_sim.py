@@ -121,6 +121,8 @@ def replay(
                                  "[,tz=ZONE,clock=ZONE,sign=-1,scale=1,time=COL,label=start|end|instant]"),
     weather: str = typer.Option(None, "--weather", help="your irradiance: FILE:ghi=COL[,dni=COL,dhi=COL] or "
                                 "FILE:poa=COL [,temp_air=COL,unit=W/m2,tz=ZONE,...]"),
+    pv_forecast_file: str = typer.Option(None, "--pv-forecast-file", help="PV forecast issued before the run "
+                                         "(for --pv-forecast provided): FILE:column=NAME,unit=kW,..."),
     load: str = typer.Option(None, "--load", help="site load besides the GPUs: FILE:column=NAME,unit=kW,..."),
     gpu_demand: list[str] = typer.Option(None, "--gpu-demand",
                                          help="CLASS=FILE:column=NAME,unit=W|% (W per GPU or utilisation)"),
@@ -136,7 +138,8 @@ def replay(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        user = _user_traces(traces_toml, pv_power, load, gpu_demand, price, gaps, max_gap_h, weather)
+        user = _user_traces(traces_toml, pv_power, load, gpu_demand, price, gaps, max_gap_h, weather,
+                            pv_forecast_file)
     except TraceError as exc:
         _fail("trace error", exc)
     runs: list[tuple[str, str, bool]]
@@ -211,9 +214,9 @@ def _compare_report(results: dict, out_dir: Path, table: str) -> Path:
 
 def _user_traces(toml: Path | None, pv_power: str | None, load: str | None, gpu: list[str] | None,
                  price: str | None, gaps: str | None, max_gap_h: float | None,
-                 weather: str | None = None) -> UserTraces | None:
+                 weather: str | None = None, pv_forecast: str | None = None) -> UserTraces | None:
     """The user's trace files: the TOML first, then the command-line mappings over it."""
-    if not any((toml, pv_power, weather, load, gpu, price, gaps, max_gap_h is not None)):
+    if not any((toml, pv_power, weather, load, gpu, price, gaps, max_gap_h is not None, pv_forecast)):
         return None
     by_class = {}
     for spec in gpu or []:
@@ -222,7 +225,7 @@ def _user_traces(toml: Path | None, pv_power: str | None, load: str | None, gpu:
             raise TraceError(f"--gpu-demand {spec!r}: write CLASS=FILE:column=NAME,unit=W")
         by_class[cls] = rest
     return user_traces(toml, pv_power=pv_power, load=load, gpu=by_class, price=price, gaps=gaps,
-                       max_gap_h=max_gap_h, weather=weather)
+                       max_gap_h=max_gap_h, weather=weather, pv_forecast=pv_forecast)
 
 
 def sweep(

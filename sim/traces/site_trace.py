@@ -257,6 +257,8 @@ def _user_columns(cfg: SiteConfig, user: UserTraces, df: pd.DataFrame) -> None:
             df[f"gpu_w.{cls}"] = w
     if user.price is not None:
         df["price_per_kwh"] = load_on_grid(user.price, index, user.gaps).to_numpy()
+    if user.pv_forecast is not None:  # read by sim/forecast_replay.py for --pv-forecast provided
+        df["pv_forecast_kw"] = load_on_grid(user.pv_forecast, index, user.gaps).clip(lower=0.0).to_numpy()
 
 
 def build_site_trace(

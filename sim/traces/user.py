@@ -144,6 +144,7 @@ class UserTraces:
     load: ColumnMap | None = None  # site load besides the GPUs (kW)
     gpu: dict[str, ColumnMap] | None = None  # per class: W per GPU, or % utilisation
     price: ColumnMap | None = None  # grid price per kWh (unit "1": the site's currency)
+    pv_forecast: ColumnMap | None = None  # a PV forecast issued before the run (kW), for --pv-forecast provided
     weather: dict[str, ColumnMap] | None = None  # irradiance: ghi [+ dni, dhi] or poa; temp_air, wind_speed
     gaps: Gaps = Gaps()
 
@@ -164,7 +165,7 @@ def read_traces_toml(path: str | Path) -> UserTraces:
         return column_map(p.parent / str(tab["file"]), opts, f"{p}: [{where}]")
 
     out = UserTraces()
-    for key in ("pv_power", "load", "price"):
+    for key in ("pv_power", "load", "price", "pv_forecast"):
         if key in doc:
             setattr(out, key, one(doc[key], key))
     if "gpu" in doc:
@@ -181,7 +182,7 @@ def read_traces_toml(path: str | Path) -> UserTraces:
             out.gaps = Gaps(GapPolicy(g.get("policy", "interpolate")), float(g.get("max_gap_h", 3.0)) * 3600.0)
         except ValueError as exc:
             raise TraceError(f"{p}: [gaps]: {exc} (policy: interpolate, zero or refuse)") from None
-    unknown = sorted(set(doc) - {"pv_power", "load", "price", "gpu", "gaps", "weather"})
+    unknown = sorted(set(doc) - {"pv_power", "load", "price", "gpu", "gaps", "weather", "pv_forecast"})
     if unknown:
         raise TraceError(f"{p}: unknown table [{unknown[0]}]; tables: pv_power, weather, load, price, gpu.<class>, gaps")
     return out
@@ -189,12 +190,13 @@ def read_traces_toml(path: str | Path) -> UserTraces:
 
 def user_traces(toml: str | Path | None = None, *, pv_power: str | None = None, load: str | None = None,
                 gpu: dict[str, str] | None = None, price: str | None = None, gaps: str | None = None,
-                max_gap_h: float | None = None, weather: str | None = None) -> UserTraces:
+                max_gap_h: float | None = None, weather: str | None = None,
+                pv_forecast: str | None = None) -> UserTraces:
     """The traces TOML first, then mapping strings (``FILE:column=..``) over it; gap policy last."""
     u = read_traces_toml(toml) if toml is not None else UserTraces()
     if weather:
         u.weather = parse_weather_option(weather, "--weather")
-    for key, spec in (("pv_power", pv_power), ("load", load), ("price", price)):
+    for key, spec in (("pv_power", pv_power), ("load", load), ("price", price), ("pv_forecast", pv_forecast)):
         if spec:
             setattr(u, key, parse_map_option(spec, f"--{key.replace('_', '-')}"))
     if gpu:

@@ -247,3 +247,18 @@ def test_stamps_whose_offset_changes_with_dst_are_read(tmp_path: Path) -> None:
     p.write_text("time,kw\n2022-03-12T10:00-07:00,1\n2022-03-12T10:01-07:00,2\n2022-03-14T10:00-06:00,3\n")
     s = read_column(parse_map_option(f"{p}:column=kw", "--load"))
     assert s.index[-1] == pd.Timestamp("2022-03-14 16:00", tz="UTC")
+
+
+def test_provided_pv_forecast_comes_from_a_user_file(tmp_path: Path) -> None:
+    t = pd.date_range("2022-03-18 04:00", periods=40, freq="1h", tz="Etc/GMT+7")
+    p = tmp_path / "forecast.csv"
+    pd.DataFrame({"issued_for": t, "fc_kw": 77.0}).to_csv(p, index=False)
+    u = _serf()
+    u.pv_forecast = parse_map_option(f"{p}:column=fc_kw,unit=kW,time=issued_for", "--pv-forecast-file")
+    cfg = _golden_cfg()
+    tr = build_site_trace(cfg, None, None, start="2022-03-18T09:00", days=0.05, history_days=0, user=u)
+    assert tr.df["pv_forecast_kw"].eq(77.0).all()
+    res = simulate(cfg, tr, controller="ours", pv_forecast="provided")
+    assert res.controller.stats()["plans"] > 0
+    pv_fc = res.forecaster.inner.pv_total_kw(600.0, np.array([60.0, 60.0, 60.0]))
+    assert np.allclose(pv_fc, 77.0)
