@@ -25,7 +25,14 @@ import numpy as np
 from powerctl.config import PvDevice, SiteConfig
 from powerctl.control.battery import clamp_battery_kw
 from powerctl.control.curtail import RELEASED_PCT, pv_limits_pct
-from powerctl.control.planner import build_inputs, genset_running, pv_stale_rows, pv_worst_case, site_params
+from powerctl.control.planner import (
+    build_inputs,
+    genset_running,
+    load_uncarried_kw,
+    pv_stale_rows,
+    pv_worst_case,
+    site_params,
+)
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
 from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
@@ -117,6 +124,8 @@ class ControllerCore:
         self.batteries = [d.name for d in cfg.by_nature(Nature.BATTERY)]
         # when each genset last changed state as we saw it (for min up/down times)
         self._gen_state: dict[str, tuple[bool, float]] = {}
+        # gensets whose minimum down time yields now (safety over wear, see _wear_yields)
+        self.min_down_yields: set[str] = set()
         self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
         self.last_commands: Commands | None = None
         self.hooked = {h.workload for h in cfg.gpu.shed_hooks}
@@ -135,6 +144,26 @@ class ControllerCore:
             out.append(max(0.0, now_s - prev[1]))
         return np.array(out, dtype=float)
 
+    def _wear_yields(self, now_s: float, image: ProcessImage, running: np.ndarray, other_kw: float) -> np.ndarray:
+        """Seconds in state per genset, for the optimizer. Safety over wear: while the batteries are
+        at their floor and the least load cannot be carried otherwise, a stopped genset's minimum
+        down time yields (it counts as met, so the plan may start it now, and the dispatch lets it
+        start). After a restart the down time counts from first sight, which would otherwise keep a
+        stopped genset off for `min_down_s` with the load unserved."""
+        state_s = self.genset_state_s(now_s, running)
+        short_kw = load_uncarried_kw(self.cfg, self.params, image, now_s, other_kw)
+        yields: set[str] = set()
+        for i, (name, on) in enumerate(zip(self.gensets, running.tolist(), strict=True)):
+            lim = self.cfg.device(name).limits
+            if short_kw > 0 and not on and state_s[i] < lim.min_down_s:
+                yields.add(name)
+                state_s[i] = lim.min_down_s
+        if yields and yields != self.min_down_yields:
+            log.warning("minimum down time yields for %s: batteries at their floor, %.1f kW of the least load"
+                        " cannot be carried otherwise (safety over wear)", ", ".join(sorted(yields)), short_kw)
+        self.min_down_yields = yields
+        return state_s
+
     def plan(self, now_s: float, image: ProcessImage, deadline_s: float | None = None) -> Plan:
         """Solve the dispatch problem from the current image and forecasts."""
         fc = self.forecaster(now_s, image, self.steps_s)
@@ -149,6 +178,7 @@ class ControllerCore:
                                                 stale, age_s, self.steps_s, reserve_extra_kw)
         self.pv_forecast_kw = pv_kw
         running = genset_running(self.cfg, image, now_s)
+        state_s = self._wear_yields(now_s, image, running, float(np.asarray(other_kw, dtype=float).reshape(-1)[0]))
         inputs = build_inputs(
             self.cfg,
             image,
@@ -156,7 +186,7 @@ class ControllerCore:
             pv_kw,
             gpu_kw,
             self.prev_gpu_kw,
-            self.genset_state_s(now_s, running),
+            state_s,
             other_kw,
             reserve_extra_kw,
             prices=self.billing.horizon(now_s, self.steps_s),
@@ -332,7 +362,7 @@ class ControllerCore:
         held_s = now_s - since_s
         if on and held_s < lim.min_up_s:
             return True
-        if not on and held_s < lim.min_down_s:
+        if not on and held_s < lim.min_down_s and name not in self.min_down_yields:
             return False
         return want_on
 

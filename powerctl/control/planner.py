@@ -218,6 +218,29 @@ def genset_running(cfg: SiteConfig, image: ProcessImage, now_s: float) -> np.nda
     )
 
 
+# A battery within this many SoC points of its floor counts as at its floor (it cannot carry the load).
+FLOOR_MARGIN_PCT = 2.0
+
+
+def load_uncarried_kw(cfg: SiteConfig, params: SiteParams, image: ProcessImage, now_s: float,
+                      other_kw: float) -> float:
+    """How far the least load (other load + GPU floors with overhead) is above what can carry it
+    without a stopped genset: 0 while any battery is above its floor (plus `FLOOR_MARGIN_PCT`),
+    else the load minus PV, running gensets and the grid, each at its worst case (stale = 0)."""
+    soc = current_soc_pct(cfg, image, now_s)
+    floors = np.array([d.limits.soc_min_pct for d in cfg.by_nature(Nature.BATTERY)], dtype=float)
+    if soc.size and np.any(soc > floors + FLOOR_MARGIN_PCT):
+        return 0.0
+    load = max(0.0, other_kw) + (1.0 + params.facility_overhead) * sum(c.p_min_kw for c in params.gpu_classes)
+    supply = float(sum(max(0.0, image.worst(d.name, "p_kw", now_s, high=d.limits.kwp))
+                       for d in cfg.by_nature(Nature.PV)))
+    running = genset_running(cfg, image, now_s)
+    supply += sum(g.rating_kw for g, on in zip(params.gensets, running.tolist(), strict=True) if on)
+    if params.grid is not None and grid_fresh(cfg, image, now_s):
+        supply += params.grid.import_max_kw
+    return max(0.0, load - supply)
+
+
 def build_inputs(
     cfg: SiteConfig,
     image: ProcessImage,
