@@ -57,6 +57,19 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("sunspec/meter_203", "W", -1_234_500.0),  # MW-class meter: int16 x 10^2 (W_SF 2)
         ("sunspec/meter_203", "TotWhImp", 3_000_000_123.0),  # acc32, big-endian words
         ("sunspec/meter_203", "PhVphA", 231.4),  # int16 x 10^-1
+        ("sunspec/meter_201", "W", 1_650_000.0),  # single-phase meter: int16 x 10^2
+        ("sunspec/meter_201", "Hz", 49.97),  # int16 x 10^-2
+        ("sunspec/meter_201", "TotWhImp", 4_000_000_007.0),  # acc32 above 2^31
+        ("sunspec/meter_202", "PhVphB", 119.8),  # split phase, second leg
+        ("sunspec/meter_202", "W", -250_000.0),  # export
+        ("sunspec/meter_202", "TotWhExp", 70_000.0),  # acc32, low word only
+        ("sunspec/meter_204", "PhVphAB", 415.3),  # delta: line-line voltage
+        ("sunspec/meter_204", "W", 3_200_000.0),  # 3.2 MW import
+        ("sunspec/meter_204", "TotWhImp", 2_147_483_653.0),  # acc32 just past int32
+        ("sunspec/der_storage", "WSet", -1_800_000.0),  # 704 int32 setpoint, MSW first
+        ("sunspec/der_storage", "SoC", 63.4),  # 713 uint16 x 10^-1
+        ("sunspec/der_storage", "DCWhAbs", 9_876_543_210.0),  # 714 uint64
+        ("sunspec/der_storage", "WHRtg", 5_000_000.0),  # 713 uint16 x 10^3 (5 MWh)
     ],
 )
 async def test_mbpoll_sees_what_the_codec_encoded(key: str, point: str, value: float | str) -> None:

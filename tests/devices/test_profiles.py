@@ -46,12 +46,14 @@ def test_profiles_say_where_facts_come_from(key: str) -> None:
 
 def test_shipped_sunspec_models_match_the_official_schema_and_keep_attribution() -> None:
     schema = json.loads((MODELS_DIR / "schema.json").read_text())
-    for mid in (1, 101, 103, 124, 701, 702, 704, 802):
+    for mid in (1, 101, 103, 124, 201, 202, 203, 204, 701, 702, 704, 713, 714, 802):
         jsonschema.Draft7Validator(schema).validate(json.loads((MODELS_DIR / f"model_{mid}.json").read_text()))
     assert "Apache License" in (MODELS_DIR / "LICENSE").read_text()
     assert "7abdf8982d5364f8ae916deee18aac86c11be36d" in (MODELS_DIR / "PROVENANCE.txt").read_text()
-    assert {m: load_model(m).length for m in (1, 101, 103, 124, 701, 702, 704, 802)} == {  # type: ignore[union-attr]
-        1: 66, 101: 50, 103: 50, 124: 24, 701: 153, 702: 50, 704: 65, 802: 62
+    ids = (1, 101, 103, 124, 201, 202, 203, 204, 701, 702, 704, 713, 714, 802)
+    assert {m: load_model(m).length for m in ids} == {  # type: ignore[union-attr]
+        1: 66, 101: 50, 103: 50, 124: 24, 201: 105, 202: 105, 203: 105, 204: 105,
+        701: 153, 702: 50, 704: 65, 713: 7, 714: 43, 802: 62,
     }
 
 

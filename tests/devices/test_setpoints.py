@@ -45,6 +45,19 @@ CASES = [
     # WChaMax 10000 W (SF 0), InOutWRte_SF -1: 5 kW = 50.0 % = raw 500
     ("sunspec/storage", 1, 5.0, [(16, 40085, [60]), (16, 40082, [500]), (16, 40083, [(-500) & 0xFFFF]), (16, 40075, [3])]),
     ("sunspec/storage", 1, -2.5, [(16, 40085, [60]), (16, 40082, [(-250) & 0xFFFF]), (16, 40083, [250]), (16, 40075, [3])]),
+    # MW-class 700-series PCS: revert timer 60 s (uint32), revert to 0 W, released, WATTS mode, WSet (int32 W, SF 0), enable
+    (
+        "sunspec/der_storage",
+        1,
+        95.5,
+        [(16, 40308, [0, 60]), (16, 40303, [0, 0]), (16, 40307, [0]), (16, 40300, [1]), (16, 40301, [0x0001, 0x750C]), (16, 40299, [1])],
+    ),
+    (
+        "sunspec/der_storage",
+        1,
+        -80.0,
+        [(16, 40308, [0, 60]), (16, 40303, [0, 0]), (16, 40307, [0]), (16, 40300, [1]), (16, 40301, [0xFFFE, 0xC780]), (16, 40299, [1])],
+    ),
 ]
 
 
@@ -93,7 +106,8 @@ def _short_keepalive(profile: Profile, period_s: float) -> Profile:
     return dataclasses.replace(profile, setpoints=sps)
 
 
-@pytest.mark.parametrize(("key", "unit"), [("sma/sunny_island", 3), ("huawei/sun2000_luna", 1), ("sunspec/storage", 1), ("victron/gx_modbus", 100)]
+@pytest.mark.parametrize(("key", "unit"), [("sma/sunny_island", 3), ("huawei/sun2000_luna", 1), ("sunspec/storage", 1), ("victron/gx_modbus", 100),
+     ("sunspec/der_storage", 1)]
 )
 async def test_keepalive_renews_the_whole_sequence(key: str, unit: int) -> None:
     shipped = load_profile(key)

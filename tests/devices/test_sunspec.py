@@ -36,11 +36,19 @@ CHOSEN: dict[int, dict[str, float | int | str]] = {
     802: {"AHRtg_SF": 0, "AHRtg": 200, "WHRtg_SF": 1, "WHRtg": 10240, "WChaDisChaMax_SF": 0, "WChaRteMax": 5000,
           "WDisChaRteMax": 6000, "SoC_SF": -1, "SoC": 55.5, "W_SF": 0, "W": -3200, "V_SF": -1, "V": 51.2,
           "A_SF": -1, "A": -62.5, "State": 3, "LocRemCtl": 0, "Typ": 4, "NCyc": 123456},
+    # meters 201-204: MW-class values (W_SF 2), acc32 energy above 2^31
+    201: {"A_SF": -1, "A": 512.3, "V_SF": -1, "PhVphA": 231.2, "Hz_SF": -2, "Hz": 49.98, "W_SF": 2, "W": 118_300,
+          "TotWh_SF": 0, "TotWhImp": 3_000_000_001},
+    202: {"V_SF": -1, "PhVphA": 120.1, "PhVphB": 119.7, "W_SF": 1, "W": -45_670, "TotWh_SF": 1, "TotWhExp": 12_345_670},
+    203: {"A_SF": 0, "AphC": 1830, "V_SF": -1, "PhVphC": 229.4, "W_SF": 2, "W": 1_250_000, "Hz_SF": -2, "Hz": 60.01},
+    204: {"V_SF": -1, "PhVphAB": 415.2, "PhVphCA": 414.8, "W_SF": 2, "W": -3_100_000, "TotWh_SF": 0, "TotWhImp": 4_000_000_000},
+    713: {"WH_SF": 3, "WHRtg": 5_000_000, "WHAvail": 2_150_000, "Pct_SF": -1, "SoC": 43.0, "SoH": 98.5, "Sta": 0},
+    714: {"NPrt": 0, "DCA_SF": -1, "DCA": -1520.5, "DCW_SF": 2, "DCW": -1_200_000, "DCWH_SF": 0, "DCWhInj": 9_876_543_210},
 }
 
 
 def test_every_shipped_model_has_chosen_values() -> None:
-    assert sorted(CHOSEN) == shipped_model_ids() == [1, 101, 103, 124, 701, 702, 704, 802]
+    assert sorted(CHOSEN) == shipped_model_ids() == [1, 101, 103, 124, 201, 202, 203, 204, 701, 702, 704, 713, 714, 802]
 
 
 @pytest.mark.parametrize("model_id", sorted(CHOSEN))
