@@ -41,6 +41,13 @@ from powerctl.process_image import ProcessImage
 
 log = logging.getLogger(__name__)
 
+# A genset we told to start reads "not running" through pre-start, crank and warm-up. Until it runs,
+# or until this long after its warm-up should have ended (the start failed: it counts as off again),
+# it counts as committed from our start command: the planner sees it starting (not off, free to be
+# "not started" again next cycle) and min up time counts from the command. Without this the next
+# plan could stop it mid-warm-up, and a 30 s scenario saw 4 starts (tests/sim/test_tie.py).
+START_GRACE_S = 120.0
+
 # forecaster(now_s, image, steps_s) -> (pv_kw (n_pv, T), gpu_demand_kw (n_class, T), other_load_kw (T,)
 #                                      [, reserve_extra_kw (T,)])
 Forecaster = Callable[[float, ProcessImage, np.ndarray], tuple[np.ndarray, ...]]
@@ -126,6 +133,8 @@ class ControllerCore:
         self._gen_state: dict[str, tuple[bool, float]] = {}
         # gensets whose minimum down time yields now (safety over wear, see _wear_yields)
         self.min_down_yields: set[str] = set()
+        self._gen_start_s: dict[str, float] = {}  # our start command's time, until the genset runs
+        self._gen_run_cmd: dict[str, bool] = {}  # the last run command we gave each genset
         self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
         self.last_commands: Commands | None = None
         self.hooked = {h.workload for h in cfg.gpu.shed_hooks}
@@ -143,6 +152,18 @@ class ControllerCore:
                 prev = self._gen_state[name]
             out.append(max(0.0, now_s - prev[1]))
         return np.array(out, dtype=float)
+
+    def genset_committed(self, now_s: float, running: np.ndarray) -> np.ndarray:
+        """Per genset: running as measured, or starting on our command (see `START_GRACE_S`)."""
+        out = []
+        for name, on in zip(self.gensets, running.tolist(), strict=True):
+            t_cmd = self._gen_start_s.get(name)
+            if on or t_cmd is None or now_s - t_cmd > self.cfg.device(name).limits.warmup_s + START_GRACE_S:
+                self._gen_start_s.pop(name, None)  # running, never started, or the start failed
+                out.append(bool(on))
+            else:
+                out.append(True)
+        return np.array(out, dtype=bool)
 
     def _wear_yields(self, now_s: float, image: ProcessImage, running: np.ndarray, other_kw: float) -> np.ndarray:
         """Seconds in state per genset, for the optimizer. Safety over wear: while the batteries are
@@ -177,7 +198,7 @@ class ControllerCore:
         pv_kw, reserve_extra_kw = pv_worst_case(np.asarray(pv_kw, dtype=float).reshape(len(stale), -1),
                                                 stale, age_s, self.steps_s, reserve_extra_kw)
         self.pv_forecast_kw = pv_kw
-        running = genset_running(self.cfg, image, now_s)
+        running = self.genset_committed(now_s, genset_running(self.cfg, image, now_s))
         state_s = self._wear_yields(now_s, image, running, float(np.asarray(other_kw, dtype=float).reshape(-1)[0]))
         inputs = build_inputs(
             self.cfg,
@@ -191,6 +212,7 @@ class ControllerCore:
             reserve_extra_kw,
             prices=self.billing.horizon(now_s, self.steps_s),
             peak_import_kw=self.billing.observe(now_s, image),
+            genset_on=running,
         )
         plan = self.problem.solve(inputs, deadline_s=deadline_s or self.cfg.control.solve_deadline_s)
         self.plan_result, self.plan_t_s = plan, now_s
@@ -203,6 +225,7 @@ class ControllerCore:
             self.plan_t_s += step_s
         self._gen_state = {n: (on, t_s + step_s) for n, (on, t_s) in self._gen_state.items()}
         self._pv_good_s = {n: t_s + step_s for n, t_s in self._pv_good_s.items()}
+        self._gen_start_s = {n: t_s + step_s for n, t_s in self._gen_start_s.items()}
 
     def plan_is_fresh(self, now_s: float) -> bool:
         if self.plan_result is None or self.plan_t_s is None:
@@ -259,7 +282,12 @@ class ControllerCore:
             for i, name in enumerate(self.gensets):
                 if image.value(name, "running", now_s) is None:
                     continue  # state unknown (not read yet, or stale): no start or stop on a guess
-                cmd.genset_run[name] = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
+                cmd.genset_run[name] = run = self._genset_decision(name, bool(plan.genset_on[i, idx]), now_s, image)
+                if run and not self._gen_run_cmd.get(name, False):
+                    self._gen_start_s[name] = now_s  # a start we give (see START_GRACE_S)
+                elif not run:
+                    self._gen_start_s.pop(name, None)
+                self._gen_run_cmd[name] = run
             fc_pv = self.pv_forecast_kw
             cmd.pv_limit_pct = pv_limits_pct(
                 self.pvs,

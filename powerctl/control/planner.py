@@ -253,14 +253,16 @@ def build_inputs(
     reserve_extra_kw: np.ndarray | None = None,
     prices: HorizonPrices | None = None,
     peak_import_kw: float = 0.0,
+    genset_on: np.ndarray | None = None,
 ) -> DispatchInputs:
+    """`genset_on`: committed gensets (the core adds those starting on its command); default as measured."""
     steps = len(cfg.control.horizon_steps_s)
     x = DispatchInputs(
         pv_forecast_kw=np.asarray(pv_forecast_kw, dtype=float),
         gpu_demand_kw=np.asarray(gpu_demand_kw, dtype=float),
         other_load_kw=np.zeros(steps) if other_load_kw is None else np.asarray(other_load_kw, dtype=float),
         soc_pct=current_soc_pct(cfg, image, now_s),
-        genset_on=genset_running(cfg, image, now_s),
+        genset_on=genset_running(cfg, image, now_s) if genset_on is None else np.asarray(genset_on, dtype=bool),
         genset_state_s=np.asarray(genset_state_s, dtype=float),
         prev_gpu_kw=np.asarray(prev_gpu_kw, dtype=float),
         reserve_extra_kw=None if reserve_extra_kw is None else np.asarray(reserve_extra_kw, dtype=float),

@@ -187,3 +187,46 @@ def test_ceiling_counts_unhooked_released_gpus_at_their_floor() -> None:
     core.plan(0.0, img)
     cmd = core.dispatch(0.5, img, Overrides(gpu_budget_max_kw=60.0))
     assert _draw_kw(cmd, cfg) <= 60.0 + 0.01
+
+
+class RecordingProblem(FixedPlanProblem):
+    """A FixedPlanProblem that keeps the inputs it was given."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self.inputs: list = []  # type: ignore[type-arg]
+
+    def solve(self, inputs, deadline_s):  # type: ignore[no-untyped-def]
+        self.inputs.append(inputs)
+        return super().solve(inputs, deadline_s)
+
+
+def test_genset_starting_on_our_command_counts_as_committed() -> None:
+    """Pre-start, crank and warm-up read "not running": a genset we told to start is committed from
+    the command on, so a plan that no longer wants it (it saw a stopped genset that can still start)
+    does not stop it mid-warm-up (min up time counts from the command), and the planner is told it
+    is on (warming up), not off. A start that never shows running counts as failed after its
+    warm-up plus START_GRACE_S: off again, in the planner's inputs and the commands."""
+    from powerctl.control.core import START_GRACE_S
+
+    problem = RecordingProblem(_plan([10.0, 0.0, 0.0], battery_kw=0.0, genset_on=True))
+    core = ControllerCore(CFG, slots_from_pool(CFG.gpu), _core(problem.plan).forecaster, problem=problem)  # type: ignore[arg-type]
+    lim = CFG.device("gen1").limits
+    core.plan(0.0, _image(0.0))  # first sight: stopped, min down time counts from now
+    t0 = lim.min_down_s + 1.0
+    core.plan(t0, _image(t0))
+    assert not problem.inputs[-1].genset_on[0]
+    assert core.dispatch(t0 + 0.5, _image(t0 + 0.5)).genset_run == {"gen1": True}  # the start
+    problem.plan = _plan([10.0, 0.0, 0.0], battery_kw=0.0, genset_on=False)  # now it wants it off
+    for t in (t0 + 2.0, t0 + 4.0, t0 + lim.warmup_s):  # warming up: still reads not running
+        core.plan(t, _image(t))
+        assert problem.inputs[-1].genset_on[0], t
+        assert problem.inputs[-1].genset_state_s[0] <= t - t0, t  # on since the start, not before
+        assert core.dispatch(t + 0.5, _image(t + 0.5)).genset_run == {"gen1": True}, t
+    # it never runs: after warm-up + grace the start has failed and the genset counts as off
+    t_fail = t0 + 0.5 + lim.warmup_s + START_GRACE_S + 1.0
+    core.plan(t_fail, _image(t_fail))
+    assert not problem.inputs[-1].genset_on[0]
+    t_off = t_fail + lim.min_down_s
+    core.plan(t_off, _image(t_off))
+    assert core.dispatch(t_off + 0.5, _image(t_off + 0.5)).genset_run == {"gen1": False}
