@@ -205,6 +205,13 @@ def reserve_extra_kw(now_s: float, pv: Forecast, gpu: Forecast, gpu_max_kw: Floa
 # --- the daemon's forecaster: measurement history in, the controller core's forecast tuple out ---
 
 
+def class_demand_kw(p_kw: float, cap_kw: float, max_kw: float, *, capped_frac: float = 0.9) -> float:
+    """What a class's measured power says about its demand: a class drawing (nearly) its cap is
+    capped, its demand at least the cap and unknown above, so its maximum; below the cap, what it
+    draws is what its work asks."""
+    return max_kw if p_kw >= capped_frac * cap_kw else p_kw
+
+
 class LiveForecaster:
     """Keeps a bounded history of measured PV and GPU class power and forecasts from it.
 
@@ -232,6 +239,7 @@ class LiveForecaster:
         self._last_gpu_sample = float("-inf")
         self._caps: list[float] = []
         self._cap_changed_s: dict[int, float] = {}
+        self._cap_before: dict[int, float] = {}  # each class's cap before its latest change
         self.settle_s = 5.0
         self.last_sources: tuple[str, str] = ("", "")
 
@@ -253,17 +261,18 @@ class LiveForecaster:
         for i, cap in enumerate(class_cap_kw):
             if i >= len(self._caps) or abs(self._caps[i] - cap) > 1e-3:
                 self._cap_changed_s[i] = now_s
+                self._cap_before[i] = self._caps[i] if i < len(self._caps) else cap
         self._caps = list(class_cap_kw)
         if now_s - self._last_gpu_sample >= self.sample_every_s or not self._gpu_ts:
             demand = []
             for i, (p, c, m) in enumerate(zip(class_kw, class_cap_kw, self.class_max_kw.tolist(), strict=True)):
-                if now_s - self._cap_changed_s.get(i, -math.inf) < self.settle_s:
-                    # power still moving towards a new cap: it says nothing about demand yet
-                    demand.append(self._gpu_kw[-1][i] if self._gpu_kw else m)
-                elif p >= 0.9 * c:
-                    demand.append(m)  # drawing its cap: demand is at least the cap, unknown above
-                else:
-                    demand.append(p)
+                # while power still moves towards a new cap, the lower of the two caps is the one
+                # that may bind. (Repeating the last sample instead froze the history for good
+                # whenever caps changed at every cycle, as slew-limited rises do: a class capped
+                # once stayed forecast at that level, issue 11.)
+                settling = now_s - self._cap_changed_s.get(i, -math.inf) < self.settle_s
+                binding = min(c, self._cap_before.get(i, c)) if settling else c
+                demand.append(class_demand_kw(p, binding, m))
             self._gpu_ts.append(now_s)
             self._gpu_kw.append(demand)
             self._last_gpu_sample = now_s

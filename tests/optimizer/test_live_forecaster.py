@@ -1,0 +1,33 @@
+"""LiveForecaster.record: what measured GPU and PV power teach the daemon's forecaster (issue 11)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from powerctl.forecast import LiveForecaster, PvArray
+
+STEPS_S = np.full(4, 60.0)
+
+
+def _forecaster() -> LiveForecaster:
+    arr = PvArray(kwp=100.0, latitude=36.1, longitude=-79.95)
+    return LiveForecaster([arr], np.array([10.0]), clear_kw_fns=[lambda t: np.full(np.size(t), 80.0)])
+
+
+def test_demand_follows_power_below_caps_that_move_every_cycle() -> None:
+    """Caps rising a little every cycle (a slew-limited rise) used to make every sample 'settling',
+    which repeated the last sample: the history froze at the first value for good."""
+    f = _forecaster()
+    for k in range(40):
+        cap_kw = 5.0 + 0.1 * k  # changes at every record
+        f.record(60.0 * k, [50.0], [2.0], [cap_kw])  # drawing far below any cap: demand is 2 kW
+    _pv, gpu, _other, _extra = f(60.0 * 40, None, STEPS_S)
+    assert np.allclose(gpu, 2.0, atol=0.05), gpu
+
+
+def test_capped_class_still_counts_at_its_maximum() -> None:
+    f = _forecaster()
+    for k in range(20):
+        f.record(60.0 * k, [50.0], [4.0 + 0.01 * k], [4.0 + 0.01 * k])  # drawing its (moving) cap
+    _pv, gpu, _other, _extra = f(60.0 * 20, None, STEPS_S)
+    assert np.allclose(gpu, 10.0), gpu
