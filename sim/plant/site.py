@@ -16,6 +16,13 @@ the *preference* that steers the other sources:
    ramp, shared between running gensets by rating;
 3. the batteries deliver the rest, ``load - PV - gensets``, clamped to what the BMS allows now
    (limits taper near the SoC ends and one step cannot cross the window), shared by their limits;
+   With more than one battery, only the **first battery of the site** (config order,
+   ``Plant.grid_former``) is grid-forming and takes this residual; every other battery is
+   grid-following and runs at its own setpoint (clamped). When the grid-forming battery cannot
+   take the whole residual (at its limit or its SoC edge), the followers cover what is left from
+   their remaining headroom, shared by that headroom (frequency-watt support, as IEEE 1547
+   inverters do when the frequency moves), so a setpoint never makes load unserved that the
+   batteries together could have carried;
 4. if supply is still short, the shortfall is **unserved** load (a real site would trip: the KPI
    and the safety tests count it); if there is still excess (battery full, genset at min load),
    PV is **curtailed** (the grid-forming inverter raises frequency, PV droops), and anything left
@@ -95,6 +102,8 @@ class Plant:
                 b.eta_discharge,
                 soc_pct=min(max(soc0_pct, b.soc_min_pct), b.soc_max_pct),
             )
+        # island with several batteries: this one forms the grid and takes the residual (module doc)
+        self.grid_former: str | None = next(iter(self.batteries), None)
         self.gensets: dict[str, Genset] = {}
         for d in cfg.by_nature(Nature.GENSET):
             g = d.limits
@@ -210,7 +219,7 @@ class Plant:
             bat_kw = {n: b.clamp_kw(b.setpoint_kw, dt) for n, b in self.batteries.items()}
             grid = min(max(need - sum(bat_kw.values()), -self.grid_export_max_kw), self.grid_import_max_kw)
         else:
-            bat_kw = self._share_batteries(need, dt)
+            bat_kw = self._island_batteries(need, dt)
             grid = 0.0
         residual = need - sum(bat_kw.values()) - grid
         if abs(residual) < 1e-9:  # float round-off, not a shortfall or a surplus
@@ -241,6 +250,29 @@ class Plant:
         for n, g in running.items():
             out[n] = g.clamp_kw(want_kw * g.rating_kw / total_rating, dt)
         return out
+
+    def _island_batteries(self, need_kw: float, dt: float) -> dict[str, float]:
+        """Island: the grid-forming battery takes the residual, the others follow their setpoints (module doc)."""
+        former = self.grid_former
+        if len(self.batteries) < 2 or former not in self.batteries:
+            return self._share_batteries(need_kw, dt)
+        out = {n: b.clamp_kw(b.setpoint_kw, dt) for n, b in self.batteries.items() if n != former}
+        rest_kw = need_kw - sum(out.values())
+        out[former] = self.batteries[former].clamp_kw(rest_kw, dt)
+        short_kw = rest_kw - out[former]  # + still short of supply, - still a surplus
+        if abs(short_kw) > _EPS:
+            head = {n: self._headroom_kw(n, out[n], short_kw > 0, dt) for n in out if n != former}
+            total = sum(head.values())
+            frac = min(abs(short_kw) / total, 1.0) if total > _EPS else 0.0
+            sign = 1.0 if short_kw > 0 else -1.0
+            for n, h in head.items():
+                out[n] += sign * h * frac
+        return {n: out[n] for n in self.batteries}
+
+    def _headroom_kw(self, name: str, p_kw: float, discharge: bool, dt: float) -> float:
+        """How much further battery ``name`` can go from ``p_kw`` towards discharge (or charge), >= 0."""
+        b = self.batteries[name]
+        return max(b.discharge_limit_kw(dt) - p_kw if discharge else p_kw + b.charge_limit_kw(dt), 0.0)
 
     def _share_batteries(self, need_kw: float, dt: float) -> dict[str, float]:
         """Grid-forming share of ``need_kw`` (+ discharge) in proportion to each battery's limit."""

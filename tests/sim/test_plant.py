@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from powerctl.config import parse_config
 from powerctl.sim.plant import Plant, demo_pv_kw_fn
 from powerctl.sim.plant.battery import Battery
 from powerctl.sim.plant.genset import Genset, GensetStatus
 from powerctl.sim.plant.pv import clear_sky_shape
 from powerctl.sim.traces.site_trace import DATA_DIR
-from tests.sim.conftest import make_cfg
+from tests.sim.conftest import make_cfg, site_dict
 
 
 def _balance_residual_kwh(p: Plant) -> float:
@@ -249,3 +250,49 @@ def test_empty_tank_stops_engine_and_refill_counts_deliveries() -> None:
         r.deliver(100.0, 600.0)
     assert r.fuel_used_l == pytest.approx(265.0)  # nothing was lost to an empty tank
     assert r.deliveries == 3 and r.fuel_pct >= 20
+
+
+def _two_battery_island(other_load_kw: float = 0.0) -> Plant:
+    d = site_dict()
+    bat2 = {**next(x for x in d["devices"] if x["name"] == "bat1"), "name": "bat2"}
+    bat2["transport"] = {**bat2["transport"], "port": 15024}
+    d["devices"].append(bat2)
+    return Plant(parse_config(d), pv_kw_fn=lambda t: 0.0, other_load_kw=other_load_kw)
+
+
+def test_island_second_battery_follows_its_setpoint_first_takes_the_residual() -> None:
+    p = _two_battery_island()
+    assert p.grid_former == "bat1"  # the first battery of the site forms the grid
+    p.set_gpu_caps_w([400.0] * 64)
+    for k, (sp1, sp2) in enumerate([(0.0, -20.0), (30.0, 35.0), (-50.0, 12.5)], start=1):
+        p.set_battery_kw("bat1", sp1)
+        p.set_battery_kw("bat2", sp2)
+        p.step(60.0 * k)
+        s = p.snapshot()
+        assert p.battery_kw("bat2") == pytest.approx(sp2)  # grid-following: its own setpoint
+        # the grid-forming battery closes the balance (the genset is stopped, no PV): no shortfall
+        assert p.battery_kw("bat1") == pytest.approx(s["load_kw"] - sp2)
+        assert s["unserved_kw"] == pytest.approx(0.0) and s["spill_kw"] == pytest.approx(0.0)
+    assert abs(_balance_residual_kwh(p)) < 1e-9
+
+
+def test_island_followers_cover_what_the_grid_forming_battery_cannot() -> None:
+    p = _two_battery_island(other_load_kw=150.0)
+    p.set_gpu_caps_w([400.0] * 64)
+    p.set_battery_kw("bat2", -100.0)  # a charge setpoint the island cannot afford with bat1 at 100 kW
+    p.step(60.0)
+    s = p.snapshot()
+    load_kw = s["load_kw"]
+    assert load_kw > 100.0  # more than bat1 alone can discharge
+    assert p.battery_kw("bat1") == pytest.approx(100.0)
+    assert p.battery_kw("bat2") == pytest.approx(load_kw - 100.0)  # frequency-watt: it discharges instead
+    assert s["unserved_kw"] == pytest.approx(0.0)
+    assert abs(_balance_residual_kwh(p)) < 1e-9
+
+
+def test_island_single_battery_still_takes_the_whole_balance() -> None:
+    p = Plant(make_cfg(), pv_kw_fn=lambda t: 0.0)
+    p.set_gpu_caps_w([300.0] * 64)
+    p.set_battery_kw("bat1", -40.0)
+    p.step(60.0)
+    assert p.battery_kw("bat1") == pytest.approx(p.snapshot()["load_kw"])
