@@ -38,6 +38,7 @@ from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
 from powerctl.optimizer import DispatchProblem, Plan
 from powerctl.process_image import ProcessImage
+from powerctl.site_load import SiteLoadForecaster
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class ControllerCore:
         self._gen_state: dict[str, tuple[bool, float]] = {}
         # gensets whose minimum down time yields now (safety over wear, see _wear_yields)
         self.min_down_yields: set[str] = set()
+        # the measured load besides the GPUs (fed by the control loop), forecast for the plan
+        self.site_load = SiteLoadForecaster()
         self._gen_start_s: dict[str, float] = {}  # our start command's time, until the genset runs
         self._gen_run_cmd: dict[str, bool] = {}  # the last run command we gave each genset
         self.caps_w: dict[int, float] = {s.index: cfg.gpu.safe_cap_w for s in gpu_slots}
@@ -189,6 +192,8 @@ class ControllerCore:
         """Solve the dispatch problem from the current image and forecasts."""
         fc = self.forecaster(now_s, image, self.steps_s)
         pv_kw, gpu_kw, other_kw = fc[0], fc[1], fc[2]
+        # a forecaster without a site-load model says 0: the measured site load's forecast is better
+        other_kw = np.maximum(np.asarray(other_kw, dtype=float), self.site_load.forecast(now_s, self.steps_s))
         reserve_extra_kw = fc[3] if len(fc) > 3 else None  # stale forecasts widen the reserve
         stale = pv_stale_rows(self.cfg, image, now_s)
         for d, bad in zip(self.pvs_by_nature, stale.tolist(), strict=True):
