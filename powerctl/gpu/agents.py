@@ -50,6 +50,7 @@ CLOCK_ALLOWANCE_S = 0.25  # controller/agent clock offset tolerated (NTP keeps i
 CONNECT_TIMEOUT_S = 2.0  # first contact at start-up
 RECONNECT_S = 0.5  # an unreachable node is tried again this often (besides the guard's own sets)
 MAX_PENDING = 8  # requests without a reply on one connection before it is dropped
+_WIRE_ERRORS = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError)
 
 
 @dataclass
@@ -220,14 +221,20 @@ class AgentGpus:
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await self._exchange(node, doc)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError) as exc:
-            if not isinstance(exc, TimeoutError):
-                await self._close(node)
-            why = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-            if node.error != why:
-                log.warning("node %s (%s): %s", node.cfg.name, node.cfg.address, why)
-            node.error = why
+        except _WIRE_ERRORS as exc:
+            await self._failed(node, exc, timeout_s)
             return None
+        return self._took(node, reply)
+
+    async def _failed(self, node: _Node, exc: BaseException, timeout_s: float) -> None:
+        if not isinstance(exc, TimeoutError):
+            await self._close(node)
+        why = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        if node.error != why:
+            log.warning("node %s (%s): %s", node.cfg.name, node.cfg.address, why)
+        node.error = why
+
+    def _took(self, node: _Node, reply: Any) -> dict[str, Any] | None:
         if not isinstance(reply, dict) or "ok" not in reply:
             node.error = "malformed reply"
             return None
@@ -249,11 +256,36 @@ class AgentGpus:
             while q and q[0][0] <= now:
                 node.last_cap_w[local] = q.popleft()[1]
 
-    async def _set_node(self, node: _Node) -> dict[str, Any] | None:
+    def _set_doc(self, node: _Node) -> dict[str, Any]:
         caps = [self._fill(node, local) for local in range(len(node.gpus))]
         node.last_set_t = self.clock()
-        doc = {"op": "set", "client": self._client, "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps, "lease_s": self.lease_s}
-        return await self._try(node, doc, self.timeout_s)
+        return {"op": "set", "client": self._client, "seq": self._next_seq(), "ts": self.wall(), "caps_w": caps,
+                "lease_s": self.lease_s}
+
+    async def _set_node(self, node: _Node) -> dict[str, Any] | None:
+        return await self._try(node, self._set_doc(node), self.timeout_s)
+
+    def _ready(self, node: _Node) -> bool:
+        """An open connection nobody else is setting up, not hung: a request can go out at once."""
+        assert node.lock is not None
+        return (node.writer is not None and not node.lock.locked() and len(node.pending) < MAX_PENDING
+                and not (node.pending and self.clock() - node.last_reply_t > max(1.0, 5 * self.timeout_s)))
+
+    def _send_now(self, node: _Node) -> asyncio.Future[dict[str, Any]]:
+        """A set written to a ready connection without waiting (``_exchange`` without its awaits:
+        a 2 kB frame is far under the transport's high-water mark, and MAX_PENDING bounds the
+        backlog to a hung agent)."""
+        assert node.writer is not None
+        node.last_try_t = self.clock()
+        doc = self._set_doc(node)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        node.pending.append(fut)
+        self._record_sent(node, doc["caps_w"])
+        try:
+            node.writer.write(encode(doc))
+        except (OSError, RuntimeError, FrameError) as exc:  # a transport closing under us
+            fut.set_exception(ConnectionResetError(str(exc) or "connection closed"))
+        return fut
 
     def _fill(self, node: _Node, local: int) -> float:
         """The cap to send for a GPU nobody asked about yet: what it holds, else its safe cap."""
@@ -282,10 +314,33 @@ class AgentGpus:
                     self._loop.create_task(self._try(node, self._state_doc(), timeout))
 
     async def _set_many(self, nodes: list[_Node]) -> dict[str, dict[str, Any] | None]:
-        async def one(node: _Node) -> tuple[str, dict[str, Any] | None]:
-            return node.cfg.name, await self._set_node(node)
-
-        return dict(await asyncio.gather(*(one(n) for n in nodes)))
+        """Every node's set at once: on open connections all frames are written first, then the
+        replies are awaited together under one ``node_timeout_s`` (the same deadline each node's
+        own timeout would give, without a task, a lock and a timer per node); a node whose
+        connection must be (re)made goes the long way, ``_set_node``, alongside."""
+        slow = {n.cfg.name: asyncio.ensure_future(self._set_node(n)) for n in nodes if not self._ready(n)}
+        fast: dict[str, tuple[_Node, asyncio.Future[dict[str, Any]]]] = {}
+        for n in nodes:
+            if n.cfg.name not in slow:
+                fast[n.cfg.name] = (n, self._send_now(n))
+        if fast:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout_s):
+                    await asyncio.wait([f for _, f in fast.values()])
+        out: dict[str, dict[str, Any] | None] = {}
+        for name, (node, fut) in fast.items():
+            if not fut.done():
+                fut.cancel()  # its reply, when it comes, is discarded (see _read_replies)
+                await self._failed(node, TimeoutError(), self.timeout_s)
+                out[name] = None
+            elif fut.cancelled() or fut.exception() is not None:
+                await self._failed(node, fut.exception() or ConnectionResetError("cancelled"), self.timeout_s)
+                out[name] = None
+            else:
+                out[name] = self._took(node, fut.result())
+        for name, task in slow.items():
+            out[name] = await task
+        return out
 
     # --- worst case for a node that does not answer --------------------------------------------
 
