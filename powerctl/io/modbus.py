@@ -10,7 +10,11 @@ Failures, in order of severity:
 - an exception response to one block: the signals in that block become INVALID;
 - no usable answer (timeout, connection lost, short reply, every block refused): the poll fails;
   after ``stale_after_failures`` failed polls in a row every signal of the device is STALE, and
-  polling backs off (growing delay, capped) while the client reconnects by itself.
+  polling backs off (growing delay, capped at ``BACKOFF_MAX_S``) while the client reconnects by
+  itself. A device that answers, if only with exception responses, is alive and is not backed off.
+  So a device that is back is fresh again within its poll period + ``BACKOFF_MAX_S`` (5 s) after
+  its first answered poll. (With a 30 s cap, each poll lost to a busy machine after the recovery
+  cost another 30 s; the HTTP test saw a recovered inverter stale for 40-180 s under load.)
 
 Writes are refused outside the profile's range before anything is sent, then read back where the
 profile names a read-back point; a mismatch is reported in the WriteResult (and logged).
@@ -51,7 +55,7 @@ from powerctl.profiles.values import (
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0  # a dead device costs one timeout (timeout_s + 0.5 s) per 5 s on its link
 KEEPALIVE_FRACTION = 0.8  # rewrite a leased setpoint at 80 % of its timeout: jitter cannot let it lapse
 
 
@@ -145,6 +149,7 @@ class ModbusDevice:
         self._wake = asyncio.Event()  # a new keep-alive lease wakes the run loop early
         self._located = not profile.sunspec_models  # SunSpec profiles are located by discovery once
         self._reasons: dict[str, str] = {}  # signal -> last logged reason (log transitions, not every poll)
+        self._answering = False  # the last failed poll got answers (exception responses): no backoff
         self.last_image: RegisterImage = {}
         self.readings: dict[str, Reading] = {}  # every point of the last good poll, engineering units
 
@@ -270,10 +275,10 @@ class ModbusDevice:
                     for i, r in enumerate(regs):
                         tab[block.address + i] = r
             except DeviceError as exc:
-                self._on_failure(str(exc))
+                self._on_failure(str(exc), answered=False)
                 return False
             if len(refused) == len(self.blocks):
-                self._on_failure(f"every request refused ({refused[0][1]})")
+                self._on_failure(f"every request refused ({refused[0][1]})", answered=True)
                 return False
         self._publish(image, refused)
         self.stats.polls += 1
@@ -302,7 +307,8 @@ class ModbusDevice:
                 if self._reasons.pop(p.signal, None):
                     log.info("%s.%s valid again", self.name, p.signal)
 
-    def _on_failure(self, reason: str) -> None:
+    def _on_failure(self, reason: str, *, answered: bool) -> None:
+        self._answering = answered
         self.stats.failures += 1
         self.stats.consecutive_failures += 1
         self.stats.last_error = reason
@@ -313,11 +319,12 @@ class ModbusDevice:
             self._reasons = {s.signal: "stale" for s in self.profile.points if s.signal}
 
     def next_delay_s(self) -> float:
-        """Poll period while healthy; growing, capped delay while failing."""
+        """Poll period while healthy or answering; growing delay, capped at ``BACKOFF_MAX_S`` (or
+        the poll period when that is longer), while the device does not answer at all."""
         n = self.stats.consecutive_failures
-        if n < self.stale_after_failures:
+        if n < self.stale_after_failures or self._answering:
             return self.poll_period_s
-        return min(BACKOFF_MAX_S, max(self.poll_period_s, BACKOFF_BASE_S * 2 ** (n - self.stale_after_failures)))
+        return max(self.poll_period_s, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (n - self.stale_after_failures)))
 
     def _keepalive_due_in_s(self) -> float:
         """Seconds until the next keep-alive rewrite is due (inf when none is leased)."""
