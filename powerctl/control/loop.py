@@ -128,6 +128,24 @@ def measured_other_kw(cfg: SiteConfig, image: ProcessImage, now_s: float, gpu_kw
     return max(0.0, total - gpu_kw * (1.0 + cfg.gpu.facility_overhead))
 
 
+# Inverter states that say "delivering less than the array could" (curtailed or at a limit), by
+# profile: SunSpec model 103 St 5 THROTTLED (device_profiles/sunspec/inverter_103.yaml). The forecaster
+# must not learn the sky from such readings (powerctl.forecast.pv_forecast, meas_limited).
+PV_LIMITED_STATES: dict[str, frozenset[float]] = {"sunspec/inverter_103": frozenset({5.0})}
+
+
+def pv_limited(image: ProcessImage, device: str, profile: str, now_s: float) -> bool:
+    """Whether a PV inverter reports that it delivers less than it could (False when unknown)."""
+    states = PV_LIMITED_STATES.get(profile)
+    if not states:
+        return False
+    try:
+        st = image.value(device, "state", now_s)
+    except KeyError:
+        return False
+    return st is not None and float(st) in states
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -325,9 +343,11 @@ class ControlLoop:
             p = math.nan if per_gpu is None else per_gpu.get(s.index, math.nan)
             class_w[s.klass] += p if p == p else self.caps_w.get(s.index, self.cfg.gpu.safe_cap_w)
             class_cap_w[s.klass] += self.caps_w.get(s.index, self.cfg.gpu.safe_cap_w)
-        pv = [image.value(d.name, "p_kw", wall_s) for d in self.cfg.by_nature(Nature.PV)]
+        pvs = self.cfg.by_nature(Nature.PV)
+        pv = [image.value(d.name, "p_kw", wall_s) for d in pvs]
         names = self.class_names
-        record(wall_s, pv, [class_w[n] / 1000.0 for n in names], [class_cap_w[n] / 1000.0 for n in names])
+        record(wall_s, pv, [class_w[n] / 1000.0 for n in names], [class_cap_w[n] / 1000.0 for n in names],
+               [pv_limited(image, d.name, d.profile, wall_s) for d in pvs])
 
 
 def say_why(plan: Plan, last: tuple[str, str]) -> tuple[str, str]:
