@@ -2,9 +2,10 @@
 ``powerctl run`` controls it, and this test reads both batteries over Modbus as a third client.
 
 Both batteries are MW-class SunSpec DER storage (device_profiles/sunspec/der_storage.yaml) with
-different limits, behind a grid connection (examples/grid-site.toml without its genset), so each
-plant battery follows its own setpoint (sim/plant/site.py). What is checked is on the wire: the
-704 WSet each battery was written (and enabled) and the 701 W it reports, per battery.
+different limits (examples/grid-site.toml without its genset). Grid-tied, the grid balances and
+each plant battery follows its own setpoint; islanded (no meter), the first battery forms the grid
+and takes the residual while the second follows its own (sim/plant/site.py). What is checked is
+on the wire: the 704 WSet each battery was written (and enabled) and the 701 W it reports.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BATS = {"bess": 60.0, "bess2": 8.0}  # max charge/discharge kW: the plan gives them different powers
 
 
-def _site(tmp_path: Path) -> Path:
+def _site(tmp_path: Path, *, grid: bool) -> Path:
     d: dict[str, Any] = load_config(ROOT / "examples" / "grid-site.toml").model_dump(mode="json", exclude_none=True)
-    d["devices"] = [x for x in d["devices"] if x["nature"] != "genset"]
+    drop = {"genset"} if grid else {"genset", "meter"}  # no meter: the site is islanded
+    d["devices"] = [x for x in d["devices"] if x["nature"] not in drop]
     bess = next(x for x in d["devices"] if x["name"] == "bess")
     bess.update(profile="sunspec/der_storage")
     bess["transport"]["unit_id"] = 1
@@ -71,8 +73,12 @@ async def _read(devs: dict[str, ModbusDevice], image: ProcessImage) -> dict[str,
     return out
 
 
-async def test_two_batteries_follow_their_own_setpoints_across_processes(tmp_path: Path) -> None:
-    cfg_path = _site(tmp_path)
+@pytest.mark.parametrize("grid", [True, False], ids=["grid-tied", "island"])
+async def test_two_batteries_follow_their_own_setpoints_across_processes(tmp_path: Path, grid: bool) -> None:
+    # grid-tied: the grid balances, both batteries follow; island: bess (the first battery) forms
+    # the grid and takes the residual, bess2 follows its own setpoint (sim/plant/site.py)
+    followers = list(BATS) if grid else ["bess2"]
+    cfg_path = _site(tmp_path, grid=grid)
     cfg = load_config(cfg_path)
     profile = load_profile("sunspec/der_storage")
     sim = _start(tmp_path, ["sim", "serve", str(cfg_path)], "sim.log")
@@ -99,9 +105,10 @@ async def test_two_batteries_follow_their_own_setpoints_across_processes(tmp_pat
             got = await _read(devs, image)
             enabled = all(ena == 1 for _w, ena, _p in got.values())
             # each plant battery runs at the setpoint on its own wire (701 W has 100 W steps: W_SF 2)
-            following = all(abs(w - p) <= 0.1 for w, _e, p in got.values())
-            moving = all(abs(w) > 0.5 for w, _e, _p in got.values())  # 0 W would follow trivially
-            if enabled and following and moving and abs(got["bess"][0] - got["bess2"][0]) > 0.5:
+            following = all(abs(got[n][0] - got[n][2]) <= 0.1 for n in followers)
+            moving = all(abs(got[n][0]) > 0.5 for n in followers)  # 0 W would follow trivially
+            distinct = abs(got["bess"][0] - got["bess2"][0]) > 0.5
+            if enabled and following and moving and (distinct or not grid):
                 break
             await asyncio.sleep(0.5)
         print("written WSet kW, WSetEna, reported kW per battery:", got)
