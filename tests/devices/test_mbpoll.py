@@ -70,6 +70,9 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("sunspec/der_storage", "SoC", 63.4),  # 713 uint16 x 10^-1
         ("sunspec/der_storage", "DCWhAbs", 9_876_543_210.0),  # 714 uint64
         ("sunspec/der_storage", "WHRtg", 5_000_000.0),  # 713 uint16 x 10^3 (5 MWh)
+        ("janitza/umg604", "P_sum", 2_750_000.0),  # revenue meter: float32, MSW first
+        ("janitza/umg604", "U_L1", 231.5),  # float32
+        ("janitza/umg604", "WhImport", 123_456.0),  # float32 energy
     ],
 )
 async def test_mbpoll_sees_what_the_codec_encoded(key: str, point: str, value: float | str) -> None:
