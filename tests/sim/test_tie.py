@@ -1,10 +1,11 @@
 """The replay and the daemon run one control loop: the same scenario through both gives the same
 energy totals and compute value.
 
-Scenario (30 s, the fault suite's 192-GPU site): the battery starts near its floor (12 %, its
-discharge limit tapered), so the planner starts the genset at once (2 s start delay + 3 s warm-up);
-PV is 130 kW, then a cloud edge takes it to 45 kW at 10 s and the guard cuts the caps until the
-genset picks up. Both runs use the shipped ``LiveForecaster`` with the same flat clear-sky curve,
+Scenario (60 s, the fault suite's 192-GPU site): the battery starts near its floor (12 %, its
+discharge limit tapered); PV is 130 kW, then a cloud edge takes it to 45 kW at 10 s and the guard
+cuts the caps until the genset picks up (2 s start delay + 3 s warm-up). The planner starts the
+genset once, at the start or after the cloud edge (that depends on how the PV forecast reads the
+first, partly curtailed, PV samples), and keeps it on (min up time). Both runs use the shipped ``LiveForecaster`` with the same flat clear-sky curve,
 and the same plant model and parameters.
 
 - replay: ``powerctl.sim.replay.simulate`` in-process, 0.2 s steps (the site's guard period),
@@ -19,11 +20,12 @@ compares is the loop, not the daemon's start-up (tests/restart covers that).
 Tolerance, and why: the daemon sees the plant through Modbus polls (PV and battery every 0.5 s,
 genset every 1 s) and sends on 1 s dispatches and Modbus writes, so its reaction to the cloud
 edge and to the genset coming on line lags the replay's by ~0.5-1.5 s (its 0.2 s guard and 1 s
-dispatch periods jitter on a loaded host too; the replay's readings and ticks are exact). A lag of
-1.5 s in a 30 s window shifts a total by up to 1.5/30 = 5 %: GPU, load and PV energy and compute
-value must agree within 5 % (measured: within 1 % on a loaded 2-core host). A genset start shifted
-by that lag moves its ~80 kW between genset and battery: those must agree within 5 % of the
-load's energy.
+dispatch periods jitter on a loaded host too; the replay's readings and ticks are exact). Two
+such lags (the cloud edge, the genset start) of up to 1.5 s each in a 60 s window shift a total by
+up to 3/60 = 5 %: GPU, load and PV energy and compute value must agree within 5 % (measured: within
+2 % with a load average of 29 on the shared 2-core host; a 30 s window, where the same lags weigh
+twice as much, failed there by 9 % on compute value). A genset start shifted by that lag moves its
+~80 kW between genset and battery: those must agree within 5 % of the load's energy.
 What this catches: a loop that planned, dispatched or guarded differently in the two (no genset
 start, a different budget or cut at the cloud edge) moves these totals by tens of per cent. The
 genset starts once in both (min up time 900 s): a start we commanded counts as committed through
@@ -53,9 +55,9 @@ from powerctl.sim.serve import PlantGpus, SimSite
 from powerctl.sim.traces.site_trace import SiteTrace
 from tests.faults.harness import fault_config
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(240)]
 
-WINDOW_S = 30.0
+WINDOW_S = 60.0
 CLOUD_S = 10.0
 STEP_S = 0.2
 SOC0_PCT = 12.0
