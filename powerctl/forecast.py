@@ -102,12 +102,16 @@ def pv_forecast(array: PvArray, now_s: float, steps_s: FloatArray, meas_ts_s: Fl
                 *, k_climatology: float = 0.7, tau_s: float = 3 * 3600.0, window_s: float = 1800.0,
                 max_meas_age_s: float = 900.0, external: Forecast | None = None,
                 external_max_age_s: float = 3 * 3600.0,
-                clear_kw_fn: Callable[[FloatArray], FloatArray] | None = None) -> Forecast:
+                clear_kw_fn: Callable[[FloatArray], FloatArray] | None = None,
+                meas_limited: npt.NDArray[np.bool_] | None = None) -> Forecast:
     """PV forecast (1, T) kW for the horizon starting at `now_s`.
 
     Order of preference: an external forecast younger than `external_max_age_s`; clear sky x index
     from measurements of the last `window_s` (if the newest is younger than `max_meas_age_s`);
-    clear sky x climatological index.
+    clear sky x climatological index. ``meas_limited`` marks measurements taken while the inverter
+    delivered less than it could (curtailed, throttled): they bound the index from below only (a
+    curtailed inverter says nothing about the sky; learning from it would forecast a dark sky
+    because the site had no use for the sun, and so plan less use of it).
     """
     steps = np.asarray(steps_s, dtype=float)
     mids = step_midpoints_s(now_s, steps)
@@ -124,7 +128,13 @@ def pv_forecast(array: PvArray, now_s: float, steps_s: FloatArray, meas_ts_s: Fl
     k_now = None
     newest = float(ts.max()) if ts.size else float("-inf")
     if np.any(recent) and now_s - newest <= max_meas_age_s:
-        k_now = clearsky_index(ts[recent], kw[recent], clear_of(ts[recent]), array.kwp)
+        limited = np.zeros(ts.size, dtype=bool) if meas_limited is None else np.asarray(meas_limited, dtype=bool)
+        exact, bound = recent & ~limited, recent & limited
+        if np.any(exact):
+            k_now = clearsky_index(ts[exact], kw[exact], clear_of(ts[exact]), array.kwp)
+        k_low = clearsky_index(ts[bound], kw[bound], clear_of(ts[bound]), array.kwp) if np.any(bound) else None
+        if k_low is not None:
+            k_now = max(k_now if k_now is not None else k_climatology, k_low)
     if k_now is None:
         issued = newest if ts.size else now_s
         src = "clearsky x climatology" + (" (measurements stale)" if ts.size else " (no measurements)")
@@ -243,10 +253,14 @@ class LiveForecaster:
         self.settle_s = 5.0
         self.last_sources: tuple[str, str] = ("", "")
 
-    def record(self, now_s: float, pv_kw: list[float | None], class_kw: list[float], class_cap_kw: list[float]) -> None:
-        """One cycle's measurements; a None PV reading (stale) is simply not recorded."""
+    def record(self, now_s: float, pv_kw: list[float | None], class_kw: list[float], class_cap_kw: list[float],
+               pv_limited: list[bool] | None = None) -> None:
+        """One cycle's measurements; a None PV reading (stale) is simply not recorded. ``pv_limited``:
+        per array, whether its inverter delivers less than it could (see ``pv_forecast``)."""
         if all(v is not None for v in pv_kw):
-            vals = [float(v) for v in pv_kw if v is not None]
+            # each sample: the arrays' kW, then their limited flags (1.0: limited)
+            lim = pv_limited or [False] * len(pv_kw)
+            vals = [float(v) for v in pv_kw if v is not None] + [float(f) for f in lim]
             recent, cutoff = self._pv_recent, now_s - 1800.0
             # drop from the old end only (rebuilding the list cost O(window) every cycle); after a
             # backward clock step the order is gone, so filter it all once
@@ -297,8 +311,10 @@ class LiveForecaster:
         pv_fcs = []
         for i, arr in enumerate(self.arrays):
             kw = np.array([v[i] for _, v in self._pv_recent] + [v[i] for v in self._pv_kw], dtype=float)
+            j = i + len(self.arrays)
+            lim = np.array([v[j] for _, v in self._pv_recent] + [v[j] for v in self._pv_kw], dtype=float) > 0.5
             clear_fn = self.clear_kw_fns[i] if self.clear_kw_fns else None
-            fc = pv_forecast(arr, now_s, steps, ts[order], kw[order], clear_kw_fn=clear_fn)
+            fc = pv_forecast(arr, now_s, steps, ts[order], kw[order], clear_kw_fn=clear_fn, meas_limited=lim[order])
             pv_fcs.append(fc)
             pv_rows.append(fc.values_kw[0])
         pv = np.array(pv_rows, dtype=float).reshape(len(self.arrays), steps.size)

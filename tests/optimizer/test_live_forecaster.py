@@ -33,6 +33,22 @@ def test_capped_class_still_counts_at_its_maximum() -> None:
     assert np.allclose(gpu, 10.0), gpu
 
 
+def test_curtailed_pv_does_not_teach_a_dark_sky() -> None:
+    """Clear sky (80 kW), but the site takes only 20 kW (battery full): the inverter is throttled.
+    Learning from the delivered power would give index 0.25 (the feedback loop of issue 11); a
+    limited reading only bounds the index from below."""
+    f = _forecaster()
+    for k in range(30):
+        f.record(60.0 * k, [20.0], [2.0], [5.0], pv_limited=[True])
+    pv, _gpu, _other, _extra = f(60.0 * 30, None, STEPS_S)
+    assert pv[0, 0] >= 0.7 * 80.0 - 1e-6, pv  # at least the climatological index, not 0.25
+    f.record(60.0 * 30, [30.0], [2.0], [5.0], pv_limited=[False])  # a real cloud, not limited
+    for k in range(31, 61):
+        f.record(60.0 * k, [30.0], [2.0], [5.0])
+    pv, _gpu, _other, _extra = f(60.0 * 61, None, STEPS_S)
+    assert abs(pv[0, 0] - 30.0) < 1.0, pv  # an unlimited reading is learnt as it is
+
+
 def test_first_sample_while_power_rises_is_no_low_demand() -> None:
     """At start-up the GPUs may still be coming out of idle under caps just set: the first sample
     says nothing about demand (taken as demand, the idle power was the forecast for a whole sampling
