@@ -73,6 +73,9 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("janitza/umg604", "P_sum", 2_750_000.0),  # revenue meter: float32, MSW first
         ("janitza/umg604", "U_L1", 231.5),  # float32
         ("janitza/umg604", "WhImport", 123_456.0),  # float32 energy
+        ("comap/intelisys_nt", "ActivePower", -1250.0),  # paralleling genset: int16 kW (reverse power)
+        ("comap/intelisys_nt", "RunHours", 70_001.0),  # uint32, MSW first
+        ("comap/intelisys_nt", "GenFreq", 50.1),  # uint16 x 0.1
     ],
 )
 async def test_mbpoll_sees_what_the_codec_encoded(key: str, point: str, value: float | str) -> None:

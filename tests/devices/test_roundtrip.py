@@ -46,8 +46,8 @@ def chosen_values(profile: Profile, sim: DeviceSimulator) -> dict[str, float | s
         raw = 1 + (i * 37) % 90
         if p.table == "coil":
             raw = 1
-        if p.dtype in SIGNED and i % 2:
-            raw = -raw
+        if p.dtype in SIGNED and i % 2 and not (p.valid_min is not None and p.valid_min >= 0):
+            raw = -raw  # negative where the point may be (a signed register with valid_min 0 may not)
         exp = sfs.get(p.scale_sf) if p.scale_sf else 0
         out[p.name] = raw * p.scale * 10.0 ** (exp or 0)
     return out
@@ -61,8 +61,8 @@ def signal_value(profile: Profile, p: Point) -> float:
     if p.unit == "kW":
         v = 11.0
     if p.unit == "h":
-        v = 3600.0 * 12.3  # run hours in 0.1 h steps
-    negative_ok = p.dtype in SIGNED
+        v = 3600.0 * (12.3 if p.scale < 1 else 12.0)  # run hours in the register's steps (0.1 h or 1 h)
+    negative_ok = p.dtype in SIGNED and not (p.valid_min is not None and p.valid_min >= 0)
     return -v * p.sign if negative_ok else v * p.sign if p.sign > 0 else v
 
 
