@@ -35,7 +35,10 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.settimeout(1.0)
+                # never wait: this runs on the guard's event loop, and a receiver that does not read
+                # (systemd busy, a test's socket) fills its queue (net.unix.max_dgram_qlen, 10): with
+                # a 1 s timeout every ping then stalled the loop ~1 s, devices went stale (issue 12)
+                s.setblocking(False)
                 s.connect(self.address)
                 s.sendall("\n".join(fields).encode())
         except OSError:

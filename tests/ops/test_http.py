@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from powerctl.config import SiteConfig, load_config
 from powerctl.daemon import Daemon
+from powerctl.io.modbus import BACKOFF_MAX_S
 from powerctl.sim.devices import Fault
 from powerctl.sim.plant.site import Plant
 from powerctl.sim.serve import PlantGpus, SimSite
@@ -177,6 +178,16 @@ async def test_endpoints_health_metrics_and_scada_of_a_running_daemon(tmp_path: 
         doc = await until(unhealthy, "health stayed 200 with a stale PV inverter")
         assert doc["ok"] is False and any("pv1.p_kw" in r for r in doc["reasons"]), doc
         site.sims["pv1"].fault = Fault.NONE
+
+        async def pv_fresh() -> bool:
+            code, body, _ = await aget(base + "/health")
+            return code != 0 and "pv1.p_kw" not in body.decode()
+
+        # fresh again within its poll period + the driver's backoff cap (powerctl/io/modbus.py),
+        # plus 10 s for a loaded machine; then healthy once the guard and the plan follow
+        await until(pv_fresh, "pv1.p_kw still stale after the inverter answered again",
+                    timeout_s=cfg.device("pv1").poll_period_s + BACKOFF_MAX_S + 10.0)
+        await until(healthy, "health did not recover after the inverter came back", timeout_s=60.0)
     notify.close()
     shutil.rmtree(sock_dir, ignore_errors=True)
 
