@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from powerctl.optimizer.params import FloatArray, SiteParams
+from powerctl.optimizer.params import BatteryParams, FloatArray, GensetParams, SiteParams
 
 
 @dataclass
@@ -189,6 +189,36 @@ def _reserve_rows(have: cp.Expression, need: cp.Expression,
     return [*rows, have + cp.sum(rb, axis=0) >= need]
 
 
+def _battery_ramps(bats: list[BatteryParams], net: cp.Expression, steps_s: FloatArray) -> list[cp.Constraint]:
+    """|net_t - net_{t-1}| <= ramp dt_t between steps, only where the limit can bind (ramp dt below
+    the full swing), so a fast battery adds no rows. The first step is not limited: it changes from
+    the power applied now, which the guard and the PCS pace anyway."""
+    rows: list[cp.Constraint] = []
+    for i, b in enumerate(bats):
+        lim = b.ramp_kw_per_s * steps_s[1:]
+        if steps_s.size < 2 or not np.any(lim < b.max_charge_kw + b.max_discharge_kw):
+            continue
+        d = net[i, 1:] - net[i, :-1]
+        rows += [d <= lim, -d <= lim]
+    return rows
+
+
+def _genset_ramps(gens: list[GensetParams], g: cp.Variable, avail: cp.Parameter,
+                  steps_s: FloatArray) -> list[cp.Constraint]:
+    """Output change between steps of a running genset <= ramp dt. A step after one not fully
+    available (off, warming up) may rise freely (to the minimum load a start brings), and one before
+    a step not fully available may fall freely (a stop): the slack rating (1 - a) does that with a
+    as a Parameter on the right-hand side, so the matrix stays fixed (optimizer.direct)."""
+    rows: list[cp.Constraint] = []
+    for i, k in enumerate(gens):
+        lim = k.ramp_kw_per_s * steps_s[1:]
+        if steps_s.size < 2 or not np.any(lim < k.rating_kw):
+            continue
+        d = g[i, 1:] - g[i, :-1]
+        rows += [d <= lim + k.rating_kw * (1.0 - avail[i, :-1]), -d <= lim + k.rating_kw * (1.0 - avail[i, 1:])]
+    return rows
+
+
 def build(p: SiteParams, simplex_form: bool = True) -> Model:
     """Build the DPP problem for site `p` (validated beforehand by `validate.check_site`)."""
     steps_s = np.asarray(p.steps_s, dtype=float)
@@ -246,6 +276,7 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
         ]
         net = dis - ch
         supply = supply + cp.sum(net, axis=0)
+        cons += _battery_ramps(bats, net, steps_s)
         dur_h = max(p.reserve_duration_s, 1.0) / 3600.0
         # Reserve a battery can give: min(power headroom, energy above the floor over the duration).
         bat_reserve = [(dis_max[i, 0] - net[i, :], (eta_d[i, 0] / dur_h) * (e[i, :] - e_min[i, 0]))
@@ -267,6 +298,7 @@ def build(p: SiteParams, simplex_form: bool = True) -> Model:
         cons += [g <= cap_kw, g >= cp.multiply(min_kw * np.ones((1, T)), avail)]
         supply = supply + cp.sum(g, axis=0)
         reserve_have = reserve_have + cp.sum(cap_kw - g, axis=0)
+        cons += _genset_ramps(gens, g, avail, steps_s)
         fuel = np.array([k.fuel_price_per_l * k.f1_l_per_kwh for k in gens])[:, None] * dt_h[None, :]
         cost.append(cp.sum(cp.multiply(fuel, g)))
 

@@ -46,6 +46,8 @@ class BatteryParams:
     eta_discharge: float = 0.95
     wear_cost_per_kwh: float = 0.02
     terminal_value_per_kwh: float = 0.08
+    # How fast the battery's power may change between steps (either way); inf = no limit.
+    ramp_kw_per_s: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class GensetParams:
     min_up_s: float = 900.0
     min_down_s: float = 600.0
     warmup_s: float = 60.0
+    # How fast its output may change between steps while it runs (a start or stop is free); inf = none.
+    ramp_kw_per_s: float = float("inf")
 
 
 @dataclass(frozen=True)

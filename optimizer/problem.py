@@ -80,8 +80,11 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
     rating = np.array([g.rating_kw for g in p.gensets])[:, None]
     gmin = np.array([g.min_load_kw for g in p.gensets])[:, None]
     floors = np.array([c.p_min_kw for c in p.gpu_classes])[:, None]
-    ch, dis = net_battery(clip("charge", d.ch, 0.0, cmax), clip("discharge", d.dis, 0.0, dmax))
-    ch, dis = repair_soc(p, v, ch, dis)
+    ch_net, dis = net_battery(clip("charge", d.ch, 0.0, cmax), clip("discharge", d.dis, 0.0, dmax))
+    ch, dis = repair_soc(p, v, ch_net, dis)
+    # Charge the repair took off (netting leaves the SoC higher) would spill, and spill may be
+    # priced; PV is curtailed by as much instead, which is free.
+    pv = curtail(clip("pv", d.pv, 0.0, v.pv_ub), (ch_net - ch).sum(axis=0))
     gpu = clip("gpu", d.gpu, floors, v.gpu_ub)
     # Ramp-up limits: a solver's small excess is taken off the budget (lowering is always allowed).
     rate = np.array([c.ramp_up_kw_per_s for c in p.gpu_classes])
@@ -95,8 +98,15 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
     if v.grid is not None and d.imp is not None and d.exp is not None:
         imp, exp = net_grid(clip("grid import", d.imp, 0.0, v.grid.imp_ub),
                             clip("grid export", d.exp, 0.0, v.grid.exp_ub))
-    return Dispatch(pv=clip("pv", d.pv, 0.0, v.pv_ub), ch=ch, dis=dis,
+    return Dispatch(pv=pv, ch=ch, dis=dis,
                     g=clip("genset", d.g, gmin * v.avail, rating * v.avail), gpu=gpu, imp=imp, exp=exp)
+
+
+def curtail(pv: np.ndarray, less_kw: np.ndarray) -> np.ndarray:
+    """PV (n_pv, T) lowered by `less_kw` (T,) per step, in proportion to each inverter's share."""
+    total = pv.sum(axis=0)
+    keep = np.divide(np.maximum(0.0, total - less_kw), total, out=np.ones_like(total), where=total > 0)
+    return pv * keep[None, :]
 
 
 def net_battery(ch: np.ndarray, dis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,7 @@ def site_params(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> Site
             eta_discharge=d.limits.eta_discharge,
             wear_cost_per_kwh=d.limits.wear_cost_per_kwh,
             terminal_value_per_kwh=d.limits.terminal_value_per_kwh,
+            ramp_kw_per_s=float("inf") if d.limits.ramp_kw_per_s is None else d.limits.ramp_kw_per_s,
         )
         for d in cfg.by_nature(Nature.BATTERY)
     ]
@@ -81,6 +82,7 @@ def site_params(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> Site
                 min_up_s=g.min_up_s,
                 min_down_s=g.min_down_s,
                 warmup_s=g.warmup_s,
+                ramp_kw_per_s=float("inf") if g.ramp_kw_per_s is None else g.ramp_kw_per_s,
             )
         )
     pool = cfg.gpu

@@ -101,3 +101,30 @@ def test_no_simultaneous_charge_and_discharge(solver: str) -> None:
     soc_net_only = plan.soc_pct[0, 0] + 100.0 * np.cumsum(flow) / b.capacity_kwh
     np.testing.assert_allclose(plan.soc_pct[0, 1:], soc_net_only, atol=1e-3)
     assert plan_violations(site, x, plan) == []
+
+
+@pytest.mark.parametrize("solver", ["HIGHS", "CLARABEL"])
+def test_genset_and_battery_ramp_limits(solver: str) -> None:
+    # 60 s steps; the load jumps from 10 to 100 kW at step 3. The genset (running) may move 30 kW a
+    # step, the battery 12 kW a step: neither can follow the jump at once, so each ramps up ahead of
+    # it (spilling the surplus) instead of sitting at the cheapest output until the jump.
+    T = 8
+    steps = np.full(T, 60.0)
+    load = [10.0] * 3 + [100.0] * (T - 3)
+    gen_site = SiteParams(steps_s=steps, gensets=[GensetParams("g", 150, 10, 1.0, 0.25, min_up_s=1e6, ramp_kw_per_s=0.5)],
+                          solver=solver, **no_reserve())
+    x = inputs(gen_site, other=load, on=[True], state_s=[1e6])
+    plan = DispatchProblem(gen_site).solve(x, deadline_s=10)
+    assert plan.rung == "primary"
+    dg = np.diff(plan.genset_kw[0])
+    assert np.all(np.abs(dg) <= 30.0 + 1e-3), dg
+    assert float(plan.genset_kw[0, 2]) >= 70.0 - 1e-3  # ahead of the jump
+    assert float(plan.unserved_kw.max()) == pytest.approx(0.0, abs=1e-3)
+    assert float(plan.genset_kw[0, -1]) == pytest.approx(100.0, abs=1e-2)
+    bat_site = SiteParams(steps_s=steps, batteries=[BatteryParams("b", 500, 100, 100, 10, 95, ramp_kw_per_s=0.2)],
+                          solver=solver, **no_reserve())
+    xb = inputs(bat_site, other=load, soc=[80.0])
+    plan_b = DispatchProblem(bat_site).solve(xb, deadline_s=10)
+    db = np.diff(plan_b.battery_kw[0])
+    assert np.all(np.abs(db) <= 12.0 + 1e-3), db
+    assert float(plan_b.battery_kw[0, 2]) >= 88.0 - 1e-3
