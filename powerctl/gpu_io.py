@@ -55,16 +55,17 @@ def read_caps_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float]
         return None
 
 
-def read_enforced_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float] | None:
+def read_enforced_w(backend: GpuBackend, indices: Sequence[int]) -> dict[int, float]:
     """The limit each GPU obeys now: the lower of its requested and enforced limit (something
-    outside powerctl may have lowered either), or None when any GPU cannot be read."""
+    outside powerctl may have lowered either). A GPU that cannot be read is left out: the guard
+    keeps its own cap for it (its power read says what is wrong, once per pass is too often here)."""
     out: dict[int, float] = {}
     for i in indices:
         try:
             req, enf = backend.read_limits_w(i)
-        except Exception as exc:  # unreadable: the guard keeps its own belief
-            log.warning("GPU %d limits unreadable: %s", i, exc)
-            return None
+        except Exception as exc:
+            log.debug("GPU %d limits unreadable: %s", i, exc)
+            continue
         known = [float(w) for w in (req, enf) if w == w]
         if known:
             out[i] = min(known)
@@ -124,7 +125,7 @@ class GpuReadings:
         held = getattr(self.backend, "held_caps_w", None)
         return held() if callable(held) else None
 
-    def enforced_caps_w(self) -> dict[int, float] | None:
+    def enforced_caps_w(self) -> dict[int, float]:
         """The limits the GPUs obey now (``read_enforced_w``): the base of the guard's next rise."""
         return read_enforced_w(self.backend, self.indices)
 
