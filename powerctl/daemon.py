@@ -26,6 +26,7 @@ from powerctl.control.core import ControllerCore, Forecaster, OperatorMode, Over
 from powerctl.control.guard import GuardDecision
 from powerctl.control.loop import ControlLoop
 from powerctl.control.split import slots_from_pool
+from powerctl.genset_times import GensetTimes
 from powerctl.gpu.base import GpuBackend
 from powerctl.gpu.factory import make_backend
 from powerctl.gpu.failsafe import apply_safe_caps_to
@@ -78,6 +79,8 @@ class Daemon:
         self.core = ControllerCore(cfg, self.slots, forecaster)
         # The billing period's peak import survives restarts (powerctl/grid_billing.py).
         self.core.billing.tracker.path = Path(cfg.control.state_dir) / "demand_peak.json"
+        # so do the gensets' up/down times (powerctl/genset_times.py)
+        self.core.gen_times = GensetTimes(Path(cfg.control.state_dir) / "gensets.json")
         run_hooks = cfg.gpu.shed_hooks and not cfg.control.observe_only
         self.hooks = HookRunner(cfg.gpu.shed_hooks, cfg.site.id) if run_hooks else None
         self.devices: dict[str, ModbusDevice] = {}

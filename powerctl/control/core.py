@@ -34,6 +34,7 @@ from powerctl.control.planner import (
     site_params,
 )
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
+from powerctl.genset_times import GensetTimes
 from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
 from powerctl.optimizer import DispatchProblem, Plan
@@ -132,6 +133,9 @@ class ControllerCore:
         self.batteries = [d.name for d in cfg.by_nature(Nature.BATTERY)]
         # when each genset last changed state as we saw it (for min up/down times)
         self._gen_state: dict[str, tuple[bool, float]] = {}
+        # where those survive a restart (the daemon gives it a file), and what was read back
+        self.gen_times = GensetTimes(None)
+        self._gen_restored: dict[str, tuple[bool, float]] | None = None
         # gensets whose minimum down time yields now (safety over wear, see _wear_yields)
         self.min_down_yields: set[str] = set()
         # the measured load besides the GPUs (fed by the control loop), forecast for the plan
@@ -145,15 +149,22 @@ class ControllerCore:
     # --- planning -----------------------------------------------------------------------------
 
     def genset_state_s(self, now_s: float, running: np.ndarray) -> np.ndarray:
+        if self._gen_restored is None:
+            self._gen_restored = self.gen_times.load(now_s, self.gensets)
         out = []
         for name, on in zip(self.gensets, running.tolist(), strict=True):
             prev = self._gen_state.get(name)
+            stored = self._gen_restored.pop(name, None)
+            if prev is None and stored is not None and stored[0] == on:
+                # the state a predecessor saw, and the genset is still in it (powerctl.genset_times)
+                self._gen_state[name] = prev = stored
             if prev is None or prev[0] != on:
                 # first sight, or a change: a restart must not pretend a long run/rest time,
                 # so we start counting now (min up/down times are respected from here)
                 self._gen_state[name] = (on, now_s)
                 prev = self._gen_state[name]
             out.append(max(0.0, now_s - prev[1]))
+        self.gen_times.save(self._gen_state)
         return np.array(out, dtype=float)
 
     def genset_committed(self, now_s: float, running: np.ndarray) -> np.ndarray:
