@@ -57,3 +57,21 @@ def test_first_sample_while_power_rises_is_no_low_demand() -> None:
     f.record(0.0, [50.0], [0.7], [5.0])  # 10 GPUs at 70 W idle, capped at 500 W
     _pv, gpu, _other, _extra = f(1.0, None, STEPS_S)
     assert np.allclose(gpu, 10.0), gpu
+
+
+def test_loop_reads_throttled_from_the_sunspec_state() -> None:
+    """The loop tells the forecaster which PV readings are limited: SunSpec 103 St 5 THROTTLED;
+    MPPT, a stale state or a profile whose states are not known count as not limited."""
+    from powerctl.control.loop import pv_limited
+    from powerctl.natures import Nature
+    from powerctl.process_image import ProcessImage
+
+    image = ProcessImage()
+    image.declare("pv1", Nature.PV, "state", 5.0)
+    image.update("pv1", "state", 5.0, 100.0)
+    assert pv_limited(image, "pv1", "sunspec/inverter_103", 101.0)
+    assert not pv_limited(image, "pv1", "sungrow/sh_hybrid", 101.0)  # its state is a bit field
+    assert not pv_limited(image, "pv1", "sunspec/inverter_103", 200.0)  # stale: unknown
+    image.update("pv1", "state", 4.0, 201.0)  # MPPT
+    assert not pv_limited(image, "pv1", "sunspec/inverter_103", 202.0)
+    assert not pv_limited(image, "pv2", "sunspec/inverter_103", 202.0)  # no such signal
