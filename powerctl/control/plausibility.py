@@ -53,6 +53,12 @@ NAMEPLATE_TOL = 0.05  # meters are rarely better than a few %: 5 % over nameplat
 NAMEPLATE_ABS_KW = 1.0
 SOC_TOL_PCT = 2.0  # SoC resolution and BMS recalibration steps
 SOC_DRIFT = 0.1  # share of the integrated energy the estimate may be off by (efficiency, meter error)
+# A SoC disowned because the battery did not deliver ("cannot deliver") is trusted again when its
+# SoC moves, or after the balance has stayed closed this long; each disowning in a row doubles the
+# wait (up to SOC_RETRUST_MAX_S): with its SoC counted as the floor the battery is asked for
+# nothing, so its SoC may never move, and the caps stayed at the floor for good after a fault.
+SOC_RETRUST_S = 10.0
+SOC_RETRUST_MAX_S = 600.0
 GRID_MIN_V = 80.0  # a dead grid reads ~0 V; any nominal (110-480 V) is far above
 GRID_HZ = (45.0, 65.0)
 GRID_FLOW_KW = 0.5
@@ -132,6 +138,8 @@ class Plausibility:
     _pv_latched: tuple[float, str] | None = None  # (PV reading, why) when the balance disowned it
     _soc_bad_since: float | None = None
     _soc_latched: dict[str, float] = field(default_factory=dict)  # battery -> SoC reading when disowned
+    _soc_ok_since: float | None = None  # the balance closed since (for SOC_RETRUST_S)
+    _soc_disowned: int = 0  # disownings in a row without the SoC moving (doubles the wait)
     _pv_polls: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     _implied: deque[tuple[float, float]] = field(default_factory=deque)
     _last_t_s: float | None = None
@@ -286,10 +294,16 @@ class Plausibility:
             # the load is not covered by what the sources deliver, and the battery holds back
             # although its SoC allows more: its SoC (or limit) is not what it delivers
             self._soc_bad_since = self._soc_bad_since if self._soc_bad_since is not None else now_s
+            self._soc_ok_since = None
         else:
             self._soc_bad_since = None
+            self._soc_ok_since = self._soc_ok_since if self._soc_ok_since is not None else now_s
         if self._soc_bad_since is not None and now_s - self._soc_bad_since >= self.hold_s:
+            self._soc_disowned += 0 if self._soc_latched else 1
             self._soc_latched = {d.name: _value(image, d.name, "soc_pct", now_s) or 0.0 for d in bats}
+        wait_s = min(SOC_RETRUST_S * 2.0 ** max(0, self._soc_disowned - 1), SOC_RETRUST_MAX_S)
+        if self._soc_latched and self._soc_ok_since is not None and now_s - self._soc_ok_since >= wait_s:
+            self._soc_latched = {}  # closed for long enough: trusted again (on probation, see above)
         for d in bats:
             at = self._soc_latched.get(d.name)
             soc = _value(image, d.name, "soc_pct", now_s)
@@ -299,6 +313,7 @@ class Plausibility:
                     f"{bat_limit_kw:.1f} kW it allows while {short_kw:.1f} kW of load is not covered"))
             elif at is not None:
                 del self._soc_latched[d.name]  # the SoC moved: the battery is doing something real
+                self._soc_disowned = 0
         if why:
             self._bal_ok_since = None
             self._bal_bad_since = self._bal_bad_since if self._bal_bad_since is not None else now_s

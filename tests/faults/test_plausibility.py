@@ -241,3 +241,37 @@ def test_garbage_battery_power_does_not_poison_the_soc_estimate() -> None:
     t = run(g, img, t + 0.2, t + 1.0, 20.0, pv1__p_kw=20.0, bat1__soc_pct=60.0, bat1__p_kw=0.0)
     sv = g.supply(img, t, 20.0)
     assert not sv.suspect and sv.battery_kw == pytest.approx(40.0), sv
+
+
+def test_soc_disowned_for_not_delivering_is_trusted_again_with_hysteresis() -> None:
+    """After a "cannot deliver" finding the guard counts the battery as nothing, so it is asked for
+    nothing and its SoC does not move: the finding used to stand for good (caps at the floor after
+    the bess-garbage fault of tests/faults/test_devices.py). The SoC is trusted again once the
+    balance has stayed closed for SOC_RETRUST_S, not before; a second disowning waits twice as long."""
+    from powerctl.control.plausibility import SOC_RETRUST_S
+
+    cfg = cfg_with()
+    g, img = guard(cfg), image(cfg)
+
+    def hold(t0: float, dur_s: float, load_kw: float) -> float:
+        """PV wobbling by 0.3 kW each second (a flat one would look stuck), the battery giving 0."""
+        t = t0
+        for k in range(round(dur_s)):
+            t = run(g, img, t + 0.2, t + 1.0, load_kw, pv1__p_kw=20.0 + 0.3 * (k % 2), bat1__soc_pct=90.0,
+                    bat1__p_kw=0.0)
+        return t
+
+    t = hold(-0.2, 4.0, 60.0)  # 40 kW of load not covered, the battery gives nothing
+    assert g.supply(img, t, 60.0).battery_kw == 0.0
+    t = hold(t, SOC_RETRUST_S - 1.0, 20.0)  # load cut to what PV covers
+    assert g.supply(img, t, 20.0).battery_kw == 0.0, "trusted again before the balance held closed"
+    t = hold(t, 2.0, 20.0)
+    sv = g.supply(img, t, 20.0)
+    assert sv.battery_kw == pytest.approx(40.0) and not sv.suspect, sv
+    # it still does not deliver: disowned again, and now trusted only after twice the wait
+    t = hold(t, 4.0, 60.0)
+    assert g.supply(img, t, 60.0).battery_kw == 0.0
+    t = hold(t, 2 * SOC_RETRUST_S - 1.0, 20.0)
+    assert g.supply(img, t, 20.0).battery_kw == 0.0
+    t = hold(t, 2.0, 20.0)
+    assert g.supply(img, t, 20.0).battery_kw == pytest.approx(40.0)
