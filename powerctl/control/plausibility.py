@@ -20,7 +20,8 @@ The checks (README, "Plausibility rules"):
   would otherwise be trusted again as soon as the cut caps made the balance close);
 - **cannot deliver**: when the load is not covered by what the sources deliver (by more than the
   tolerance, for ``hold_s``) while the battery delivers less than its SoC allows, its SoC is
-  suspect until the SoC reading moves (a battery that really delivers moves its SoC);
+  suspect until the SoC reading moves (a battery that really delivers moves its SoC) or the
+  balance has stayed closed for ``SOC_RETRUST_S`` (doubling per disowning in a row);
 - **stuck**: a PV reading above zero that does not move beyond ``stuck_noise_kw`` for
   ``stuck_polls`` polls while the balance says PV moved by more than ``STUCK_MOVE_PCT`` of the
   nameplate is suspect (a stuck zero is harmless: it counts nothing);
