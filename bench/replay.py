@@ -82,7 +82,7 @@ def main() -> None:
     print(f"  ratio planner/step p50      {pct(pw, 50) / max(np.percentile(sw, 50) * 1e3, 1e-9):8.1f}x")
     year_s = 365 * 86400 / (res.sim_s / res.wall_s)
     print(f"  1 year, EXTRAPOLATED        {year_s / 60:8.1f} min (linear from {res.sim_s / 86400:.2f} simulated days; "
-          "goal < 10 min)")
+          f"goal < 10 min){'; cProfile on, so slower' if prof is not None else ''}")
     if prof is not None:
         print_parts(prof, res.wall_s)
 
