@@ -40,13 +40,13 @@ async def test_caps_lowered_from_outside_rise_back_at_the_slew_limit() -> None:
     assert budget_w < full_w - safe_w  # else the test could not tell a jump from a slewed rise
 
     async def plant() -> None:
-        while True:  # readings fresh and consistent: PV moves a little, the battery carries the rest
+        while True:  # readings fresh and consistent: PV (curtailed to the load) first, the battery the rest
             now = time.monotonic()
-            pv_kw = 20.0 + 0.5 * math.sin(now)
-            gpu_kw = sum(sim.read_power_w(i) for i in range(n)) / 1000.0
+            load_kw = sum(sim.read_power_w(i) for i in range(n)) / 1000.0 * k
+            pv_kw = min(20.0 + 0.5 * math.sin(now), load_kw)
             img.update("pv1", "p_kw", pv_kw, now)
             img.update("bat1", "soc_pct", 60.0, now)
-            img.update("bat1", "p_kw", gpu_kw * k - pv_kw, now)
+            img.update("bat1", "p_kw", load_kw - pv_kw, now)
             await asyncio.sleep(0.05)
 
     readback: list[float] = []  # sum of the limits the GPUs hold, after every guard pass
