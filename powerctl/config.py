@@ -337,7 +337,6 @@ class GpuPool(_Model):
         if self.backend == "agents":
             self._check_nodes(names)
         return self
-        return self
 
     def _check_nodes(self, names: list[str]) -> None:
         if not self.nodes:
