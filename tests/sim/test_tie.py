@@ -1,7 +1,7 @@
 """The replay and the daemon run one control loop: the same scenario through both gives the same
 energy totals and compute value.
 
-Scenario (60 s, the fault suite's 192-GPU site): the battery starts near its floor (12 %, its
+Scenario (90 s, the fault suite's 192-GPU site): the battery starts near its floor (12 %, its
 discharge limit tapered); PV is 110 kW, below what the GPUs want (145 kW with overhead), so the
 planner starts the genset once it has learnt the PV (at ~4 s: 2 s start delay + 3 s warm-up) and
 keeps it on (min up time); a cloud edge takes PV to 45 kW at 10 s and the guard cuts the caps until
@@ -23,10 +23,12 @@ Tolerance, and why: the daemon sees the plant through Modbus polls (PV and batte
 genset every 1 s) and sends on 1 s dispatches and Modbus writes, so its reaction to the cloud
 edge and to the genset coming on line lags the replay's by ~0.5-1.5 s (its 0.2 s guard and 1 s
 dispatch periods jitter on a loaded host too; the replay's readings and ticks are exact). Two
-such lags (the cloud edge, the genset start) of up to 1.5 s each in a 60 s window shift a total by
-up to 3/60 = 5 %: GPU, load and PV energy and compute value must agree within 5 % (measured: within
-2 % with a load average of 29 on the shared 2-core host; a 30 s window, where the same lags weigh
-twice as much, failed there by 9 % on compute value). A genset start shifted by that lag moves its
+such lags (the cloud edge, the genset start) of up to 1.5 s each, plus a genset start one 2 s plan
+period apart (the daemon's forecaster has learnt PV while its plant stood still), in a 90 s window
+shift a total by up to 5/90 = 5.5 %: GPU, load and PV energy and compute value must agree within
+5 % (measured: within 3 %, one run in two within 1 %, with two CPU-bound processes beside it on the
+shared 2-core host; a 30 s window, where the same lags weigh three times as much, failed there by
+9 % on compute value). A genset start shifted by that lag moves its
 ~80 kW between genset and battery: those must agree within 5 % of the load's energy.
 What this catches: a loop that planned, dispatched or guarded differently in the two (no genset
 start, a different budget or cut at the cloud edge) moves these totals by tens of per cent. The
@@ -59,7 +61,7 @@ from tests.faults.harness import fault_config
 
 pytestmark = [pytest.mark.timeout(240)]
 
-WINDOW_S = 60.0
+WINDOW_S = 90.0
 CLOUD_S = 10.0
 PV_KW, CLOUD_PV_KW = 110.0, 45.0
 STEP_S = 0.2
