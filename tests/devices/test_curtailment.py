@@ -131,3 +131,35 @@ def test_no_plan_releases_every_pv_limit() -> None:
     core = ControllerCore(cfg, slots_from_pool(cfg.gpu), forecast)
     cmd = core.dispatch(0.0, _image(cfg, 0.0))
     assert cmd.mode == "safe" and cmd.pv_limit_pct == {"pv1": RELEASED_PCT}
+
+
+@pytest.mark.parametrize(("pct", "why"), [
+    (150.0, "WMaxLimPct: 150 % is outside the allowed range [0, 100] %"),
+    (-5.0, "WMaxLimPct: -5 % is outside the allowed range [0, 100] %"),
+    (float("nan"), "refusing non-finite p_limit_pct nan"),
+])
+async def test_an_out_of_range_limit_through_the_write_queue_puts_nothing_on_the_wire(pct: float, why: str) -> None:
+    # p_limit_pct is a five-step sequence (revert timer, revert limit, ..., WMaxLimPct, enable):
+    # the WMaxLimPct step's range [0, 100] % is checked before the first step is sent
+    profile = load_profile("sunspec/der_inverter")
+    sim = DeviceSimulator(profile)
+    events: list[tuple[str, dict[str, object], str | None]] = []
+    async with served(sim) as srv:
+        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
+        try:
+            assert await dev.poll_once(), dev.stats.last_error  # WMaxLimPct_SF known: only the range can refuse
+            queue = WriteQueue({"pv1": dev}, on_event=lambda k, f, d: events.append((k, f, d)))
+            before = len(sim.request_log)
+            queue.queue("pv1", "p_limit_pct", pct, deadband=0.0)
+            async with asyncio.timeout(10):
+                while queue.errors == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert [r for r in sim.request_log[before:] if r[3] is not None] == []  # not one write request
+            assert queue.written == {} and sim.writes == []
+            assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
+            assert why in str(events[0][1]["message"])
+            # the queue is not stuck: an in-range limit after it is written
+            queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
+            await _written(queue, "pv1.p_limit_pct", 40.0)
+        finally:
+            dev.close()
