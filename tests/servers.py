@@ -89,6 +89,7 @@ class _Process:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / f"{self.name}.log"
+        self._served = False  # has it listened once (its ports are then known to clients)
 
     def argv(self) -> list[str]:
         raise NotImplementedError
@@ -99,13 +100,27 @@ class _Process:
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        try:
-            wait_port(self.ready_port(), proc=self.proc)
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from None
+        for attempt in range(3):
+            log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            try:
+                wait_port(self.ready_port(), proc=self.proc)
+                self._served = True
+                return
+            except Exception as exc:
+                self.stop()
+                taken = "address already in use" in self.log_path.read_bytes()[log_from:].decode(errors="replace").lower()
+                # free_port() only says a port was free a moment ago: another test's server can
+                # take it first. A first start moves to new ports; a restart keeps its own (an
+                # outage test's clients know them) and fails
+                if taken and not self._served and attempt < 2 and self.new_ports():
+                    continue
+                raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from None
+
+    def new_ports(self) -> bool:
+        """Pick new free ports (before the first successful start); False where a server cannot."""
+        return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after ``timeout_s``)."""
@@ -153,6 +168,7 @@ class VictoriaMetrics(_Process):
         super().__init__(workdir)
         self.binary = find_binary(VICTORIA_CANDIDATES, "victoria-metrics")
         self.port = port or free_port()
+        self._port_pinned = port is not None
         self.dedup = dedup
         self.storage = self.workdir / "data"
 
@@ -176,6 +192,12 @@ class VictoriaMetrics(_Process):
 
     def ready_port(self) -> int:
         return self.port
+
+    def new_ports(self) -> bool:
+        if self._port_pinned:
+            return False
+        self.port = free_port()
+        return True
 
     def start(self) -> None:
         super().start()
@@ -307,6 +329,12 @@ class Mosquitto(_Process):
 
     def argv(self) -> list[str]:
         return [self.binary, "-c", str(self.conf)]
+
+    def new_ports(self) -> bool:
+        self.port, self.auth_port = free_port(), free_port()
+        self.tls_port = free_port() if self.certs else None
+        self._write_config()
+        return True
 
     def ready_port(self) -> int:
         return self.tls_port or self.auth_port

@@ -128,6 +128,22 @@ def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
     return eg
 
 
+async def _halt(task: asyncio.Task[None], what: str, attempts: int = 10, wait_s: float = 1.0) -> None:
+    """Cancel ``task`` until it has ended (a cancel it lost is sent again), at most ``attempts`` times."""
+    for _ in range(attempts):
+        if task.done():
+            break
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # a second cancel of ours: we raise anyway
+            await asyncio.wait({task}, timeout=wait_s)
+    if not task.done():
+        log.error("%s: still running after %d cancels; left to end at its next step", what, attempts)
+        return
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.warning("%s stopped with %s: %s", what, type(exc).__name__, exc)
+
+
 class MqttLink:
     """See the module docstring. ``clock`` is the daemon's clock (Unix seconds) for signal timestamps."""
 
@@ -179,6 +195,7 @@ class MqttLink:
         self.lease_check_s = lease_check_s
         self.discovery_prefix = discovery_prefix
         self.connected = False
+        self._stop = asyncio.Event()
         self.last_error: str | None = None
         self._counts = dict.fromkeys((
             "connects", "connect_failures", "published", "out_dropped", "received", "device_updates",
@@ -220,10 +237,27 @@ class MqttLink:
     # --- connection loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with growing backoff; until cancelled (then publish offline)."""
+        """Connect, serve, reconnect with growing backoff; until cancelled (then publish offline).
+
+        The reconnect loop runs in its own task behind a shield, and a cancel of ``run`` sets a
+        stop flag and then cancels that task until it has ended. A cancel alone is not enough:
+        aiomqtt can lose one (its ``__aexit__`` raises the connection's error in place of the
+        CancelledError, and Python 3.11's ``wait_for`` drops a cancel that races the CONNACK), and
+        a lost cancel here meant a link that went on reconnecting after the daemon stopped.
+        """
         self._out_event = asyncio.Event()
+        self._stop = asyncio.Event()
+        loop_task = asyncio.create_task(self._reconnect_loop(), name="mqtt-link")
+        try:
+            await asyncio.shield(loop_task)
+        except asyncio.CancelledError:
+            self._stop.set()
+            await _halt(loop_task, what="MQTT link")
+            raise
+
+    async def _reconnect_loop(self) -> None:
         backoff = 0.0
-        while True:
+        while not self._stop.is_set():
             connects_before = self._counts["connects"]
             try:
                 await self._session()
@@ -237,9 +271,14 @@ class MqttLink:
             if self._counts["connects"] > connects_before:
                 backoff = 0.0  # the link worked: start the backoff ladder again
             backoff = min(max(backoff * 2, self.backoff_min_s), self.backoff_max_s)
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
 
     def _failed(self, exc: BaseException, was_connected: bool) -> None:
+        self.connected = False
+        if self._stop.is_set():
+            return  # the error of a connection closed because we stop: not news
         msg = explain_error(exc, self.cfg)
         if was_connected:
             if "took the session over" not in msg:
@@ -252,7 +291,6 @@ class MqttLink:
             if msg != self.last_error:
                 log.error("%s", msg)
         self.last_error = msg
-        self.connected = False
 
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)

@@ -76,8 +76,16 @@ async def running(link: MqttLink) -> AsyncIterator[asyncio.Task[None]]:
         yield task
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        await ended(task, "MqttLink.run()")
+
+
+async def ended(task: asyncio.Task[None], what: str, bound_s: float = 30.0) -> None:
+    """Wait for a cancelled task to end: a task that goes on is a failure, not a hung test."""
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.timeout(bound_s):
             await task
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "mqtt-link" and not t.done()]
+    assert not left, f"{what} returned but its reconnect loop still runs"
 
 
 async def wait_connected(link: MqttLink, timeout_s: float = 10.0) -> None:
@@ -151,6 +159,48 @@ async def test_last_will_marks_a_crashed_daemon_offline(mosquitto: Mosquitto) ->
             # connection uncleanly, which publishes its will
             async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="crashy"):
                 await obs.until(lambda: b"offline" in obs.on(f"{BASE}/status"), what="last will")
+
+
+async def test_a_cancel_that_is_lost_is_sent_again() -> None:
+    # aiomqtt can turn the cancel of a link into a connection error (TaskGroup, __aexit__), and
+    # 3.11's wait_for can drop one; a reconnect loop that swallowed it went on after the stop
+    from powerctl.mqtt.link import _halt
+
+    cancels_seen = 0
+
+    async def swallows_one_cancel() -> None:
+        nonlocal cancels_seen
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels_seen += 1
+                if cancels_seen > 1:
+                    raise
+
+    task = asyncio.create_task(swallows_one_cancel())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the premise: one cancel is not enough for such a task
+    await _halt(task, what="test task", wait_s=0.2)
+    assert task.cancelled() and cancels_seen == 2
+
+
+async def test_link_cancelled_as_its_broker_dies_stops_for_good(mosquitto: Mosquitto) -> None:
+    # the race of a lost connection and a stop, a few times over at different moments
+    for delay_s in (0.0, 0.001, 0.01, 0.05):
+        link = make_link(site_config(), Mqtt(port=mosquitto.port), backoff_min_s=0.05, backoff_max_s=0.1)
+        task = asyncio.create_task(link.run())
+        await wait_connected(link)
+        assert mosquitto.proc is not None
+        mosquitto.proc.kill()
+        await asyncio.sleep(delay_s)
+        task.cancel()
+        await ended(task, "MqttLink.run()")
+        assert not link.connected
+        await asyncio.to_thread(mosquitto.stop)
+        await asyncio.to_thread(mosquitto.start)
 
 
 async def test_command_changes_mode_and_expires_without_renewal(mosquitto: Mosquitto) -> None:
