@@ -42,7 +42,7 @@ typecheck: venv
 	$(BIN)/mypy -p powerctl
 
 test: venv debs lint typecheck
-	@set +e; $(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25; rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 run: venv
