@@ -252,7 +252,10 @@ class Daemon:
         except* _Stop:
             pass
         finally:
-            self.writes.cancel()
+            # a battery left in a forced mode would keep charging/discharging without us: hand it
+            # back to its own control (bounded, powerctl/writes.py)
+            with contextlib.suppress(Exception):
+                await self.writes.release()
             with contextlib.suppress(Exception):
                 await self.surfaces.close()
             # the guard task already did this on cancellation; repeat in case it never started

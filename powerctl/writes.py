@@ -3,6 +3,10 @@
 A device that stops answering must not hold up the dispatcher (nor the other devices) for its
 timeouts: each device's writes run in their own task, and a newer value replaces one not yet sent.
 Unchanged values are re-sent only every ``RESEND_S`` (the driver keeps keep-alive setpoints alive).
+
+On the way out ``release`` hands back what this run commanded where the profile names a release
+(Sungrow: stop, power 0, EMS self-consumption): a forced mode must not outlive the daemon. It is
+bounded by ``RELEASE_TIMEOUT_S`` in all: a dead device cannot hold up the stop.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 RESEND_S = 10.0
 BATTERY_DEADBAND_KW = 0.5
 PV_LIMIT_DEADBAND_PCT = 0.5
+RELEASE_TIMEOUT_S = 5.0
 
 # (kind, fields, device) -> None: where write events go (telemetry)
 EventSink = Callable[[str, dict[str, Any], str | None], None]
@@ -41,6 +46,7 @@ class WriteQueue:
         self._pending: dict[str, dict[str, tuple[float, float]]] = {}  # device -> signal -> (value, deadband)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._unsupported: set[tuple[str, str]] = set()
+        self._commanded: set[tuple[str, str]] = set()  # (device, signal) a write was sent for
 
     def commands(self, cmd: Commands) -> None:
         """Queue one dispatch cycle's battery setpoints, genset start/stop and PV limits."""
@@ -60,6 +66,41 @@ class WriteQueue:
     def cancel(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+
+    async def release(self, timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
+        """Stop the writers, then write the release of every signal this run commanded whose
+        profile names one, all devices at once, within ``timeout_s``. Returns "device.signal"
+        released (read back where the profile can). Observe-only commanded nothing: no writes."""
+        self.cancel()
+        released: list[str] = []
+        todo = sorted((d, s) for d, s in self._commanded if s in self.devices[d].releases())
+        if not todo:
+            return released
+
+        async def one(device: str, signal: str) -> None:
+            try:
+                res = await self.devices[device].release(signal)
+            except (SetpointRangeError, DeviceError) as exc:
+                log.warning("release %s.%s failed: %s", device, signal, exc)
+                return
+            except Exception:
+                log.exception("release %s.%s failed", device, signal)
+                return
+            released.append(f"{device}.{signal}")
+            log.info("%s: %s released to the device's own control%s", device, signal,
+                     "" if res.ok else f" ({res.message})")
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                # the writers were cancelled above: let them unwind (and free the device lock) first
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                async with asyncio.TaskGroup() as tg:
+                    for device, signal in todo:
+                        tg.create_task(one(device, signal), name=f"release-{device}")
+        except TimeoutError:
+            missing = [f"{d}.{s}" for d, s in todo if f"{d}.{s}" not in released]
+            log.warning("release: no answer within %.1f s from %s; those devices keep their last command", timeout_s, missing)
+        return released
 
     async def _drain(self, device: str) -> None:
         while pending := self._pending.pop(device, None):
@@ -94,6 +135,7 @@ class WriteQueue:
             self.would_write[key] = value
             self._last[key] = (value, time.monotonic())
             return
+        self._commanded.add((device, signal))
         try:
             res = await dev.write_signal(signal, value)
             self._last[key] = (value, time.monotonic())

@@ -383,16 +383,19 @@ class ModbusDevice:
         return result
 
     async def _write_sequence(self, seq: WriteSequence, value: float) -> WriteResult:
-        """Every step in the profile's order; every step's range is checked before the first write."""
+        """Every step in the profile's order (``_write_steps``)."""
         readings = {n: float(r.value) if isinstance(r.value, int | float) else None for n, r in self.readings.items()}
         try:
             values = step_values(self.profile, seq, value, readings)
         except SequenceError as exc:
             raise DeviceError(f"{self.name}: {exc}") from None
         steps = [(self.profile.setpoint(st.setpoint), v) for st, v in zip(seq.steps, values, strict=True)]
+        return await self._write_steps(WriteResult(self.name, seq.signal, value, []), steps)
+
+    async def _write_steps(self, result: WriteResult, steps: list[tuple[Setpoint, float]]) -> WriteResult:
+        """Setpoints in order, every one range-checked before the first is sent."""
         for sp, v in steps:
             self._registers(sp, v)  # raises SetpointRangeError / DeviceError: nothing sent yet
-        result = WriteResult(self.name, seq.signal, value, [])
         for sp, v in steps:
             one = await self._write_setpoint(sp, sp.name, v)
             result.registers += one.registers
@@ -400,6 +403,18 @@ class ModbusDevice:
                 result.ok = False
                 result.message = "; ".join(m for m in (result.message, one.message) if m)
         return result
+
+    def releases(self) -> list[str]:
+        """The signals whose sequence names a release (what ``release`` can hand back)."""
+        return [sig for sig, seq in self.profile.sequences.items() if seq.release]
+
+    async def release(self, signal: str) -> WriteResult:
+        """Hand ``signal`` back to the device's own control: the sequence's release writes, in
+        order, each range-checked before the first is sent; its keep-alive lease ends first."""
+        seq = self.profile.sequences[signal]
+        self._keepalive.pop(signal, None)
+        steps = [(self.profile.setpoint(name), v) for name, v in seq.release]
+        return await self._write_steps(WriteResult(self.name, signal, math.nan, []), steps)
 
     def _registers(self, sp: Setpoint, value: float) -> list[int]:
         """The registers for ``value``, with the scale factor of the last poll."""

@@ -16,6 +16,14 @@ A step's ``value`` is a constant or one of ``ValueKind``; it is computed from th
 ``x`` (nature unit and sign: kW, + = discharge), times ``sign``, converted into the setpoint's
 unit (W, kW) or, with ``percent_of: <point>``, into percent of that point's last reading.
 
+A sequence may name a ``release``: constant writes, in order, that hand the device back to its
+own control (Sungrow: stop command, power 0, EMS mode 0 self-consumption). The daemon writes it
+on the way out (``powerctl.writes.WriteQueue.release``), so a forced mode never outlives us::
+
+        release:
+          - {setpoint: ChargeCommand, value: 0}
+          - {setpoint: EmsMode, value: 0}
+
 ``step_values`` is the daemon's direction (signal -> every step's value, in order);
 ``signal_from_steps`` is the simulator's (the values in the registers -> the signal the device
 now follows, or None while a mode step does not hold its constant).
@@ -72,6 +80,7 @@ class WriteSequence:
     steps: tuple[Step, ...]
     keepalive_s: float | None = None
     description: str = ""
+    release: tuple[tuple[str, float], ...] = ()  # (setpoint, constant) written in order on stop
 
 
 class SequenceError(ValueError):
@@ -94,7 +103,8 @@ def parse_sequences(raw: Mapping[str, Any]) -> dict[str, WriteSequence]:
                     percent_of=s.get("percent_of"),
                 )
             )
-        out[signal] = WriteSequence(signal, tuple(steps), body.get("keepalive_s"), str(body.get("description", "")))
+        release = tuple((str(r["setpoint"]), float(r["value"])) for r in body.get("release", []))
+        out[signal] = WriteSequence(signal, tuple(steps), body.get("keepalive_s"), str(body.get("description", "")), release)
     return out
 
 
@@ -129,6 +139,15 @@ def check_sequences(profile: Profile, where: str) -> None:
                     raise ProfileError(f"{here}: percent_of needs a setpoint in %, {sp.name} is in {sp.unit!r}")
             elif st.kind not in (None, ValueKind.DIRECTION):
                 _signal_per_unit(sp.unit, spec.unit, here)  # raises ProfileError: a unit the signal cannot take
+        for i, (name, v) in enumerate(seq.release):
+            here = f"{at}.release[{i}]"
+            if name not in {st.setpoint for st in seq.steps}:
+                raise ProfileError(f"{here}: setpoint {name!r} is not a step of this sequence")
+            sp = profile.setpoint(name)
+            if sp.value_map is not None and v not in sp.value_map:
+                raise ProfileError(f"{here}: {v:g} is not one of {name}'s values {sorted(sp.value_map)}")
+            if sp.value_map is None and not sp.range_min <= v <= sp.range_max:
+                raise ProfileError(f"{here}: {v:g} is outside {name}'s range [{sp.range_min:g}, {sp.range_max:g}]")
         if not any(st.kind not in (None, ValueKind.DIRECTION) for st in seq.steps):
             raise ProfileError(f"{at}: no step carries the power (signal, magnitude, charge or discharge)")
 

@@ -3,7 +3,8 @@
 Two batteries of different vendors (SMA Sunny Island: one setpoint register; Sungrow SH: the
 EMS-mode / command / power sequence) behind a grid connection, so the plant's batteries follow
 their setpoints (sim/plant/site.py). The daemon's plan gives each its own power; each simulated
-battery receives its own setpoint over Modbus and runs at it.
+battery receives its own setpoint over Modbus and runs at it. When the daemon stops, the
+Sungrow's registers show it handed back to self-consumption.
 """
 
 from __future__ import annotations
@@ -71,3 +72,8 @@ async def test_each_battery_follows_its_own_setpoint(tmp_path: Path) -> None:
     for n, (sp, p_kw) in got.items():
         assert p_kw == pytest.approx(sp, abs=0.05), n
     assert rig.daemon.writes.errors == 0
+    # the daemon stopped: the Sungrow is out of forced mode (stop 0xCC, power 0, EMS mode 0 =
+    # self-consumption) in its registers, the last writes it saw (powerctl/writes.py release)
+    hold = rig.sim("bess2").registers["holding"]
+    assert (hold[13049], hold[13050], hold[13051]) == (0, 0xCC, 0)
+    assert [(fc, a) for fc, a, _n, v in rig.sim("bess2").request_log if v is not None][-3:] == [(6, 13050), (6, 13051), (6, 13049)]
