@@ -8,7 +8,6 @@ certificate over real TLS, exactly as ``powerctl agent`` does, on one shared asy
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -17,13 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from powerctl.agent.config import load_agent_config
 from powerctl.agent.protocol import server_context
 from powerctl.agent.server import AgentCore, AgentServer, make_agent_backend
+from powerctl.stop import stop_on_signals
 
 
 async def main(paths: list[str]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     servers: list[tuple[AgentServer, str]] = []
     for p in paths:
         cfg = load_agent_config(p)

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import stat
 import struct
@@ -50,6 +49,7 @@ from powerctl.config import ConfigError, SiteConfig, load_config
 from powerctl.gpu.base import GpuBackend, GpuError, GpuInfo
 from powerctl.gpu.factory import make_backend
 from powerctl.gpu.socket import DEFAULT_SOCKET_PATH
+from powerctl.stop import stop_on_signals
 
 log = logging.getLogger("powerctl.capsetter")
 
@@ -427,11 +427,7 @@ def main_capsetter(config: str | Path) -> int:
         return 2
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await setter.serve(socket_path_of(cfg), stop, mode=cfg.gpu.socket_mode, group=cfg.gpu.socket_group)
+        await setter.serve(socket_path_of(cfg), stop_on_signals(), mode=cfg.gpu.socket_mode, group=cfg.gpu.socket_group)
 
     try:
         asyncio.run(run())

@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from powerctl.agent.cli import agent as agent_command
 from powerctl.agent.cli import certs_app
 from powerctl.config import ConfigError, SiteConfig, load_config
 from powerctl.mqtt.operator_cli import command_app
+from powerctl.stop import stop_on_signals
 
 app = typer.Typer(no_args_is_help=True, help="Microgrid power controller for AI compute sites.")  # --install-completion
 sim_app = typer.Typer(no_args_is_help=True, help="Simulated plant: serve, replay, sweep.")
@@ -179,10 +179,7 @@ async def _until_signal(coro_factory) -> None:  # type: ignore[no-untyped-def]
     (a third-party await that swallowed it) must not keep the process alive: the daemon applies
     its safe caps before cancelling anything, so exiting hard after the grace period is safe.
     """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     main = asyncio.ensure_future(coro_factory(stop))
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -18,7 +18,6 @@ import functools
 import logging
 import math
 import os
-import signal
 import ssl
 import stat
 import time
@@ -42,6 +41,7 @@ from powerctl.agent.protocol import (
 )
 from powerctl.config import ConfigError
 from powerctl.gpu.base import CapResult, GpuBackend, GpuError, clamp_w
+from powerctl.stop import stop_on_signals
 
 log = logging.getLogger("powerctl.agent")
 
@@ -319,12 +319,8 @@ def main_agent(config: str | Path) -> int:
         return 2
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await AgentServer(core, ctx).serve(stop, lambda port: print(f"agent {cfg.name} listening on port {port}",
-                                                                    flush=True))
+        await AgentServer(core, ctx).serve(
+            stop_on_signals(), lambda port: print(f"agent {cfg.name} listening on port {port}", flush=True))
 
     try:
         asyncio.run(run())
