@@ -21,6 +21,7 @@ ALL = list_profiles()
 MODBUS_LIBRARY = {
     "sunspec/inverter_103", "sunspec/der_inverter", "sunspec/storage", "victron/gx_modbus", "sma/sunny_island",
     "huawei/sun2000_luna", "sungrow/sh_hybrid", "dse/gencomm", "comap/intelilite4",
+    "huawei/sun2000_pv", "sungrow/sg_string",
 }
 
 
@@ -65,6 +66,11 @@ def test_sungrow_addresses_are_documented_register_minus_one() -> None:
     p = load_profile("sungrow/sh_hybrid")
     assert {q.name: q.address + 1 for q in p.points} == doc
     assert all(q.words == "little" for q in p.points)
+    sg = load_profile("sungrow/sg_string")  # the PV string inverter: same numbering
+    assert {q.name: q.address + 1 for q in sg.points} == {
+        "RatedOutput": 5001, "TotalYield": 5004, "ActivePower": 5031, "WorkState": 5038,
+        "PowerLimitSwitch": 5007, "PowerLimitSetting": 5008}
+    assert {s.name: s.address + 1 for s in sg.setpoints} == {"PowerLimitSwitch": 5007, "PowerLimitSetting": 5008}
 
 
 def test_dse_addresses_are_page_times_256_plus_offset() -> None:
