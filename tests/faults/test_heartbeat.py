@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from powerctl.config import load_config
 from powerctl.gpu.simulated import SimulatedGpus
 from powerctl.watchdog import Watchdog, touch_heartbeat
-from tests.gpu.test_failsafe import _caps, _env, _toml
+from tests.gpu.test_failsafe import _caps, _toml
+from tests.procs import reap, start_watchdog, stop_cleanly
 
 
 def _wait(cond, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
@@ -36,20 +34,12 @@ def test_future_mtime_does_not_blind_the_watchdog(tmp_path: Path) -> None:
     hb.write_text("")
     future = time.time() + 10 * 365 * 86400.0
     os.utime(hb, (future, future))  # a dead daemon's heartbeat, stamped ten years ahead
-    dog = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from powerctl.watchdog import main_watchdog; "
-         "sys.exit(main_watchdog(sys.argv[1], stale_after_s=1.0, poll_s=0.05))", str(cfg_path)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dog = start_watchdog(cfg_path, stale_after_s=1.0, poll_s=0.05)
     try:
         assert _wait(lambda: _caps(tmp_path) == [150.0] * cfg.gpu.count, 60.0), "the watchdog never tripped"
-        dog.send_signal(signal.SIGTERM)
-        out, _ = dog.communicate(timeout=20)
-        assert dog.returncode == 0 and "Traceback" not in out, out
+        stop_cleanly(dog)
     finally:
-        if dog.poll() is None:
-            dog.kill()
-            dog.wait()
+        reap(dog)
 
 
 def test_a_heartbeat_that_keeps_changing_holds_the_watchdog_off_whatever_its_mtime(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from powerctl.gpu.simulated import SimulatedGpus
 from powerctl.guard_task import guard_loop, run_guard
 from powerctl.watchdog import Watchdog, touch_heartbeat
 from tests.gpu.site import image_for, site
+from tests.procs import reap, start_watchdog, stop_cleanly
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("guard_runner.py")
@@ -166,11 +167,7 @@ def test_watchdog_applies_safe_cap_when_heartbeat_stops(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     daemon = subprocess.Popen([sys.executable, str(RUNNER), str(cfg_path), str(ready)], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    dog = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from powerctl.watchdog import main_watchdog; "
-         "sys.exit(main_watchdog(sys.argv[1], stale_after_s=4.0, poll_s=0.05))", str(cfg_path)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    dog = start_watchdog(cfg_path, stale_after_s=4.0, poll_s=0.05)
     try:
         assert _wait(lambda: ready.exists() and _caps(tmp_path) == [400.0] * 8), "runner never came up"
         # longer than stale_after_s: a live heartbeat must not trip the watchdog (4 s, not 1 s: on a
@@ -181,14 +178,9 @@ def test_watchdog_applies_safe_cap_when_heartbeat_stops(tmp_path: Path) -> None:
         daemon.wait(timeout=10)
         assert _caps(tmp_path) == [400.0] * 8
         assert _wait(lambda: _caps(tmp_path) == [150.0] * 8, 60.0), "watchdog did not apply the safe cap"
-        dog.send_signal(signal.SIGTERM)
-        dog.communicate(timeout=10)
-        assert dog.returncode == 0
+        stop_cleanly(dog)
     finally:
-        for p in (daemon, dog):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(daemon, dog)
 
 
 def test_watchdog_steps(tmp_path: Path) -> None:

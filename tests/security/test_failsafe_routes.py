@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from powerctl.capsetter import MAX_CONNECTIONS
 from powerctl.config import load_config
+from tests.procs import reap, start_watchdog, stop_cleanly
 from tests.security.test_capsetter import ROOT, CapSetterProc, held_connection, site_toml
 
 
@@ -69,11 +69,7 @@ def test_watchdog_with_the_capsetter_busy_then_stopped(tmp_path: Path) -> None:
     cs = CapSetterProc(tmp_path)
     cs.start()
     held = [held_connection(cs.sock) for _ in range(MAX_CONNECTIONS)]  # every slot an idle client could take
-    dog = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from powerctl.watchdog import main_watchdog; "
-         "sys.exit(main_watchdog(sys.argv[1], stale_after_s=1.0, poll_s=0.05, reapply_s=0.5))", str(cs.config)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dog = start_watchdog(cs.config, stale_after_s=1.0, poll_s=0.05, reapply_s=0.5)
     try:
         # no heartbeat ever: the watchdog trips and sets the safe cap without the cap-setter
         end = time.monotonic() + 60
@@ -92,12 +88,8 @@ def test_watchdog_with_the_capsetter_busy_then_stopped(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert cs.caps_in_state_file() == safe_caps(cs)
         assert dog.poll() is None, "the watchdog died"
-        dog.send_signal(signal.SIGTERM)
-        out, _ = dog.communicate(timeout=20)
-        assert dog.returncode == 0 and "Traceback" not in out, out
+        stop_cleanly(dog)
     finally:
-        if dog.poll() is None:
-            dog.kill()
-            dog.wait()
+        reap(dog)
         if cs.proc is not None and cs.proc.poll() is None:
             cs.stop()
