@@ -86,6 +86,8 @@ def site_toml(tmp: Path, vm_url: str) -> Path:
 class Site:
     """The processes and their logs."""
 
+    sim_args: tuple[str, ...] = ("--pv-kw", "150", "--genset-running", "--soc", "60")  # the plant at start
+
     def __init__(self, tmp: Path, cfg_path: Path) -> None:
         self.tmp, self.cfg_path = tmp, cfg_path
         self.cfg = tomllib.loads(cfg_path.read_text())
@@ -97,7 +99,7 @@ class Site:
     def start_sim(self) -> subprocess.Popen[bytes]:
         with open(self.tmp / "sim.log", "ab") as log:  # the child keeps its own copy
             proc = subprocess.Popen([sys.executable, "-m", "tests.restart.sim_runner", str(self.cfg_path),
-                                     str(self.out), "--pv-kw", "150", "--genset-running", "--soc", "60"],
+                                     str(self.out), *self.sim_args],
                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not (self.out / "plant.json").exists():

@@ -22,22 +22,7 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 class FloorSite(Site):
-    def start_sim(self):  # type: ignore[no-untyped-def]
-        import subprocess
-        import sys
-
-        from tests.restart.test_kill9 import ROOT
-
-        with open(self.tmp / "sim.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "tests.restart.sim_runner", str(self.cfg_path),
-                                     str(self.out), "--pv-kw", "0", "--soc", "11"],
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not (self.out / "plant.json").exists():
-            assert proc.poll() is None, (self.tmp / "sim.log").read_text()
-            assert time.monotonic() < deadline, "simulator did not start"
-            time.sleep(0.05)
-        return proc
+    sim_args = ("--pv-kw", "0", "--soc", "11")  # no PV, the battery 1 point above its floor
 
     def start_daemon_observe(self) -> None:
         import subprocess
