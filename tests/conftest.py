@@ -10,27 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, Pki, ServerMissing, VictoriaMetrics, make_test_pki
-from tests.servers import skip_or_fail as server_missing
+from tests.servers import Mosquitto, Pki, VictoriaMetrics, make_test_pki, or_missing
 
 
 @pytest.fixture(scope="session")
 def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    try:
-        return make_test_pki(tmp_path_factory.mktemp("pki"))
-    except ServerMissing as exc:
-        server_missing(exc)
-        raise
+    return or_missing(lambda: make_test_pki(tmp_path_factory.mktemp("pki")))
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path, test_pki: Pki) -> Iterator[Mosquitto]:
     """A fresh broker: ``.port`` anonymous, ``.auth_port`` password, ``.tls_port`` TLS + password."""
-    try:
-        broker = Mosquitto(tmp_path / "mosquitto", certs=test_pki)
-    except ServerMissing as exc:
-        server_missing(exc)
-        raise
+    broker = or_missing(lambda: Mosquitto(tmp_path / "mosquitto", certs=test_pki))
     with broker:
         yield broker
 
@@ -38,10 +29,6 @@ def mosquitto(tmp_path: Path, test_pki: Pki) -> Iterator[Mosquitto]:
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     """A fresh VictoriaMetrics (InfluxDB v2 write API at ``.url``/api/v2/write)."""
-    try:
-        vm = VictoriaMetrics(tmp_path / "victoria")
-    except ServerMissing as exc:
-        server_missing(exc)
-        raise
+    vm = or_missing(lambda: VictoriaMetrics(tmp_path / "victoria"))
     with vm:
         yield vm

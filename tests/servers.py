@@ -25,15 +25,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "mosquitto")
 MOSQUITTO_PASSWD_CANDIDATES = ("/usr/bin/mosquitto_passwd", "mosquitto_passwd")
 VICTORIA_CANDIDATES = ("/usr/bin/victoria-metrics", "victoria-metrics", "victoria-metrics-prod")
 OPENSSL_CANDIDATES = ("/usr/bin/openssl", "openssl")
+T = TypeVar("T")
 
 
 class ServerMissing(RuntimeError):
@@ -48,6 +50,15 @@ def skip_or_fail(exc: ServerMissing) -> None:
         pytest.fail(f"CI=true and a test server is missing: {exc}")
     print(f"SKIP: {exc}")
     pytest.skip(str(exc))
+
+
+def or_missing(make: Callable[[], T]) -> T:
+    """``make()`` (a server, a binary's path); a ``ServerMissing`` goes to ``skip_or_fail``."""
+    try:
+        return make()
+    except ServerMissing as exc:
+        skip_or_fail(exc)
+        raise
 
 
 def find_binary(candidates: tuple[str, ...], package: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 from powerctl.config import Influx
 from powerctl.config import Telemetry as TelemetryCfg
 from powerctl.telemetry import Telemetry
-from tests.servers import ServerMissing, VictoriaMetrics, free_port, skip_or_fail
+from tests.servers import VictoriaMetrics, free_port, or_missing
 
 T0 = 1_700_000_000.0
 
@@ -61,11 +61,7 @@ async def test_unwritable_spool_keeps_points_in_memory_and_delivers_them(tmp_pat
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spool's parent should be: nothing can be made below it")
-    try:
-        vm = VictoriaMetrics(tmp_path / "vm", dedup=False)
-    except ServerMissing as exc:
-        skip_or_fail(exc)
-        raise
+    vm = or_missing(lambda: VictoriaMetrics(tmp_path / "vm", dedup=False))
     tel = make_tel(vm.url, blocker / "spool")  # the server is not started yet
     assert tel.spool is not None and tel.spool.unusable
     task = asyncio.create_task(tel.run())

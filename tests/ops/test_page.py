@@ -14,17 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.ops.test_http import aget, running_site, site_with_surfaces, until
-from tests.servers import ServerMissing, find_binary, skip_or_fail
+from tests.servers import find_binary, or_missing
 
 pytestmark = pytest.mark.servers
 
 
 def chromium() -> str:
-    try:
-        return find_binary(("/usr/bin/chromium", "chromium", "chromium-browser"), "chromium")
-    except ServerMissing as exc:
-        skip_or_fail(exc)
-        raise
+    return or_missing(lambda: find_binary(("/usr/bin/chromium", "chromium", "chromium-browser"), "chromium"))
 
 
 async def browse(url: str, *args: str, timeout_s: float = 90.0) -> str:

@@ -19,11 +19,10 @@ import pytest
 from tests.servers import (
     MOSQUITTO_CANDIDATES,
     MOSQUITTO_PASSWD_CANDIDATES,
-    ServerMissing,
     _Process,
     find_binary,
     free_port,
-    skip_or_fail,
+    or_missing,
 )
 
 pytestmark = pytest.mark.servers
@@ -62,11 +61,7 @@ class AclBroker(_Process):
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[AclBroker]:
-    try:
-        b = AclBroker(tmp_path / "acl-broker")
-    except ServerMissing as exc:
-        skip_or_fail(exc)
-        raise
+    b = or_missing(lambda: AclBroker(tmp_path / "acl-broker"))
     with b:
         yield b
 

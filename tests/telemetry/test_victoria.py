@@ -18,7 +18,7 @@ import pytest
 from powerctl.config import Influx
 from powerctl.config import Telemetry as TelemetryCfg
 from powerctl.telemetry import Telemetry
-from tests.servers import ServerMissing, VictoriaMetrics, skip_or_fail
+from tests.servers import VictoriaMetrics, or_missing
 
 pytestmark = pytest.mark.servers
 
@@ -26,11 +26,7 @@ T0 = 1_700_000_000.0  # fixed, so expected timestamps are exact
 
 
 def start_vm(path: Path, *, dedup: bool = False) -> VictoriaMetrics:
-    try:
-        vm = VictoriaMetrics(path, dedup=dedup)
-    except ServerMissing as exc:
-        skip_or_fail(exc)
-        raise
+    vm = or_missing(lambda: VictoriaMetrics(path, dedup=dedup))
     vm.start()
     return vm
 
