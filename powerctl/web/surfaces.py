@@ -131,7 +131,3 @@ class Surfaces:
         self.notifier.stopping()
         for s in self.servers:
             await s.close()
-
-    @property
-    def urls(self) -> list[str]:
-        return [s.url for s in self.servers if hasattr(s, "url")]

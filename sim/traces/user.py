@@ -374,7 +374,3 @@ def check_clock(p: pd.Series, longitude_deg: float, source: str) -> None:
             "on most days: wrong time zone? Fix tz= (naive stamps) or clock= in the mapping, or check the "
             "site's longitude (or dst=ignore to replay as written)"
         )
-
-
-def with_clock(m: ColumnMap, zone: str) -> ColumnMap:
-    return replace(m, clock=zone)
