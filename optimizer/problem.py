@@ -39,7 +39,15 @@ from powerctl.optimizer.direct import DirectBackend
 from powerctl.optimizer.milp import MilpCommitment
 from powerctl.optimizer.model import Model, build
 from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
-from powerctl.optimizer.solution import Dispatch, ParamValues, make_plan, net_grid, param_values, price_notes
+from powerctl.optimizer.solution import (
+    Dispatch,
+    ParamValues,
+    make_plan,
+    net_grid,
+    param_values,
+    price_notes,
+    schedule_free_values,
+)
 
 # Time kept back from the deadline for the rule-based fallback and plan assembly.
 FALLBACK_RESERVE_S = 0.01
@@ -88,8 +96,11 @@ def clean_dispatch(p: SiteParams, v: ParamValues, d: Dispatch, tol: float = LIMI
     gpu = clip("gpu", d.gpu, floors, v.gpu_ub)
     # Ramp-up limits: a solver's small excess is taken off the budget (lowering is always allowed).
     rate = np.array([c.ramp_up_kw_per_s for c in p.gpu_classes])
-    if np.any(np.isfinite(rate)):
-        steps = np.asarray(p.steps_s, dtype=float)
+    steps = np.asarray(p.steps_s, dtype=float)
+    # The usual case: the solution keeps every ramp-up limit (the model has them as rows), and the
+    # step-by-step pass below would return it unchanged (gpu is already at or above its floors).
+    if np.any(np.isfinite(rate)) and not (np.all(gpu >= floors) and np.all(
+            gpu <= np.concatenate((v.prev[:, None], gpu[:, :-1]), axis=1) + rate[:, None] * steps[None, :])):
         prev = v.prev.copy()
         for t in range(gpu.shape[1]):
             gpu[:, t] = np.maximum(floors[:, 0], np.minimum(gpu[:, t], prev + rate * steps[t]))
@@ -166,6 +177,7 @@ class DispatchProblem:
         self._last_milp_on: np.ndarray | None = None  # the last MILP schedule, the next one's warm start
         # How many plans each commitment rung decided (bench and telemetry).
         self.commitment_counts: dict[str, int] = {}
+        self._free: tuple[DispatchInputs, ParamValues] | None = None  # (inputs, their schedule-free values)
 
     def _make_backend(self, kind: str) -> Backend:
         if kind in ("auto", "direct"):
@@ -210,7 +222,9 @@ class DispatchProblem:
                    slot: int = 0, best: float = np.inf) -> tuple[ParamValues, Dispatch, float]:
         """Solve for one schedule; with `best`, a backend may give up (CandidatePruned) once it has
         proved the total cost cannot get below it."""
-        v = param_values(self.params, x, sched)
+        if self._free is None or self._free[0] is not x:
+            self._free = (x, schedule_free_values(self.params, x))  # the same for every candidate of x
+        v = param_values(self.params, x, sched, self._free[1])
         fixed = commitment_cost(self.params.gensets, sched, x.genset_on, self.steps_s)
         fixed_cost = fixed["fuel_idle"] + fixed["start_cost"]
         d, obj, _status = self.backend.solve(v, solver, time_limit_s, slot, bound=best - fixed_cost)

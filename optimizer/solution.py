@@ -6,6 +6,7 @@ it into a `Plan` the same way, so objective terms and slack reports mean the sam
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,20 +149,28 @@ def standby_kw(p: SiteParams, avail: FloatArray) -> FloatArray:
     return out
 
 
-def param_values(p: SiteParams, x: DispatchInputs, sched: Schedule) -> ParamValues:
-    """Parameter values for inputs `x` under commitment `sched`."""
+def schedule_free_values(p: SiteParams, x: DispatchInputs) -> ParamValues:
+    """The Parameter values that do not depend on the commitment (the same for every candidate of
+    one solve): `avail` is empty and `extra` lacks the standby term; `param_values` adds both."""
+    steps = np.asarray(p.steps_s, dtype=float)
+    e0 = np.array([b.capacity_kwh * s / 100.0 for b, s in zip(p.batteries, x.soc_pct, strict=True)])
+    extra = np.zeros(steps.shape[0]) if x.reserve_extra_kw is None else x.reserve_extra_kw
+    # A budget at the floor is always allowed, so ramp-up limits count from at least the floor.
+    prev = np.maximum(x.prev_gpu_kw, [c.p_min_kw for c in p.gpu_classes]) if p.gpu_classes else x.prev_gpu_kw
+    return ParamValues(pv_ub=x.pv_forecast_kw, gpu_ub=gpu_upper_kw(p, x.gpu_demand_kw), other=x.other_load_kw,
+                       e0=e0, avail=np.zeros((len(p.gensets), 0)), prev=np.asarray(prev, dtype=float), extra=extra,
+                       grid=grid_values(p, x))
+
+
+def param_values(p: SiteParams, x: DispatchInputs, sched: Schedule, free: ParamValues | None = None) -> ParamValues:
+    """Parameter values for inputs `x` under commitment `sched`; `free`: `schedule_free_values(p, x)`
+    when the caller has it already (the enumeration prices many schedules for one `x`)."""
+    free = schedule_free_values(p, x) if free is None else free
     steps = np.asarray(p.steps_s, dtype=float)
     avail = np.zeros((len(p.gensets), steps.shape[0]))
     for i, g in enumerate(p.gensets):
         avail[i] = available_fraction(g, sched.on[i], bool(x.genset_on[i]), float(x.genset_state_s[i]), steps)
-    e0 = np.array([b.capacity_kwh * s / 100.0 for b, s in zip(p.batteries, x.soc_pct, strict=True)])
-    extra = np.zeros(steps.shape[0]) if x.reserve_extra_kw is None else x.reserve_extra_kw
-    extra = extra - standby_kw(p, avail)
-    # A budget at the floor is always allowed, so ramp-up limits count from at least the floor.
-    prev = np.maximum(x.prev_gpu_kw, [c.p_min_kw for c in p.gpu_classes]) if p.gpu_classes else x.prev_gpu_kw
-    return ParamValues(pv_ub=x.pv_forecast_kw, gpu_ub=gpu_upper_kw(p, x.gpu_demand_kw), other=x.other_load_kw,
-                       e0=e0, avail=avail, prev=np.asarray(prev, dtype=float), extra=extra,
-                       grid=grid_values(p, x))
+    return dataclasses.replace(free, avail=avail, extra=free.extra - standby_kw(p, avail))
 
 
 def soc_trajectory_pct(p: SiteParams, e0_kwh: FloatArray, ch: FloatArray, dis: FloatArray) -> FloatArray:

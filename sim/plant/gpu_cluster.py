@@ -70,6 +70,7 @@ class GpuCluster:
         self.idle_w = pool.idle_w
         # GPUs whose work is shed (paused by a hook): they idle and do no work until released again
         self.released = np.zeros(self.n, dtype=bool)
+        self._rel_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see rel_throughput
         self.tau_s = tau_s
         self.curves = [get_curve(pool.model, c.curve) for c in pool.classes]
         self.value_per_kwh = np.array([c.value_per_kwh for c in pool.classes], dtype=float)
@@ -138,12 +139,18 @@ class GpuCluster:
 
     def rel_throughput(self) -> np.ndarray:
         """Per-GPU relative throughput at the current power (1 = full power)."""
+        # booked and then recorded each step: computed once per (power, released) pair; both are
+        # replaced, never changed in place, so identity says whether they moved
+        key = self._rel_key
+        if key is not None and key[0] is self.power_w and key[1] is self.released:
+            return key[2]
         frac = self.power_w / self.max_w
         out = np.empty(self.n)
         for i, curve in enumerate(self.curves):
             m = self.class_of == i
             out[m] = curve(frac[m])
         out[self.released] = 0.0
+        self._rel_key = (self.power_w, self.released, out)
         return out
 
     def value_rate_per_h(self) -> float:

@@ -113,7 +113,7 @@ class PlantPort:
                 self._image.update(d.name, sig, v, now_s)
 
     def gpu_power_w(self) -> dict[int, float]:
-        return {i: float(p) for i, p in enumerate(self.plant.gpu.power_w)}
+        return dict(enumerate(self.plant.gpu.power_w.tolist()))  # tolist: Python floats, in one C call
 
     def setpoints(self, cmd: Commands) -> None:
         for name, p_kw in cmd.battery_kw.items():
@@ -125,7 +125,7 @@ class PlantPort:
 
     def gpu_caps(self, caps_w: Mapping[int, float]) -> None:
         g = self.plant.gpu
-        caps = np.array([caps_w.get(i, g.caps_w[i]) for i in range(g.n)], dtype=float)
+        caps = np.array([caps_w.get(i, c) for i, c in enumerate(g.caps_w.tolist())], dtype=float)
         self.caps_clamped += int(np.sum((caps < g.min_w - 1e-6) | (caps > g.max_w + 1e-6)))
         self.plant.set_gpu_caps_w(caps)
 
