@@ -7,6 +7,11 @@ controller's safety-over-wear rule lets it start when the load cannot be carried
 powerctl.control.core). The file is read bounded and validated (powerctl.statefile); anything wrong
 is logged once and the state is unknown (first sight counts, as before). Written atomically when
 a state changes.
+
+Where the profile has the genset's run-time counter (`run_time_s`), its reading at the change is
+stored too, and a restarted daemon reads what happened while none watched from the counter's
+growth since (`since_from_counter`): a set that stopped, started or ran between is no longer
+"first sight" but timed from the counter.
 """
 
 from __future__ import annotations
@@ -25,16 +30,42 @@ log = logging.getLogger(__name__)
 MAX_AGE_S = 30 * 86400.0
 
 
+def since_from_counter(on: bool, now_s: float, stored: tuple[bool, float, float | None] | None,
+                       run_s: float | None) -> float | None:
+    """When the genset's present state began, from the stored state and the run-time counter's growth
+    since it was stored; None where nothing is known (first sight).
+
+    The growth dc (the engine's run time since `since_s`, clipped to the time passed) assumes at most
+    one run or rest began while no controller watched, the usual case:
+      stored on,  now on:  the present run is at most dc long (less than the time passed: it stopped
+                           and ran again)
+      stored on,  now off: it stopped at since_s + dc
+      stored off, now on:  it started dc ago
+      stored off, now off: it rested since since_s, or, where the counter grew, since since_s + dc
+    Without a counter reading then and now (or one that went back: a reset), only a state that did
+    not change is known. A coarse counter (0.1 h steps) errs by up to one step.
+    """
+    if stored is None:
+        return None
+    was_on, since_s, run0_s = stored
+    if run0_s is None or run_s is None or run_s < run0_s:
+        return since_s if was_on == on else None
+    dc_s = min(run_s - run0_s, max(0.0, now_s - since_s))
+    if on:
+        return max(since_s, now_s - dc_s)
+    return since_s + dc_s
+
+
 class GensetTimes:
     """{genset: (on, since_s)} in a JSON file; `path` None keeps nothing."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._stored: dict[str, tuple[bool, float]] = {}
-        self._written: dict[str, tuple[bool, float]] | None = None
+        self._written: dict[str, tuple[bool, float, float | None]] | None = None
 
-    def load(self, now_s: float, names: list[str]) -> dict[str, tuple[bool, float]]:
-        """The stored state per known genset whose time is plausible (in the past, not too old)."""
+    def load(self, now_s: float, names: list[str]) -> dict[str, tuple[bool, float, float | None]]:
+        """The stored state per known genset whose time is plausible (in the past, not too old), with
+        the run-time counter's reading at that time where it was known."""
         if self.path is None:
             return {}
         try:
@@ -42,7 +73,7 @@ class GensetTimes:
         except StateFileError as exc:
             log.warning("genset up/down times unknown (counted from first sight): %s", exc)
             return {}
-        out: dict[str, tuple[bool, float]] = {}
+        out: dict[str, tuple[bool, float, float | None]] = {}
         if doc is None:
             return out
         if not isinstance(doc, dict):
@@ -60,19 +91,27 @@ class GensetTimes:
             if not math.isfinite(since_f) or since_f > now_s + 1.0 or now_s - since_f > MAX_AGE_S:
                 log.warning("%s: %s: since_s %r is not plausible now; ignored", self.path, name, since)
                 continue
-            out[name] = (on, since_f)
-        self._stored = dict(out)
+            run = item.get("run_s")
+            run_f: float | None = None
+            if isinstance(run, int | float) and not isinstance(run, bool) and math.isfinite(run) and run >= 0:
+                run_f = float(run)
+            elif run is not None:
+                log.warning("%s: %s: run_s %r ignored", self.path, name, run)
+            out[name] = (on, since_f, run_f)
         return out
 
-    def save(self, state: dict[str, tuple[bool, float]]) -> None:
-        """Write the state if it changed (atomically; a failure is logged, the controller goes on)."""
-        if self.path is None or state == self._written:
+    def save(self, state: dict[str, tuple[bool, float]], run_s: dict[str, float | None] | None = None) -> None:
+        """Write the state (and the run-time counter at each change, where known) if it changed
+        (atomically; a failure is logged, the controller goes on)."""
+        runs = run_s or {}
+        full = {n: (on, t, runs.get(n)) for n, (on, t) in state.items()}
+        if self.path is None or full == self._written:
             return
-        doc = {n: {"on": on, "since_s": t} for n, (on, t) in state.items()}
+        doc = {n: {"on": on, "since_s": t} | ({} if r is None else {"run_s": r}) for n, (on, t, r) in full.items()}
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(doc))
             os.replace(tmp, self.path)
-            self._written = dict(state)
+            self._written = full
         except OSError as exc:
             log.warning("%s: cannot store genset up/down times: %s", self.path, exc)

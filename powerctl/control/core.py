@@ -34,7 +34,7 @@ from powerctl.control.planner import (
     site_params,
 )
 from powerctl.control.split import GpuSlot, SplitResult, split_budget
-from powerctl.genset_times import GensetTimes
+from powerctl.genset_times import GensetTimes, since_from_counter
 from powerctl.grid_billing import GridBilling
 from powerctl.natures import Nature
 from powerctl.optimizer import DispatchProblem, Plan
@@ -135,7 +135,8 @@ class ControllerCore:
         self._gen_state: dict[str, tuple[bool, float]] = {}
         # where those survive a restart (the daemon gives it a file), and what was read back
         self.gen_times = GensetTimes(None)
-        self._gen_restored: dict[str, tuple[bool, float]] | None = None
+        self._gen_restored: dict[str, tuple[bool, float, float | None]] | None = None
+        self._gen_run0_s: dict[str, float | None] = {}  # the run-time counter at each state change
         # gensets whose minimum down time yields now (safety over wear, see _wear_yields)
         self.min_down_yields: set[str] = set()
         # the measured load besides the GPUs (fed by the control loop), forecast for the plan
@@ -148,23 +149,30 @@ class ControllerCore:
 
     # --- planning -----------------------------------------------------------------------------
 
-    def genset_state_s(self, now_s: float, running: np.ndarray) -> np.ndarray:
+    def genset_state_s(self, now_s: float, running: np.ndarray,
+                       run_s: list[float | None] | None = None) -> np.ndarray:
+        """Seconds each genset has been in its present state; `run_s` its run-time counter where the
+        profile has one (None: unknown), which times what happened while no controller watched."""
         if self._gen_restored is None:
             self._gen_restored = self.gen_times.load(now_s, self.gensets)
+        runs = run_s if run_s is not None else [None] * len(self.gensets)
         out = []
-        for name, on in zip(self.gensets, running.tolist(), strict=True):
+        for name, on, run in zip(self.gensets, running.tolist(), runs, strict=True):
             prev = self._gen_state.get(name)
             stored = self._gen_restored.pop(name, None)
-            if prev is None and stored is not None and stored[0] == on:
-                # the state a predecessor saw, and the genset is still in it (powerctl.genset_times)
-                self._gen_state[name] = prev = stored
+            since_s = since_from_counter(on, now_s, stored, run) if prev is None else None
+            if since_s is not None:
+                # what a predecessor saw, carried on by the counter (powerctl.genset_times)
+                self._gen_state[name] = prev = (on, since_s)
+                self._gen_run0_s[name] = None if run is None else run - max(0.0, now_s - since_s) * on
             if prev is None or prev[0] != on:
                 # first sight, or a change: a restart must not pretend a long run/rest time,
                 # so we start counting now (min up/down times are respected from here)
                 self._gen_state[name] = (on, now_s)
+                self._gen_run0_s[name] = run
                 prev = self._gen_state[name]
             out.append(max(0.0, now_s - prev[1]))
-        self.gen_times.save(self._gen_state)
+        self.gen_times.save(self._gen_state, self._gen_run0_s)
         return np.array(out, dtype=float)
 
     def genset_committed(self, now_s: float, running: np.ndarray) -> np.ndarray:
@@ -185,7 +193,7 @@ class ControllerCore:
         down time yields (it counts as met, so the plan may start it now, and the dispatch lets it
         start). After a restart the down time counts from first sight, which would otherwise keep a
         stopped genset off for `min_down_s` with the load unserved."""
-        state_s = self.genset_state_s(now_s, running)
+        state_s = self.genset_state_s(now_s, running, [_run_time_s(image, n, now_s) for n in self.gensets])
         short_kw = load_uncarried_kw(self.cfg, self.params, image, now_s, other_kw)
         yields: set[str] = set()
         for i, (name, on) in enumerate(zip(self.gensets, running.tolist(), strict=True)):
@@ -409,6 +417,14 @@ class ControllerCore:
         if not on and held_s < lim.min_down_s and name not in self.min_down_yields:
             return False
         return want_on
+
+
+def _run_time_s(image: ProcessImage, name: str, now_s: float) -> float | None:
+    """The genset's run-time counter if its profile has one and the reading is GOOD, else None."""
+    try:
+        return image.value(name, "run_time_s", now_s)
+    except KeyError:  # not in the profile: the signal was never declared
+        return None
 
 
 def _scale_down(
