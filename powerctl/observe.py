@@ -15,6 +15,7 @@ Switching to control is a restart without the flag: nothing is half-switched at 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from powerctl.gpu.base import CapResult, GpuBackend, GpuInfo
@@ -51,6 +52,14 @@ class ObservingGpus:
         requested_w, enforced_w = self.inner.read_limits_w(index)
         return CapResult(index, cap_w, requested_w, enforced_w, True, "observe-only: not written")
 
+    def set_caps_w(self, caps_w: Mapping[int, float]) -> list[CapResult]:
+        """The batch set (``powerctl.gpu_io.apply_caps`` prefers it): answered like ``set_cap_w``.
+        Defined here so that ``__getattr__`` never hands out the node agents' real one."""
+        return [self.set_cap_w(i, cap) for i, cap in caps_w.items()]
+
     def __getattr__(self, name: str) -> Any:
-        # extras of the wrapped backend (e.g. node_rows of the node agents) stay visible
+        # extras of the wrapped backend (e.g. node_rows of the node agents) stay visible; a setter
+        # must never be one of them (every write is defined above and answered without writing)
+        if name.startswith("set_"):
+            raise AttributeError(f"observe-only: {self.inner.name}.{name} is not passed through")
         return getattr(self.inner, name)
