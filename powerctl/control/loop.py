@@ -32,10 +32,13 @@ from typing import Protocol
 
 from powerctl.config import SiteConfig
 from powerctl.control.core import Commands, DispatchMode, Forecaster, Overrides
+from powerctl.control.curtail import RELEASED_PCT
+from powerctl.control.export_hold import ExportHold, merged_pct
 from powerctl.control.guard import Guard, GuardDecision
 from powerctl.control.plausibility import supply_nameplate_kw
 from powerctl.control.shed import ShedAction
 from powerctl.control.split import GpuSlot
+from powerctl.control.surplus_hold import SurplusHold
 from powerctl.natures import Nature
 from powerctl.optimizer import Plan
 from powerctl.process_image import ProcessImage, Quality
@@ -180,6 +183,12 @@ class ControlLoop:
         self._next_plan_s = -math.inf
         self._next_dispatch_s = -math.inf
         self._supply_devices = {d.name for d in cfg.devices if d.nature in SUPPLY}
+        # the export cap held between plans (powerctl.control.export_hold): its PV limits, and the
+        # plan's own, which come back when the hold lets go
+        self.export_hold = ExportHold(cfg)
+        self.surplus_hold = SurplusHold(cfg)  # an island's PV surplus, same hooks (powerctl.control.surplus_hold)
+        self._hold_pct: dict[str, float] = {}
+        self._plan_pv_pct: dict[str, float] = {}
 
     # --- clock and freshness --------------------------------------------------------------------
 
@@ -248,6 +257,9 @@ class ControlLoop:
         image = self.readings.image
         self._record(wall_s, image, self.readings.gpu_power_w())
         cmd = self.planner.dispatch(wall_s, image, overrides)
+        self._plan_pv_pct = dict(cmd.pv_limit_pct)
+        if self._hold_pct:
+            cmd.pv_limit_pct = merged_pct(cmd.pv_limit_pct, self._hold_pct)
         # no plan: the safe-budget caps still go to the guard (it may raise caps up to them)
         self.requested_caps_w = dict(cmd.gpu_caps_w)
         self.actuators.setpoints(cmd)
@@ -274,6 +286,7 @@ class ControlLoop:
         )
         self.caps_w = dict(d.caps_w)
         self.actuators.gpu_caps(d.caps_w)
+        self._hold_export(image, wall_s, d.load_kw)
         shed = set(self.guard.shedder.shed)
         self.released = tuple(s.index for s in self.slots if s.klass in shed)
         self.actuators.release(self.released, (*d.shed, *d.restore))
@@ -301,6 +314,23 @@ class ControlLoop:
         return out
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _hold_export(self, image: ProcessImage, wall_s: float, load_kw: float) -> None:
+        """PV limits that hold the export cap now, written when they change (the lower of the
+        hold's and the plan's; the plan's own again when the hold lets go)."""
+        hold = merged_pct(self.export_hold.update(image, wall_s, load_kw),
+                          self.surplus_hold.update(image, wall_s, load_kw))
+        reason = self.export_hold.reason or self.surplus_hold.reason
+        if hold == self._hold_pct:
+            return
+        if hold and not self._hold_pct:
+            log.warning("export hold: %s", reason)
+        elif not hold:
+            log.info("export hold released")
+        pct = merged_pct(self._plan_pv_pct, hold) if hold else {
+            name: self._plan_pv_pct.get(name, RELEASED_PCT) for name in self._hold_pct}
+        self._hold_pct = hold
+        self.actuators.setpoints(Commands(t_s=wall_s, pv_limit_pct=pct, mode=self.mode, reason=reason))
 
     @property
     def mode(self) -> DispatchMode:

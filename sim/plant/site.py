@@ -38,6 +38,7 @@ Balance identity every step (tested): PV + battery + genset + grid import + unse
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -130,6 +131,10 @@ class Plant:
         self.grid_export_max_kw = sum(m.limits.max_export_kw for m in meters)
         self.meter_names = [m.name for m in meters]
         self.grid_up = True  # False: a grid outage; the site islands on its battery inverter
+        # True: an export limiter at the connection holds max_export_kw (what the replays model).
+        # False: physics only, the grid takes any surplus, so only the controller holds the cap
+        # (tests/faults/test_zero_export.py).
+        self.export_limiter = True
         # Scheduled and random outages on top (sim/plant/grid.py); a replay may replace it.
         self.grid = GridConnection(self.grid_import_max_kw, self.grid_export_max_kw)
         self.gpu = GpuCluster(cfg.gpu, gpu_demand_fn, tau_s=gpu_tau_s)
@@ -217,7 +222,8 @@ class Plant:
         need = load - pv_head_total - gen_total  # what batteries (+ grid) must supply
         if grid_forming_grid:
             bat_kw = {n: b.clamp_kw(b.setpoint_kw, dt) for n, b in self.batteries.items()}
-            grid = min(max(need - sum(bat_kw.values()), -self.grid_export_max_kw), self.grid_import_max_kw)
+            export_max_kw = self.grid_export_max_kw if self.export_limiter else math.inf
+            grid = min(max(need - sum(bat_kw.values()), -export_max_kw), self.grid_import_max_kw)
         else:
             bat_kw = self._island_batteries(need, dt)
             grid = 0.0
