@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from powerctl.config import ModbusTcp
 from powerctl.io.modbus import ModbusDevice
@@ -37,3 +39,15 @@ def make_driver(
 ) -> ModbusDevice:
     declare(image, name, profile)
     return ModbusDevice(name, profile, tcp(port, unit, float(kw.pop("timeout_s", 0.3))), image, clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def on_loopback(site: dict[str, Any], tmp_path: Path) -> None:
+    """A site config dict (``SiteConfig.model_dump``) made ready for a test daemon, in place: every
+    device on a free loopback port with 1 s timeouts, state and heartbeat under ``tmp_path/run``,
+    a plan every 2 s over a 30-minute fine horizon and 3 coarse hours."""
+    for x in site["devices"]:
+        x["transport"]["port"] = free_port()
+        x["transport"]["timeout_s"] = 1.0
+    run = tmp_path / "run"
+    site["control"].update(mpc_period_s=2.0, horizon=[{"step_s": 60, "count": 30}, {"step_s": 900, "count": 12}],
+                           heartbeat_path=str(run / "heartbeat"), state_dir=str(run))

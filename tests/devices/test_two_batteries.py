@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from powerctl.config import load_config, parse_config
+from tests.devices.conftest import on_loopback
 from tests.faults.harness import FaultRig
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +31,8 @@ def _two_battery_site(tmp_path: Path) -> Any:
     bess2["transport"]["unit_id"] = 1
     bess2["limits"].update(max_charge_kw=8.0, max_discharge_kw=8.0, capacity_kwh=40.0)  # ForcedPower <= 10 kW
     d["devices"].append(bess2)
-    for x in d["devices"]:
-        x["transport"]["port"] = free_port()
-        x["transport"]["timeout_s"] = 1.0
-    run = tmp_path / "run"
-    d["control"].update(mpc_period_s=2.0, horizon=[{"step_s": 60, "count": 30}, {"step_s": 900, "count": 12}],
-                        heartbeat_path=str(run / "heartbeat"), state_dir=str(run))
-    d["telemetry"] = {"period_s": 1.0, "file": str(run / "telemetry.lp")}
+    on_loopback(d, tmp_path)
+    d["telemetry"] = {"period_s": 1.0, "file": str(tmp_path / "run" / "telemetry.lp")}
     return parse_config(d, tmp_path / "site.toml")
 
 

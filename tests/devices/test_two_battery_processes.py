@@ -23,9 +23,8 @@ from powerctl.config import load_config
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
 from powerctl.profiles import load_profile
-from tests.devices.conftest import make_driver
+from tests.devices.conftest import make_driver, on_loopback
 from tests.restart.test_kill9 import dump_toml
-from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,12 +42,7 @@ def _site(tmp_path: Path, *, grid: bool) -> Path:
     bess2 = {**bess, "name": "bess2", "transport": dict(bess["transport"]), "limits": dict(bess["limits"])}
     bess2["limits"].update(max_charge_kw=BATS["bess2"], max_discharge_kw=BATS["bess2"], capacity_kwh=40.0)
     d["devices"].append(bess2)
-    for x in d["devices"]:
-        x["transport"]["port"] = free_port()
-        x["transport"]["timeout_s"] = 1.0
-    run = tmp_path / "run"
-    d["control"].update(mpc_period_s=2.0, horizon=[{"step_s": 60, "count": 30}, {"step_s": 900, "count": 12}],
-                        heartbeat_path=str(run / "heartbeat"), state_dir=str(run))
+    on_loopback(d, tmp_path)
     d.pop("telemetry", None)
     path = tmp_path / "site.toml"
     path.write_text(dump_toml(d))
