@@ -525,6 +525,12 @@ class SiteConfig(_Model):
         return devices
 
     @model_validator(mode="after")
+    def _price_topic_needs_mqtt(self) -> SiteConfig:
+        if self.tariff is not None and self.tariff.price_topic is not None and self.mqtt is None:
+            raise ValueError("tariff.price_topic: needs an [mqtt] section (the broker the prices come from)")
+        return self
+
+    @model_validator(mode="after")
     def _one_battery(self) -> SiteConfig:
         if not any(d.nature is Nature.BATTERY for d in self.devices) and not any(
             d.nature is Nature.GENSET for d in self.devices

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from powerctl.config import ModbusRtu, ModbusTcp, SiteConfig
 from powerctl.control.core import ControllerCore, Forecaster, OperatorMode, Overrides
@@ -42,6 +43,10 @@ from powerctl.telemetry import Telemetry
 from powerctl.watchdog import touch_heartbeat
 from powerctl.web.surfaces import Surfaces
 from powerctl.writes import WriteQueue
+
+if TYPE_CHECKING:
+    from powerctl.mqtt.prices import PriceFeed
+    from powerctl.mqtt.sources import MqttSources
 
 log = logging.getLogger("powerctl")
 STATUS_LOG_EVERY_S = 60.0
@@ -98,6 +103,7 @@ class Daemon:
         self.telemetry = Telemetry(cfg.telemetry, cfg.site.id, cfg.site.module, Path(cfg.control.state_dir))
         self.commands = None
         self.mqtt = None
+        self.price_feed: PriceFeed | None = None  # tariff.price_topic's prices (powerctl.mqtt.prices)
         if cfg.mqtt is not None:
             from powerctl.mqtt.commands import CommandState
             from powerctl.mqtt.link import MqttLink
@@ -105,7 +111,7 @@ class Daemon:
             # leases survive a restart (kept atomically in the state dir); changes paced, ceiling
             # rises slewed (CommandState.for_site)
             self.commands = CommandState.for_site(cfg, clock, state_path=Path(cfg.control.state_dir) / "leases.json")
-            self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock)
+            self.mqtt = MqttLink(cfg.mqtt, cfg, self.image, self.commands, clock, sources=self._price_sources(cfg))
         self.publish = Publisher(cfg, self.telemetry, self.mqtt, clock)
         node_rows = getattr(self.gpu, "node_rows", None)  # node agents (powerctl.gpu.agents): per-node rows
         self.publish.gpu_node_rows = node_rows if callable(node_rows) else None
@@ -126,6 +132,18 @@ class Daemon:
     @property
     def caps_w(self) -> dict[int, float]:
         return self.loop.caps_w
+
+    def _price_sources(self, cfg: SiteConfig) -> MqttSources | None:
+        """The MQTT sources with the tariff's price topic (powerctl.mqtt.prices), None without one."""
+        prices = self.core.billing.prices
+        if cfg.tariff is None or cfg.tariff.price_topic is None or prices is None:
+            return None
+        from powerctl.mqtt.prices import PricedSources, PriceFeed
+        from powerctl.mqtt.sources import build_sources
+
+        self.price_feed = PriceFeed(cfg.tariff.price_topic, cfg.tariff.price_max_age_s)
+        prices.live = self.price_feed.series
+        return PricedSources(build_sources(cfg), self.price_feed)
 
     def overrides(self, now: float) -> Overrides:
         if self.commands is None:

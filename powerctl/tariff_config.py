@@ -11,6 +11,8 @@ both use it without importing each other. Example::
     co2_kg_per_kwh = 0.35
     utc_offset_h = 1.0                   # local time of the schedule
     price_csv = "/etc/powerctl/prices.csv"   # optional dynamic prices: t_s,import_price_per_kwh[,export_price_per_kwh]
+    price_topic = "prices/utility/day-ahead" # optional dynamic prices over MQTT (powerctl.mqtt.prices)
+    price_max_age_s = 7200                   # older than this: back to the schedule above
 
     [[tariff.seasons]]
     name = "winter"
@@ -87,6 +89,8 @@ class Tariff(_Model):
     export_price_per_kwh: Price = 0.0
     seasons: list[TouSeason] = Field(default_factory=list, max_length=12)
     price_csv: str | None = None
+    price_topic: Annotated[str, Field(pattern=r"^[^+#\x00]{1,256}$")] | None = None  # an exact topic
+    price_max_age_s: Annotated[float, Field(gt=0.0, le=7 * 86400.0)] = 7200.0
     demand_charge_per_kw: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
     billing_period: BillingPeriod = BillingPeriod.MONTH
     co2_kg_per_kwh: Annotated[float, Field(ge=0.0, le=5.0)] | None = None

@@ -1,6 +1,7 @@
 """Grid prices over the planning horizon from the `[tariff]` config (powerctl.tariff_config).
 
-Import price per step: a dynamic price series (CSV) where it covers the step, else the time-of-use
+Import price per step: a dynamic price series (pushed over MQTT, powerctl.mqtt.prices, while it
+is fresh; else the CSV) where it covers the step, else the time-of-use
 schedule (season by month, period by weekday and hour, local time = UTC + utc_offset_h), else the
 flat `import_price_per_kwh`. Each plan carries where its first step's price came from (`source`).
 Export price: the series' export column where given, else the flat export price.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,8 @@ class PriceSeries:
     t_s: FloatArray
     import_per_kwh: FloatArray
     export_per_kwh: FloatArray | None
-    path: str
+    path: str  # the file, or the MQTT topic
+    kind: str = "csv"  # "csv" | "mqtt": the plan's price source says which
 
     def end_s(self) -> float:
         step = float(self.t_s[-1] - self.t_s[-2]) if self.t_s.size > 1 else 3600.0
@@ -52,7 +55,7 @@ class HorizonPrices:
     export_per_kwh: FloatArray
     in_billing_period: npt.NDArray[np.bool_]
     co2_kg_per_kwh: FloatArray | None
-    source: str  # of the first step's import price: "csv:<path>", "tou:<season>/<period>", "flat"
+    source: str  # of the first step's import price: "mqtt:<topic>", "csv:<path>", "tou:<season>/<period>", "flat"
     demand_charge_per_kw: float = 0.0  # as this plan prices the current period's peak (pro rata)
     demand_charge_next_per_kw: float = 0.0  # and the next period's
 
@@ -169,6 +172,8 @@ class TariffPrices:
     def __init__(self, tariff: Tariff, series: PriceSeries | None = None) -> None:
         self.tariff = tariff
         self.series = series
+        # now_s -> the fresh MQTT series or None (powerctl.mqtt.prices.PriceFeed.series), set by the daemon
+        self.live: Callable[[float], PriceSeries | None] | None = None
 
     @classmethod
     def from_config(cls, tariff: Tariff) -> TariffPrices:
@@ -198,15 +203,17 @@ class TariffPrices:
         t_s = now_s + np.concatenate(([0.0], np.cumsum(steps)[:-1]))
         imp, source = self._tou(t_s)
         exp = np.full(t_s.shape, self.tariff.export_price_per_kwh)
-        ser = self.series
-        if ser is not None:
+        live = self.live(now_s) if self.live is not None else None
+        for ser in (self.series, live):  # the live series wins where both cover a step
+            if ser is None:
+                continue
             covered = (t_s >= ser.t_s[0]) & (t_s < ser.end_s())
             idx = np.clip(np.searchsorted(ser.t_s, t_s, side="right") - 1, 0, ser.t_s.size - 1)
             imp = np.where(covered, ser.import_per_kwh[idx], imp)
             if ser.export_per_kwh is not None:
                 exp = np.where(covered, ser.export_per_kwh[idx], exp)
             if covered[0]:
-                source[0] = f"csv:{ser.path}"
+                source[0] = f"{ser.kind}:{ser.path}"
         tf = self.tariff
         keys = billing_key(t_s, tf.billing_period, tf.utc_offset_h)
         co2 = None if tf.co2_kg_per_kwh is None else np.full(t_s.shape, tf.co2_kg_per_kwh)
