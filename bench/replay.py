@@ -16,6 +16,7 @@ which part to look at.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def main() -> None:
     from powerctl.sim.traces.site_trace import build_site_trace
 
     cfg = load_config(a.config, check_secrets=False)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     tr = build_site_trace(cfg, start=a.start, days=a.days, step_s=a.step_s)
     t_trace = time.perf_counter() - t0
@@ -64,6 +66,8 @@ def main() -> None:
         f"replay bench: {a.days:g} days, controller {a.controller}, plant step {a.step_s:g} s, "
         f"planner every {a.plan_every_s:g} s, config {Path(a.config).name}"
     )
+    print(f"  load average                {load_before[0]:8.2f} before, {os.getloadavg()[0]:.2f} after "
+          f"(1-min; a shared 2-core machine above ~1.5 makes every figure below slower)")
     print(f"  trace build                 {t_trace:8.2f} s (weather + pvlib + GPU trace, once)")
     print(f"  replay wall                 {res.wall_s:8.2f} s for {res.sim_s / 86400:.2f} simulated days")
     print(
