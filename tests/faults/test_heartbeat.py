@@ -13,17 +13,8 @@ from pathlib import Path
 from powerctl.config import load_config
 from powerctl.gpu.simulated import SimulatedGpus
 from powerctl.watchdog import Watchdog, touch_heartbeat
-from tests.gpu.test_failsafe import _caps, _toml
+from tests.gpu.test_failsafe import _caps, _toml, _wait
 from tests.procs import reap, start_watchdog, stop_cleanly
-
-
-def _wait(cond, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 def test_future_mtime_does_not_blind_the_watchdog(tmp_path: Path) -> None:
