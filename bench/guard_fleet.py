@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,22 +34,11 @@ from powerctl.control.guard import Guard
 from powerctl.control.split import slots_from_pool
 from powerctl.gpu.agents import AgentGpus
 from powerctl.gpu_io import read_gpu_power_w
+from powerctl.sim.agents import free_ports
 from tests.agent.fleet import Fleet, make_fleet
 from tests.gpu.site import image_for, site_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def distinct_ports(n: int) -> list[int]:
-    """n free loopback ports, all different (each held open until all are chosen)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start_hosts(fleet: Fleet, per_process: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
@@ -70,6 +61,15 @@ def start_hosts(fleet: Fleet, per_process: int, tmp: Path) -> list[subprocess.Po
     return procs
 
 
+def cpu_s(procs: list[subprocess.Popen[bytes]]) -> tuple[float, float]:
+    """CPU seconds (user + system) so far: this process (the controller), the agent hosts."""
+    def used(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+
+    return used(psutil.Process()), sum(used(psutil.Process(p.pid)) for p in procs)
+
+
 def stop_hosts(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.terminate()
@@ -89,13 +89,14 @@ def main() -> None:
     ap.add_argument("--per-process", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    load0 = os.getloadavg()[0]
     logging.basicConfig(level=logging.WARNING)
     rng = random.Random(args.seed)
     n_gpus = args.agents * args.gpus
     pv_high_kw = n_gpus * 0.4 * 1.3 + 3.0  # every GPU at 400 W fits
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        fleet = make_fleet(tmp / "fleet", distinct_ports(args.agents), gpus=args.gpus,
+        fleet = make_fleet(tmp / "fleet", free_ports(args.agents), gpus=args.gpus,
                            safe_cap_w=150.0, ranges_w=[(100.0, 400.0)] * args.agents, demand_w=1000.0)
         t0 = time.monotonic()
         procs = start_hosts(fleet, args.per_process, tmp)
@@ -139,6 +140,7 @@ def main() -> None:
             for _ in range(25):
                 tick(pv_high_kw)
                 time.sleep(0.2)
+            cpu0 = cpu_s(procs)
             for _ in range(args.drops):
                 ms, ok = tick(pv_high_kw * rng.uniform(0.4, 0.7))
                 lat_ms.append(ms)
@@ -147,6 +149,7 @@ def main() -> None:
                 for _ in range(2):
                     tick(pv_high_kw)
                     time.sleep(0.2)
+            cpu1 = cpu_s(procs)
         finally:
             backend.close()
             stop_hosts(procs)
@@ -154,6 +157,10 @@ def main() -> None:
     print(f"supply drop measured -> every node's new cap read back, {len(lat_ms)} drops, {n_gpus} GPUs on "
           f"{args.agents} agents: p50 {statistics.median(lat_ms):.1f} ms, p99 {q[98]:.1f} ms, "
           f"max {max(lat_ms):.1f} ms; drops where some node's read-back was missing or off: {misses}")
+    ticks = 3 * args.drops  # each drop, then the supply back twice: all alike in work
+    print(f"CPU per cap update (load-independent): controller {(cpu1[0] - cpu0[0]) / ticks * 1000:.1f} ms, "
+          f"agents {(cpu1[1] - cpu0[1]) / ticks * 1000:.1f} ms in all; load average {os.getloadavg()[0]:.1f} "
+          f"(at the start {load0:.1f})")
 
 
 if __name__ == "__main__":

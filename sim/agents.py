@@ -126,7 +126,8 @@ class PlantAgents:
         self._thread.join(5.0)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n free loopback ports, all different (each held open until all are chosen)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -143,7 +144,7 @@ def demo_agents(cfg: SiteConfig, pki_dir: Path) -> SiteConfig:
     classes = [c.name for c in cfg.gpu.classes for _ in range(c.gpus)]
     chunks = [classes[i:i + NODE_GPUS] for i in range(0, len(classes), NODE_GPUS)]
     init_site(pki_dir, agents=len(chunks))
-    ports = _free_ports(len(chunks))
+    ports = free_ports(len(chunks))
     nodes = [{"name": f"agent-{k:03d}", "address": f"127.0.0.1:{port}", "gpus": len(ch), "workloads": ch}
              for k, (ch, port) in enumerate(zip(chunks, ports, strict=True))]
     tls = {"ca": str(pki_dir / "ca.pem"), "cert": str(pki_dir / "controller.pem"), "key": str(pki_dir / "controller.key")}

@@ -17,8 +17,11 @@ Requests (no other keys accepted):
         -> {"ok": true, "node": NAME, "gpus": [{index, name, uuid, min_w, max_w, safe_w, power_w, energy_j,
             requested_w, enforced_w}], "lease_s_left": L, "health": {...}}
     {"op": "set", "client": C, "seq": S, "ts": T, "caps_w": [W0, W1, ...], "lease_s": D}
-        -> the same state, read back after the set, plus per GPU ``set_ok`` and ``message``.
-           The lease ends at ``ts + lease_s`` (shortened to the agent's ``max_lease_s``).
+        -> {"ok": ..., "node": NAME, "requested_w": [...], "enforced_w": [...], "power_w": [...],
+            "energy_j": [...], "set_ok": [...], "message": [...], "lease_s_left": L}: one column per
+           field, one entry per GPU; the limits are the backend's read-back after setting (the GPU
+           list's fixed fields come with ``state``). The lease ends at ``ts + lease_s`` (shortened
+           to the agent's ``max_lease_s``).
 
 A refusal is ``{"ok": false, "error": "<why>"}`` and nothing else.
 """

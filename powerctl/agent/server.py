@@ -111,7 +111,7 @@ class AgentCore:
         if self.lease.expired(self.mono()):
             self.fall_back("lease expired without renewal")
 
-    def state(self, results: list[CapResult] | None = None) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         gpus = []
         for info, (lo, hi), safe in zip(self.infos, self.ranges, self.safe_w, strict=True):
             i = info.index
@@ -123,16 +123,22 @@ class AgentCore:
                            requested_w=_num(req), enforced_w=_num(enf))
             except Exception as exc:
                 row.update(power_w=None, energy_j=None, requested_w=None, enforced_w=None, error=str(exc)[:200])
-            if results is not None:
-                r = results[i]
-                row.update(set_ok=r.ok, message=r.message[:200])
             gpus.append(row)
         now = self.mono()
         c = self.counts
-        return {"ok": results is None or all(r.ok for r in results), "node": self.cfg.name, "gpus": gpus,
-                "lease_s_left": self.lease.left_s(now),
+        return {"ok": True, "node": self.cfg.name, "gpus": gpus, "lease_s_left": self.lease.left_s(now),
                 "health": {"uptime_s": now - self.started_s, "backend": self.backend.name, "requests": c.requests,
                            "sets": c.sets, "refused": c.refused, "fallbacks": c.fallbacks}}
+
+    def _held(self, r: CapResult) -> tuple[float | None, float | None]:
+        """What GPU ``r.index`` holds after its set: the set's own read-back; for a set that
+        failed without one, the limits read again (they may still be readable)."""
+        if r.readback_w is not None or r.enforced_w is not None:
+            return r.readback_w, r.enforced_w
+        try:
+            return self.backend.read_limits_w(r.index)
+        except Exception:
+            return None, None
 
     def handle(self, identity: str, body: bytes) -> dict[str, Any]:
         """One request frame -> one reply; Refused is raised (the caller logs it and answers it)."""
@@ -158,7 +164,28 @@ class AgentCore:
         for r in results:
             if not r.ok:
                 log.error("%s: %s", identity, r.message)
-        return self.state(results)
+        return self.set_reply(results)
+
+    def set_reply(self, results: list[CapResult]) -> dict[str, Any]:
+        """The reply to a set: per GPU, column by column, the limits the backend read back after
+        setting (``CapResult``: NVML's own read-back, since its Set ignores the driver's return
+        code), power and energy now, and whether each set took. The GPU list's fixed fields (name,
+        uuid, range) are left to ``state``: a third of the bytes, and a quarter of the controller's
+        decoding, of a full state (bench/guard_fleet.py)."""
+        held = [self._held(r) for r in results]
+        power: list[float | None] = []
+        energy: list[float | None] = []
+        for i in range(len(self.infos)):
+            try:
+                power.append(_num(self.backend.read_power_w(i)))
+                energy.append(_num(self.backend.read_energy_j(i)))
+            except Exception:  # the set's own read-back still goes out; power counts as unknown
+                power.append(None)
+                energy.append(None)
+        return {"ok": all(r.ok for r in results), "node": self.cfg.name,
+                "requested_w": [_num(h[0]) for h in held], "enforced_w": [_num(h[1]) for h in held],
+                "power_w": power, "energy_j": energy, "set_ok": [r.ok for r in results],
+                "message": [r.message[:200] for r in results], "lease_s_left": self.lease.left_s(self.mono())}
 
 
 class AgentServer:

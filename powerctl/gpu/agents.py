@@ -50,6 +50,7 @@ CLOCK_ALLOWANCE_S = 0.25  # controller/agent clock offset tolerated (NTP keeps i
 CONNECT_TIMEOUT_S = 2.0  # first contact at start-up
 RECONNECT_S = 0.5  # an unreachable node is tried again this often (besides the guard's own sets)
 MAX_PENDING = 8  # requests without a reply on one connection before it is dropped
+SET_COLUMNS = ("requested_w", "enforced_w", "power_w", "energy_j", "set_ok", "message")  # a set's reply
 _WIRE_ERRORS = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError)
 
 
@@ -238,9 +239,17 @@ class AgentGpus:
         if not isinstance(reply, dict) or "ok" not in reply:
             node.error = "malformed reply"
             return None
-        if "gpus" in reply and isinstance(reply["gpus"], list) and len(reply["gpus"]) == len(node.gpus):
+        n = len(node.gpus)
+        full = isinstance(reply.get("gpus"), list) and len(reply["gpus"]) == n
+        if full or all(isinstance(reply.get(k), list) and len(reply[k]) == n for k in SET_COLUMNS):
             if node.error:
                 log.info("node %s answers again", node.cfg.name)
+            if not full:  # a set's reply: its columns over the last state's fixed fields
+                rows = [dict(r) for r in node.state["gpus"]] if node.state else [{} for _ in range(n)]
+                for k in SET_COLUMNS:
+                    for row, v in zip(rows, reply[k], strict=True):
+                        row[k] = v
+                reply = {**reply, "gpus": rows}
             node.state, node.state_t, node.error = reply, self.clock(), ""
         else:
             log.error("node %s refused: %s", node.cfg.name, reply.get("error", "?"))
@@ -460,10 +469,10 @@ class AgentGpus:
                 continue
             row = rows[local]
             rb, enf = row.get("requested_w"), row.get("enforced_w")
-            ok = bool(row.get("set_ok", False))
+            ok = row.get("set_ok") is True
             outside = isinstance(rb, int | float) and isinstance(enf, int | float) and enf < rb - 1.0
-            results.append(CapResult(index, cap, None if rb is None else float(rb),
-                                     None if enf is None else float(enf), ok,
+            results.append(CapResult(index, cap, float(rb) if isinstance(rb, int | float) else None,
+                                     float(enf) if isinstance(enf, int | float) else None, ok,
                                      str(row.get("message", "")), outside))
         return results
 
