@@ -270,14 +270,15 @@ class Daemon:
         except* _Stop:
             pass
         finally:
-            # a battery left in a forced mode would keep charging/discharging without us: hand it
-            # back to its own control (bounded, powerctl/writes.py)
-            with contextlib.suppress(Exception):
-                await self.writes.release()
+            self.writes.cancel()
             with contextlib.suppress(Exception):
                 await self.surfaces.close()
             # the guard task already did this on cancellation; repeat in case it never started
             apply_caps(self.gpu, self.guard.safe_caps())
+            # then (GPUs safe first) a battery left in a forced mode would keep charging or
+            # discharging without us: hand it back to its own control (bounded, powerctl/writes.py)
+            with contextlib.suppress(Exception):
+                await self.writes.release()
             with contextlib.suppress(Exception):
                 self.telemetry.emit("event", {"kind": "stopped", "caps_w": self.cfg.gpu.safe_cap_w}, self.clock())
                 self.telemetry.close()
