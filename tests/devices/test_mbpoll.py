@@ -76,6 +76,10 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("comap/intelisys_nt", "ActivePower", -1250.0),  # paralleling genset: int16 kW (reverse power)
         ("comap/intelisys_nt", "RunHours", 70_001.0),  # uint32, MSW first
         ("comap/intelisys_nt", "GenFreq", 50.1),  # uint16 x 0.1
+        ("huawei/sun2000_pv", "ActivePower", 65538.0),  # PV: int32 0x00010002, MSW first
+        ("huawei/sun2000_pv", "ActivePowerDerating", 37.5),  # int16 x 0.1 (the PV limit)
+        ("sungrow/sg_string", "ActivePower", 65538.0),  # PV: uint32 LSW first (halves differ)
+        ("sungrow/sg_string", "PowerLimitSetting", 42.0),  # uint16 x 0.1 (the PV limit)
     ],
 )
 async def test_mbpoll_sees_what_the_codec_encoded(key: str, point: str, value: float | str) -> None:
