@@ -94,3 +94,62 @@ async def test_caps_lowered_from_outside_rise_back_at_the_slew_limit() -> None:
         f"caps rose {worst:.0f} W in one guard pass (budget {budget_w:.0f} W): "
         f"read-backs {[round(x) for x in readback[:8]]}")
     assert len(rises) >= math.ceil((full_w - safe_w) / (budget_w + n * TOL_W)), "came back faster than the slew"
+
+
+async def test_caps_raised_from_outside_come_back_down_at_the_next_reassert() -> None:
+    """Someone raises every GPU to its maximum (nvidia-smi -pl) while the guard holds them lower: the
+    guard never takes the raise as its own (it follows the read-back only downwards) and its cap
+    writer puts its caps back within ``reassert_s``, with no change of plan to trigger a write."""
+    cfg = site()
+    sim = SimulatedGpus.from_pool(cfg.gpu, clock=time.monotonic, demand_w=lambda _i, _t: 390.0)
+    slots = slots_from_pool(cfg.gpu, sim.list_gpus())
+    guard = Guard(cfg, slots)
+    img = image_for(cfg)
+    k = 1.0 + cfg.gpu.facility_overhead
+    n = sim.count
+    held_w = 250.0  # what the guard is asked for: below max_w, so a raise to max_w is a rise it never sent
+
+    async def plant() -> None:
+        while True:
+            now = time.monotonic()
+            load_kw = sum(sim.read_power_w(i) for i in range(n)) / 1000.0 * k
+            pv_kw = min(20.0, load_kw)
+            img.update("pv1", "p_kw", pv_kw, now)
+            img.update("bat1", "soc_pct", 60.0, now)
+            img.update("bat1", "p_kw", load_kw - pv_kw, now)
+            await asyncio.sleep(0.05)
+
+    at_cap = asyncio.Event()
+    raised = False
+    back = asyncio.Event()
+    guard_max_w: list[float] = []  # the highest cap the guard held after each pass once raised
+
+    def on_decision(_d: GuardDecision) -> None:
+        limits = [sim.read_limits_w(i)[0] for i in range(n)]
+        if raised:
+            guard_max_w.append(max(guard.last_caps_w.values()))
+            if max(limits) <= held_w + TOL_W:
+                back.set()
+        elif all(abs(w - held_w) <= TOL_W for w in limits):
+            at_cap.set()
+
+    plant_task = asyncio.create_task(plant())
+    await asyncio.sleep(0.1)
+    loop = guard_loop(cfg, slots, img, sim, {s.index: held_w for s in slots}, guard=guard,
+                      clock=time.monotonic, reassert_s=0.5)
+    guard_task = asyncio.create_task(run_guard(loop, sim, clock=time.monotonic, on_decision=on_decision))
+    try:
+        async with asyncio.timeout(60):
+            await at_cap.wait()
+        for i in range(n):  # between two guard passes: every GPU to its maximum, from outside
+            assert sim.set_cap_w(i, cfg.gpu.max_w).ok
+        raised = True
+        async with asyncio.timeout(60):  # 0.5 s reassert; the bound only catches "never"
+            await back.wait()
+    finally:
+        guard_task.cancel()
+        plant_task.cancel()
+        for t in (guard_task, plant_task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    assert guard_max_w and max(guard_max_w) <= held_w + TOL_W, f"the guard took the outside raise as its own: {guard_max_w[:5]}"
