@@ -140,6 +140,9 @@ class SiteParams:
     commitment: str = "enumeration"
     milp_gap: float = 1e-4  # relative MIP gap HiGHS may stop at
     milp_time_limit_s: float = 0.25  # at most this, and never more than 60 % of the time left
+    # The MILP decides per block of at least this many seconds after the first hour (5 min blocks
+    # there), priced on the plan's own steps (optimizer.milp.CoarseMilp); 0 = per step (exact).
+    milp_block_s: float = 3600.0
     # Safe plan: GPU budget per class when every solver and the rules failed (fraction of p_max).
     safe_gpu_fraction: float = 0.0
 

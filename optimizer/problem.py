@@ -36,7 +36,7 @@ from powerctl.optimizer.commitment import (
     windowed,
 )
 from powerctl.optimizer.direct import DirectBackend
-from powerctl.optimizer.milp import MilpCommitment
+from powerctl.optimizer.milp import CoarseMilp, MilpCommitment, make_milp
 from powerctl.optimizer.model import Model, build
 from powerctl.optimizer.params import DispatchInputs, Plan, SiteParams
 from powerctl.optimizer.solution import (
@@ -188,7 +188,7 @@ class DispatchProblem:
                     raise
         return CvxpyBackend(self.model)
 
-    def _make_milp(self) -> tuple[MilpCommitment | None, str]:
+    def _make_milp(self) -> tuple[MilpCommitment | CoarseMilp | None, str]:
         """The exact commitment when configured and possible, else None and why not."""
         p = self.params
         if p.commitment != "milp" or not p.gensets:
@@ -196,7 +196,7 @@ class DispatchProblem:
         if self.solvers[0] != "HIGHS" or not isinstance(self.backend, DirectBackend):
             return None, "milp: needs HiGHS on the compiled linear model; commitment by enumeration"
         try:
-            return MilpCommitment(self.backend, p), ""
+            return make_milp(self.backend, p), ""
         except Exception as exc:  # a model the MILP cannot take still plans by enumeration
             return None, f"milp: {type(exc).__name__}: {exc}; commitment by enumeration"
 

@@ -14,6 +14,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from powerctl.optimizer import BatteryParams, DispatchProblem, GensetParams, PvParams, SiteParams
 from powerctl.optimizer.checks import plan_violations
+from powerctl.optimizer.milp import CoarseMilp, coarse_blocks, coarse_inputs
 
 T = 168
 DT_H = 1.0
@@ -119,3 +120,38 @@ def test_milp_failure_falls_back_to_the_enumeration_and_says_why() -> None:
     assert plan.rung == "primary" and plan.commitment == "enumeration"
     assert any(n.startswith("milp (HIGHS)") and "enumeration" in n for n in plan.notes), plan.notes
     assert problem.commitment_counts == {"enumeration": 1}
+
+
+def test_coarse_blocks_merge_steps_to_5_min_then_hours() -> None:
+    five_min = coarse_blocks(np.full(288, 300.0), 3600.0)
+    assert five_min[-1] + 1 == 12 + 23 and np.all(np.diff(five_min) >= 0)
+    demo = coarse_blocks(np.concatenate((np.full(60, 60.0), np.full(92, 900.0))), 3600.0)
+    assert demo[-1] + 1 == 12 + 23 and np.all(np.bincount(demo[:60]) == 5)
+    hourly = coarse_blocks(np.full(T, 3600.0), 3600.0)
+    assert np.array_equal(hourly, np.arange(T))  # every step is a block: the exact MILP
+
+
+def test_coarse_milp_stops_the_genset_on_sunny_days_on_15_min_steps() -> None:
+    """Two days on 15-minute steps: the MILP decides per hour (after the first), the plan is priced
+    on the 15-minute steps, the genset still stops each sunny day and the plan beats the enumeration."""
+    n = 2 * 96
+    site = dataclasses.replace(week_site(), steps_s=np.full(n, 900.0), milp_time_limit_s=30.0)
+    pv = np.repeat(week_pv_kw()[:48], 4)
+    x = inputs(site, pv=[list(pv)], other=[LOAD_KW] * n, soc=[50.0], on=[True], state_s=[1e6])
+    problem = DispatchProblem(site)
+    assert isinstance(problem.milp, CoarseMilp)
+    plan = problem.solve(x, deadline_s=120.0)
+    assert plan.rung == "primary" and plan.commitment == "milp", plan.explain()
+    assert plan_violations(site, x, plan) == []
+    on = plan.genset_on[0]
+    for day in range(2):
+        assert not on[day * 96 + 40:day * 96 + 60].all(), f"day {day}: the genset runs through the sunny hours"
+    # switches only where a block starts
+    starts_at = problem.milp.block
+    switch = np.flatnonzero(on[1:] != on[:-1]) + 1
+    assert np.all(starts_at[switch] != starts_at[switch - 1])
+    # the inputs on the blocks keep the PV energy
+    xc = coarse_inputs(x, problem.milp.block, site.steps_s)
+    assert float((xc.pv_forecast_kw @ problem.milp.p.steps_s)[0]) == pytest.approx(float(pv @ site.steps_s))
+    enum = DispatchProblem(dataclasses.replace(site, commitment="enumeration")).solve(x, deadline_s=120.0)
+    assert enum.objective > plan.objective + 1.0
