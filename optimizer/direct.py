@@ -110,6 +110,8 @@ class DirectBackend:
         # How candidates ended: solved, pruned by stored prices, stopped by the solver's bound.
         self.stats = {"solved": 0, "pruned_by_prices": 0, "pruned_by_solver": 0}
         self._clarabel_tl = -1.0
+        # the schedule-free values of the last theta built in full, and that theta (see _theta_of)
+        self._theta_last: tuple[tuple[object, ...], FloatArray] | None = None
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -137,9 +139,29 @@ class DirectBackend:
         """The right-hand side b for the values `v`."""
         return self._data(v)[0]
 
+    def _theta_of(self, v: ParamValues) -> FloatArray:
+        """theta for `v`. The commitment candidates of one solve share every value but `avail` and
+        `extra` (the very same arrays, see optimizer.solution.schedule_free_values), so after the
+        first only those two are written into a copy of the last theta. (Values are never changed in
+        place, and every `schedule_free_values` call makes `e0` anew, so a new solve never matches.)"""
+        m = self.model
+        shared = (v.pv_ub, v.gpu_ub, v.other, v.e0, v.prev, v.grid)
+        last = self._theta_last
+        if last is not None and all(a is b for a, b in zip(last[0], shared, strict=True)):
+            theta = last[1].copy()
+            for prm, val in ((m.avail, v.avail), (m.extra, v.extra)):
+                if prm is not None:
+                    col = self.param_cols[prm.id]
+                    flat = np.asarray(val, dtype=float).flatten(order="F")
+                    theta[col:col + flat.size] = flat
+            return theta
+        theta = self._theta({prm.id: val for prm, val in parameter_pairs(m, v) if prm is not None})
+        self._theta_last = (shared, theta)
+        return theta
+
     def _data(self, v: ParamValues) -> tuple[FloatArray, FloatArray, float]:
         """(b, c, objective constant) for the values `v`."""
-        theta = self._theta({prm.id: val for prm, val in parameter_pairs(self.model, v) if prm is not None})
+        theta = self._theta_of(v)
         if not self.c_varies:
             return self._b_from_theta(theta), self.c, self.d
         c, d = self._c_from_theta(theta)
