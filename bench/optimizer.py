@@ -8,8 +8,9 @@ the forecast rolls on by a whole step with fresh noise on every step, SoC and th
 budget come from the last plan. "re-solve" is one convex solve (commitment fixed:
 commitment_candidates=0); "commitment" enumerates 1 + 6 switch + 12 window candidates for one genset (pruned by bounds);
 "grid-tied" swaps the genset for a grid (import/export limits, time-of-use prices, demand charge);
-"MILP commitment" decides the commitment exactly (optimizer.milp; 1 and 3 gensets, 1 s deadline as
-in the daemon; goals p99 <= 100 / 250 ms), the enumeration as its next rung, counted per rung;
+"MILP commitment" decides the commitment by a MILP per block (optimizer.milp.CoarseMilp: 5 min in the
+first hour, then hourly; 1 and 3 gensets, 1 s deadline as in the daemon; goals p99 <= 100 / 250 ms),
+the enumeration as its next rung, counted per rung ("primary/milp" where the MILP decided);
 "rebuild" builds the cvxpy problem from scratch and solves it through cvxpy each time (what "build
 once" saves), per solver. p50/p99 are wall-clock; "cpu" is the process CPU time per solve (both
 threads), which shows what a busy machine adds: the load average is printed before and after.
