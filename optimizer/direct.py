@@ -266,7 +266,9 @@ class DirectBackend:
 
     def _prune(self, b: FloatArray, slot: int, obj_bound: float) -> None:
         """Raise CandidatePruned if stored row prices prove the LP optimum is above `obj_bound`."""
-        sources = [src for src in (self._prices.get(slot), self._last_prices) if src is not None]
+        own = self._prices.get(slot)
+        # the slot solved last has the last prices too: one bound from them is enough
+        sources = [src for src in (own, None if self._last_prices is own else self._last_prices) if src is not None]
         # Prices priced for another cost vector (grid prices of an earlier cycle) are re-priced.
         prices = [pr.for_cost(self._cost) for pr in (src() for src in sources) if pr is not None]
         lb = max((pr.bound(b) for pr in prices), default=-np.inf)
