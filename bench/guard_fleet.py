@@ -9,6 +9,7 @@ supply comes back and the caps rise again (not measured). Lease renewals run in 
 as in the daemon.
 
     .venv/bin/python bench/guard_fleet.py [--agents 64] [--gpus 8] [--drops 200] [--per-process 1]
+        [--node-timeout-s 0.15]
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--drops", type=int, default=200)
     ap.add_argument("--per-process", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--node-timeout-s", type=float, default=0.15,
+                    help="gpu.node_timeout_s (lease 4x it, at least 2 s): a host too small for the fleet "
+                         "answers late, and a longer timeout measures how late instead of counting misses")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
     logging.basicConfig(level=logging.WARNING)
@@ -104,7 +108,7 @@ def main() -> None:
         print(f"{args.agents} agents x {args.gpus} GPUs ({len(procs)} processes) up in {time.monotonic() - t0:.1f} s")
         data = site_dict(classes=[{"name": "prod", "gpus": n_gpus}],
                          gpu={"backend": "agents", "min_w": 100.0, "max_w": 400.0, "safe_cap_w": 150.0,
-                              "lease_s": 2.0, "node_timeout_s": 0.15, "ramp_up_kw_per_s": 1e4,
+                              "lease_s": max(2.0, 4 * args.node_timeout_s), "node_timeout_s": args.node_timeout_s, "ramp_up_kw_per_s": 1e4,
                               "agent_tls": fleet.agent_tls(), "nodes": fleet.nodes(["prod"] * args.agents)},
                          control={"guard_period_s": 0.2})
         data["devices"][0]["limits"]["kwp"] = pv_high_kw * 1.2  # the array can deliver what it reads
