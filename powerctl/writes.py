@@ -40,6 +40,7 @@ class WriteQueue:
         self.on_event = on_event
         self.observe_only = observe_only  # commissioning: log what would be written, write nothing
         self.would_write: dict[str, float] = {}  # "device.signal" -> last value not written (observe-only)
+        self.would_refuse: dict[str, float] = {}  # observe-only: values a live daemon would have refused
         self.written: dict[str, float] = {}  # "device.signal" -> last value written
         self.errors = 0
         self._last: dict[str, tuple[float, float]] = {}  # "device.signal" -> (value, monotonic s)
@@ -130,10 +131,19 @@ class WriteQueue:
         if prev is not None and abs(prev[0] - value) <= deadband and time.monotonic() - prev[1] < RESEND_S:
             return
         if self.observe_only:
-            if self.would_write.get(key) != value:
-                log.info("observe-only: would write %s.%s = %g", device, signal, value)
-            self.would_write[key] = value
             self._last[key] = (value, time.monotonic())
+            if value in (self.would_write.get(key), self.would_refuse.get(key)):
+                return
+            try:
+                dev.check_signal(signal, value)
+            except (SetpointRangeError, DeviceError) as exc:
+                log.warning("observe-only: would refuse %s.%s=%g: %s", device, signal, value, exc)
+                self._event("write_error", {"message": f"observe-only, not written: {exc}"}, device)
+                self.would_refuse[key] = value
+                return
+            log.info("observe-only: would write %s.%s = %g", device, signal, value)
+            self.would_write[key] = value
+            self.would_refuse.pop(key, None)
             return
         self._commanded.add((device, signal))
         try:

@@ -12,6 +12,7 @@ a missing kW is a load it cannot serve).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from powerctl.config import PvDevice
@@ -26,8 +27,15 @@ def rating_kw(pv: PvDevice) -> float:
 
 
 def limit_pct(pv: PvDevice, planned_kw: float, forecast_kw: float | None, headroom_kw: float) -> float:
-    """The active power limit for one PV in % of its rating (100 = released)."""
-    if forecast_kw is None or planned_kw >= forecast_kw - CURTAILED_BELOW_KW:
+    """The active power limit for one PV in % of its rating (100 = released).
+
+    A plan or forecast that is not a number releases: a NaN compares false everywhere and used to
+    come out as a 0 % limit, the whole array's supply cut on a number nobody can trust (the
+    guard's export and surplus holds still bound what a released PV may push).
+    """
+    if forecast_kw is None or not (math.isfinite(planned_kw) and math.isfinite(forecast_kw) and math.isfinite(headroom_kw)):
+        return RELEASED_PCT
+    if planned_kw >= forecast_kw - CURTAILED_BELOW_KW:
         return RELEASED_PCT
     pct = 100.0 * (max(planned_kw, 0.0) + headroom_kw) / rating_kw(pv)
     return round(min(RELEASED_PCT, max(0.0, pct)), 1)

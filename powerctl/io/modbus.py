@@ -382,15 +382,27 @@ class ModbusDevice:
             self._wake.set()
         return result
 
-    async def _write_sequence(self, seq: WriteSequence, value: float) -> WriteResult:
-        """Every step in the profile's order (``_write_steps``)."""
+    def check_signal(self, signal: str, value: float) -> None:
+        """What ``write_signal`` would refuse, without writing: raises SetpointRangeError or
+        DeviceError (observe-only commissioning shows the refusals a live daemon would meet)."""
+        seq = self.profile.sequences.get(signal)
+        if seq is not None:
+            for sp, v in self._sequence_steps(seq, value):
+                self._registers(sp, v)
+        else:
+            self._registers(self.profile.setpoint(signal), value)
+
+    def _sequence_steps(self, seq: WriteSequence, value: float) -> list[tuple[Setpoint, float]]:
         readings = {n: float(r.value) if isinstance(r.value, int | float) else None for n, r in self.readings.items()}
         try:
             values = step_values(self.profile, seq, value, readings)
         except SequenceError as exc:
             raise DeviceError(f"{self.name}: {exc}") from None
-        steps = [(self.profile.setpoint(st.setpoint), v) for st, v in zip(seq.steps, values, strict=True)]
-        return await self._write_steps(WriteResult(self.name, seq.signal, value, []), steps)
+        return [(self.profile.setpoint(st.setpoint), v) for st, v in zip(seq.steps, values, strict=True)]
+
+    async def _write_sequence(self, seq: WriteSequence, value: float) -> WriteResult:
+        """Every step in the profile's order (``_write_steps``)."""
+        return await self._write_steps(WriteResult(self.name, seq.signal, value, []), self._sequence_steps(seq, value))
 
     async def _write_steps(self, result: WriteResult, steps: list[tuple[Setpoint, float]]) -> WriteResult:
         """Setpoints in order, every one range-checked before the first is sent."""

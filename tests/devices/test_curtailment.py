@@ -163,3 +163,38 @@ async def test_an_out_of_range_limit_through_the_write_queue_puts_nothing_on_the
             await _written(queue, "pv1.p_limit_pct", 40.0)
         finally:
             dev.close()
+
+
+async def test_observe_only_shows_what_a_live_daemon_would_refuse_and_writes_nothing() -> None:
+    # commissioning: an out-of-range value is a "would refuse" with the reason, not a "would write"
+    profile = load_profile("sunspec/der_inverter")
+    sim = DeviceSimulator(profile)
+    events: list[tuple[str, dict[str, object], str | None]] = []
+    async with served(sim) as srv:
+        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
+        try:
+            assert await dev.poll_once(), dev.stats.last_error
+            queue = WriteQueue({"pv1": dev}, on_event=lambda k, f, d: events.append((k, f, d)), observe_only=True)
+            queue.queue("pv1", "p_limit_pct", 150.0, deadband=0.0)
+            async with asyncio.timeout(10):
+                while not events:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
+            assert "outside the allowed range" in str(events[0][1]["message"])
+            queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
+            async with asyncio.timeout(10):
+                while queue.would_write.get("pv1.p_limit_pct") != 40.0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert len(events) == 1  # the in-range value is a plain "would write"
+            assert queue.would_refuse == {} and sim.writes == [] and queue.written == {}
+        finally:
+            dev.close()
+
+
+@pytest.mark.parametrize(("planned_kw", "forecast_kw"), [(float("nan"), 200.0), (50.0, float("nan")), (float("inf"), 200.0)])
+def test_a_plan_or_forecast_that_is_not_a_number_releases_rather_than_cuts_the_array(
+        planned_kw: float, forecast_kw: float) -> None:
+    pv_cfg = _site().device("pv1")
+    assert isinstance(pv_cfg, PvDevice)
+    assert limit_pct(pv_cfg, 50.0, 200.0, 3.0) < RELEASED_PCT  # the same call with numbers curtails
+    assert limit_pct(pv_cfg, planned_kw, forecast_kw, 3.0) == RELEASED_PCT
