@@ -263,7 +263,10 @@ class AgentServer:
             except Exception as exc:  # a backend bug must not end the process that holds the lease
                 log.exception("%s: request failed", peer)
                 reply = {"ok": False, "error": f"agent error: {type(exc).__name__}"}
-            if self.core.lease.expires_s != expires:
+            moved = self.core.lease.expires_s
+            if moved is not None and (expires is None or moved < expires):
+                # only an earlier end wakes the watcher: a renewal (a later end) it finds when it
+                # wakes at the old one, which saves a wake-up and a timer on every set
                 self._lease_moved.set()
             await self._send(writer, reply)
 
