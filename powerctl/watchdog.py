@@ -153,6 +153,16 @@ class Watchdog:
                 log.warning("heartbeat back after %.1f s: watchdog re-armed", now_s - self.tripped_at)
             self.tripped_at = None
             return False
+        if self.cfg.control.observe_only:
+            # commissioning: powerctl writes nothing, this process included (the GPUs are someone
+            # else's to cap until observe_only is off); say what it would do, once per trip
+            if self.tripped_at is None:
+                self.tripped_at = now_s
+                self.trips += 1
+                log.error("heartbeat %s silent for %.1f s (> %.1f s): control.observe_only is on, so "
+                          "the watchdog only reports; it would apply safe caps (%.0f W)",
+                          self.path, age, self.stale_after_s, self.cfg.gpu.safe_cap_w)
+            return False
         if self.tripped_at is None:
             self.tripped_at = now_s
             self.trips += 1

@@ -65,3 +65,20 @@ def test_a_daemon_that_cannot_make_its_heartbeat_file_is_not_fought(tmp_path: Pa
         time.sleep(0.002)  # let the directory's mtime move on coarse clocks
     assert all(sim.read_limits_w(i)[0] == 400.0 for i in range(sim.count))
     assert dog.step(40.0) and sim.read_limits_w(0)[0] == 150.0  # the daemon stopped: trip
+
+
+def test_an_observe_only_site_s_watchdog_reports_and_caps_nothing(tmp_path: Path) -> None:
+    # observe-only means powerctl writes nothing, its watchdog included: the GPUs are another
+    # controller's to cap while a site is commissioned
+    path = _toml(tmp_path)
+    path.write_text(path.read_text().replace("[control]\n", "[control]\nobserve_only = true\n", 1))
+    cfg = load_config(path)
+    sim = SimulatedGpus.from_pool(cfg.gpu)
+    for i in range(sim.count):
+        sim.set_cap_w(i, 400.0)
+    dog = Watchdog(cfg, sim, stale_after_s=3.0, started_s=0.0)
+    assert not dog.step(10.0) and not dog.step(60.0)
+    assert dog.trips == 1  # the silence is seen (and logged once), not acted on
+    assert [sim.enforced_w(i) for i in range(sim.count)] == [400.0] * sim.count
+    live = Watchdog(load_config(_toml(tmp_path)), sim, stale_after_s=3.0, started_s=0.0)
+    assert live.step(10.0) and {sim.enforced_w(i) for i in range(sim.count)} == {150.0}  # the same silence, live

@@ -69,7 +69,7 @@ def _caps(tmp: Path) -> list[float]:
     return json.loads((tmp / "gpus.json").read_text())["caps_w"]
 
 
-def _wait(cond, timeout_s: float = 20.0) -> bool:
+def _wait(cond, timeout_s: float = 90.0) -> bool:  # a bound for failures: a busy 2-core machine takes ~20 s to start a runner
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
