@@ -170,8 +170,8 @@ class AgentCore:
         """The reply to a set: per GPU, column by column, the limits the backend read back after
         setting (``CapResult``: NVML's own read-back, since its Set ignores the driver's return
         code), power and energy now, and whether each set took. The GPU list's fixed fields (name,
-        uuid, range) are left to ``state``: a third of the bytes, and a quarter of the controller's
-        decoding, of a full state (bench/guard_fleet.py)."""
+        uuid, range) are left to ``state``: 417 bytes for 8 GPUs instead of a full state's 1,797,
+        which cut the controller's JSON decoding from 16 % to 6 % of its CPU in bench/guard_fleet.py."""
         held = [self._held(r) for r in results]
         power: list[float | None] = []
         energy: list[float | None] = []
