@@ -75,7 +75,7 @@ class WriteQueue:
         self.cancel()
         released: list[str] = []
         todo = sorted((d, s) for d, s in self._commanded if s in self.devices[d].releases())
-        if not todo:
+        if not todo or self.observe_only:  # observe-only never commands (nor releases) anything
             return released
 
         async def one(device: str, signal: str) -> None:
