@@ -244,7 +244,7 @@ class Daemon:
         await self.surfaces.start()
         # Everything built so far (the cvxpy problem, profiles, config) lives as long as the daemon:
         # keep it out of the collector's full passes, whose pause grows with the heap and stretched
-        # guard gaps to ~1 s under a flood of MQTT messages (tests/mqtt/test_flood.py)
+        # guard gaps to ~1 s under a flood of MQTT messages (tests/security/test_mqtt_flood.py)
         gc.freeze()
         try:
             async with asyncio.TaskGroup() as tg:

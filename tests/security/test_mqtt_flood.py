@@ -17,9 +17,9 @@ from powerctl.control.split import slots_from_pool
 from powerctl.gpu.factory import make_backend
 from powerctl.guard_task import guard_loop, run_guard
 from powerctl.mqtt import MqttLink
-from tests.mqtt.test_limits import publish_in_another_process, wait_process
 from tests.mqtt.test_link import BASE, Observer, make_link, observer, running, wait_connected
 from tests.mqtt.test_payload_commands import site_config
+from tests.security.test_mqtt_limits import publish_in_another_process, wait_process
 from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.servers
