@@ -128,7 +128,7 @@ def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
     return eg
 
 
-async def _halt(task: asyncio.Task[None], what: str, attempts: int = 10, wait_s: float = 1.0) -> None:
+async def _halt(task: asyncio.Task[None], what: str, attempts: int = 30, wait_s: float = 1.0) -> None:
     """Cancel ``task`` until it has ended (a cancel it lost is sent again), at most ``attempts`` times."""
     for _ in range(attempts):
         if task.done():
@@ -137,7 +137,8 @@ async def _halt(task: asyncio.Task[None], what: str, attempts: int = 10, wait_s:
         with contextlib.suppress(asyncio.CancelledError):  # a second cancel of ours: we raise anyway
             await asyncio.wait({task}, timeout=wait_s)
     if not task.done():
-        log.error("%s: still running after %d cancels; left to end at its next step", what, attempts)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(task.get_stack(limit=8)))
+        log.error("%s: still running after %d cancels (in %s); left to end at its next step", what, attempts, where)
         return
     exc = None if task.cancelled() else task.exception()
     if exc is not None:

@@ -113,7 +113,7 @@ class CapSet:
     t: float  # time.monotonic()
     index: int
     cap_w: float
-    stale_supply: bool  # any supply signal not GOOD in the daemon's image when the cap was sent
+    stale_supply: bool  # any supply signal not GOOD in the daemon's image at the guard decision behind it
 
 
 @dataclass
@@ -193,6 +193,8 @@ class FaultRig:
             on_cycle=self._on_cycle,
         )
         self._supply_signals = self._supply_signal_names()
+        self._decided_stale = True  # the supply data behind the newest guard decision (none yet: stale)
+        self._wrap_guard()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.t_start = 0.0
@@ -221,15 +223,28 @@ class FaultRig:
             out += [(d.name, "running"), (d.name, "p_kw")]
         return out
 
-    def supply_stale(self) -> bool:
-        now = self.clock()
+    def supply_stale(self, at_s: float | None = None) -> bool:
+        now = self.clock() if at_s is None else at_s
         return any(not self.daemon.image.get(d, s, now).good for d, s in self._supply_signals)
+
+    def _wrap_guard(self) -> None:
+        # what a cap is judged by is the data its guard decision saw: the cap writer sends the
+        # caps after the decision, and a signal that ages out while it works through 192 GPUs on
+        # a busy machine did not make a decision taken on fresh data a raise on stale data
+        loop = self.daemon.loop
+        real_tick = loop.guard_tick
+
+        def guard_tick(wall_s: float, **kw: Any) -> Any:
+            self._decided_stale = self.supply_stale(wall_s)
+            return real_tick(wall_s, **kw)
+
+        loop.guard_tick = guard_tick  # type: ignore[method-assign]
 
     def _wrap_gpus(self) -> None:
         real_set = self.gpus.set_cap_w
 
         def set_cap_w(index: int, cap_w: float) -> CapResult:
-            stale = self.supply_stale() if hasattr(self, "daemon") else True
+            stale = self._decided_stale if hasattr(self, "daemon") else True
             self.caps.append(CapSet(time.monotonic(), index, float(cap_w), stale))
             return real_set(index, cap_w)
 

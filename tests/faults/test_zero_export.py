@@ -4,9 +4,14 @@ site over Modbus TCP on loopback (tests/faults/harness.py), with a meter that al
 The plant has no export limiter (``Plant.export_limiter = False``): the grid takes any surplus, so
 only the controller keeps the meter at or below zero export. The plan is made once (a 600 s planner
 period) with PV at 60 kW; then the sky clears (PV 60 -> 220 kW, far above the site's load). The
-plan cannot react in the window; the guard must (powerctl.control.export_hold): from one meter
-poll plus one guard period after the jump (plus the write's round trip), the meter exports at
-most EXPORT_BOUND_KW, and the surplus is curtailed at the inverter (SunSpec 704 limit).
+plan cannot react in the window; the guard must (powerctl.control.export_hold): the first guard
+pass after the first meter reading that shows the export holds PV, and from the plant step after
+the inverter got that limit the meter exports at most EXPORT_BOUND_KW.
+
+"Within one meter poll plus one guard period" is counted in the daemon's own events (meter
+readings, guard passes, the write the simulator decoded, plant steps), not in wall seconds: this
+whole rig shares one process, and a busy machine that takes the CPU away for half a second delays
+every part of it alike (a wall-time deadline failed beside two CPU burners).
 """
 
 from __future__ import annotations
@@ -28,8 +33,6 @@ from tests.servers import free_port
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 
 METER_POLL_S = 0.5
-# one plant tick (0.05 s) and the Modbus write's round trip on a busy loopback
-WRITE_SLACK_S = 0.3
 EXPORT_BOUND_KW = 0.5  # the hold's noise tolerance (0.2 kW) plus the plant's GPU-lag wobble
 
 
@@ -50,13 +53,17 @@ async def test_zero_export_held_within_one_meter_poll_when_pv_jumps(tmp_path: Pa
     rig = FaultRig(cfg, pv_kw=60.0)
     rig.plant.export_limiter = False  # physics only: nothing but the controller stops export
     grid: list[tuple[float, float, float]] = []  # (monotonic t, meter kW + = import, PV delivered kW)
-    meter_ts: list[float] = []  # the daemon's meter reading time (its clock), as seen while recording
+    # per recorder sample: the daemon's meter reading (its clock's time, kW + = import), its guard
+    # passes so far, and whether the export hold limits PV
+    seen: list[tuple[float, float, int, bool]] = []
 
     async def record() -> None:
         while True:
             pv = sum(p.p_kw for p in rig.plant.pvs.values())
             grid.append((time.monotonic(), rig.plant.grid_kw, pv))
-            meter_ts.append(rig.daemon.image.get("grid", "p_kw", rig.clock()).ts)
+            meter = rig.daemon.image.get("grid", "p_kw", rig.clock())
+            seen.append((meter.ts, float(meter.value if meter.value is not None else 0.0),
+                         rig.daemon.loop.stats.guard_ticks, rig.daemon.loop.export_hold.limit_kw is not None))
             await asyncio.sleep(0.02)
 
     async with rig:
@@ -77,14 +84,19 @@ async def test_zero_export_held_within_one_meter_poll_when_pv_jumps(tmp_path: Pa
     assert plans == 1, f"{plans} plans: the planner must not be the one that curtails here"
     before = [g for t, g, _pv in grid if t_free <= t < t_jump]
     assert min(before) > -EXPORT_BOUND_KW, "exported before the jump"
-    # one meter poll + one guard period after the jump; a busy machine may poll late, and then
-    # the guard has one guard period from the first reading after the jump
-    first_read = min(ts for ts in meter_ts if ts > t_jump_clock) - t_jump_clock + t_jump
-    deadline = max(t_jump + METER_POLL_S, first_read) + cfg.control.guard_period_s + WRITE_SLACK_S
-    during = [(t - t_jump, -g) for t, g, _pv in grid if t_jump <= t < deadline]
-    after = [(t - t_jump, -g, pv) for t, g, pv in grid if t >= deadline]
+    # the first reading that shows the export, and the guard passes from it until the hold holds PV
+    k_read = next(k for k, (ts, kw, _g, _h) in enumerate(seen) if ts > t_jump_clock and kw < -EXPORT_BOUND_KW)
+    k_held = next(k for k in range(k_read, len(seen)) if seen[k][3])
+    passes = seen[k_held][2] - seen[k_read][2]
+    # one guard pass sees the reading; the recorder samples every 20 ms, so it may count one more
+    assert passes <= 2, f"{passes} guard passes from the first reading of the export to the hold"
+    t_write = next(t for t, dev, sig, v in rig.writes if t >= t_jump and dev == "pv1" and sig == "p_limit_pct" and v < 100.0)
+    t_applied = next(s.t for s in rig.samples if s.t > t_write)  # the plant step that applied the limit
+    during = [(t - t_jump, -g) for t, g, _pv in grid if t_jump <= t <= t_applied]
+    after = [(t - t_jump, -g, pv) for t, g, pv in grid if t > t_applied]
     worst = max(e for _t, e, _pv in after)
-    print(f"peak export {max(e for _t, e in during):.1f} kW before {deadline - t_jump:.2f} s, "
+    print(f"peak export {max(e for _t, e in during):.1f} kW until the limit took effect "
+          f"({t_applied - t_jump:.2f} s after the jump, {passes} guard passes after the first reading), "
           f"{worst:.2f} kW after; PV delivered {after[-1][2]:.1f} kW of 220")
     assert max(e for _t, e in during) > 10.0, "the jump never exported: the test would not see a hold"
     assert worst <= EXPORT_BOUND_KW, [(round(t, 2), round(e, 1)) for t, e, _pv in after if e > EXPORT_BOUND_KW][:5]

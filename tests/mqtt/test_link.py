@@ -79,7 +79,7 @@ async def running(link: MqttLink) -> AsyncIterator[asyncio.Task[None]]:
         await ended(task, "MqttLink.run()")
 
 
-async def ended(task: asyncio.Task[None], what: str, bound_s: float = 30.0) -> None:
+async def ended(task: asyncio.Task[None], what: str, bound_s: float = 60.0) -> None:
     """Wait for a cancelled task to end: a task that goes on is a failure, not a hung test."""
     with contextlib.suppress(asyncio.CancelledError):
         async with asyncio.timeout(bound_s):
