@@ -32,7 +32,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,8 @@ def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
     return eg
 
 
-async def _halt(task: asyncio.Task[None], what: str, attempts: int = 30, wait_s: float = 1.0) -> None:
+async def _halt(task: asyncio.Task[Any], what: str, attempts: int = 30, wait_s: float = 1.0,
+                *, log_error: bool = True) -> None:
     """Cancel ``task`` until it has ended (a cancel it lost is sent again), at most ``attempts`` times."""
     for _ in range(attempts):
         if task.done():
@@ -141,8 +142,29 @@ async def _halt(task: asyncio.Task[None], what: str, attempts: int = 30, wait_s:
         log.error("%s: still running after %d cancels (in %s); left to end at its next step", what, attempts, where)
         return
     exc = None if task.cancelled() else task.exception()
-    if exc is not None:
+    if exc is not None and log_error:
         log.warning("%s stopped with %s: %s", what, type(exc).__name__, exc)
+
+
+async def _until_one_ends(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run the session's tasks until one of them ends (they are meant to run for the session),
+    then end the others, cancelling each until it has ended; re-raise the first one's error.
+
+    Not a TaskGroup: a TaskGroup cancels its children once and then waits for them, catching every
+    further cancel of its own task. A child that lost that one cancel (3.11's ``wait_for`` drops a
+    cancel that races its result, as in aiomqtt's publish) ran on, waiting on its next message,
+    and the session, the link's stop and the daemon's stop waited with it.
+    """
+    tasks = [asyncio.create_task(c, name=n) for n, c in coros.items()]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await asyncio.gather(*(_halt(t, t.get_name(), log_error=False) for t in tasks if not t.done()))
+    for t in tasks:
+        exc = t.exception() if t in done and not t.cancelled() else None
+        if exc is not None:
+            raise exc
+    raise aiomqtt.MqttError(f"MQTT session task {next(iter(done)).get_name()} ended")
 
 
 class MqttLink:
@@ -350,13 +372,15 @@ class MqttLink:
             self.last_error = None
             try:
                 await self._on_connect(client)
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._sender(client), name="mqtt-send")
-                    tg.create_task(self._receiver(client), name="mqtt-receive")
-                    tg.create_task(self._lease_watch(), name="mqtt-leases")
-                    for ka in self.sources.keepalives:
-                        tg.create_task(self._keepalive(client, ka.topic, ka.first_payload, ka.payload,
-                                                       self.keepalive_period_s or ka.period_s))
+                coros: dict[str, Coroutine[Any, Any, None]] = {
+                    "mqtt-send": self._sender(client),
+                    "mqtt-receive": self._receiver(client),
+                    "mqtt-leases": self._lease_watch(),
+                }
+                for k, ka in enumerate(self.sources.keepalives):
+                    coros[f"mqtt-keepalive-{k}"] = self._keepalive(client, ka.topic, ka.first_payload, ka.payload,
+                                                                   self.keepalive_period_s or ka.period_s)
+                await _until_one_ends(coros)
             except asyncio.CancelledError:
                 # clean stop: the will only fires on an unclean disconnect, so say it ourselves
                 with contextlib.suppress(Exception):

@@ -187,6 +187,53 @@ async def test_a_cancel_that_is_lost_is_sent_again() -> None:
     assert task.cancelled() and cancels_seen == 2
 
 
+async def test_a_session_task_that_loses_its_cancel_does_not_hold_the_stop() -> None:
+    # a TaskGroup cancels its children once and then waits, swallowing every further cancel of
+    # its parent: one child that lost that cancel held the link's stop for ever
+    from powerctl.mqtt.link import _until_one_ends
+
+    cancels_seen = 0
+
+    async def loses_one_cancel() -> None:
+        nonlocal cancels_seen
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels_seen += 1
+                if cancels_seen > 1:
+                    raise
+
+    session = asyncio.create_task(_until_one_ends({"lossy": loses_one_cancel(), "quiet": asyncio.sleep(3600)}))
+    await asyncio.sleep(0.05)
+    session.cancel()
+    async with asyncio.timeout(30):  # a TaskGroup in its place never ends
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+    assert session.cancelled() and cancels_seen == 2
+
+
+async def test_a_session_task_that_fails_ends_the_session_with_its_error() -> None:
+    from powerctl.mqtt.link import _until_one_ends
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise aiomqtt.MqttError("Disconnected during message iteration")
+
+    others_ended = asyncio.Event()
+
+    async def runs() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            others_ended.set()
+
+    with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
+        async with asyncio.timeout(30):
+            await _until_one_ends({"fails": fails(), "runs": runs()})
+    assert others_ended.is_set()
+
+
 async def test_link_cancelled_as_its_broker_dies_stops_for_good(mosquitto: Mosquitto) -> None:
     # the race of a lost connection and a stop, a few times over at different moments
     for delay_s in (0.0, 0.001, 0.01, 0.05):
