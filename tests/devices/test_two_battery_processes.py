@@ -115,29 +115,35 @@ async def test_two_batteries_follow_their_own_setpoints_across_processes(tmp_pat
         daemon = _start(tmp_path, ["run", str(cfg_path)], "daemon.log")
         deadline = time.monotonic() + 180
         got: dict[str, tuple[float, float, float]] | None = {}
+        # each follower seen running at a written setpoint of its own that is not 0 W (0 W would
+        # follow trivially), not necessarily at the same moment: which battery the plan moves when
+        # depends on the plant's sun and GPUs, and a grid-tied plan may rest one while the other works
+        moved: dict[str, tuple[float, float]] = {}
+        distinct = False
         while True:
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             assert sim.poll() is None, (tmp_path / "sim.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, f"batteries never at distinct written setpoints: {got}"
+            assert time.monotonic() < deadline, f"batteries never each at a setpoint of their own: {got}, moved {moved}"
             got = await _read(devs, image)
             if got is None:
                 await asyncio.sleep(0.5)
                 continue
-            enabled = all(ena == 1 for _w, ena, _p in got.values())
-            # each plant battery runs at the setpoint on its own wire (701 W has 100 W steps: W_SF 2)
-            following = all(abs(got[n][0] - got[n][2]) <= 0.1 for n in followers)
-            moving = all(abs(got[n][0]) > 0.5 for n in followers)  # 0 W would follow trivially
-            distinct = abs(got["bess"][0] - got["bess2"][0]) > 0.5
-            if enabled and following and moving and (distinct or not grid):
+            for name, (w, _e, _p) in got.items():
+                assert abs(w) <= BATS[name] + 1e-6, (name, w)  # within each battery's own limit, always
+            if all(ena == 1 for _w, ena, _p in got.values()):
+                # each plant battery runs at the setpoint on its own wire (701 W has 100 W steps: W_SF 2)
+                for n in followers:
+                    if abs(got[n][0] - got[n][2]) <= 0.1 and abs(got[n][0]) > 0.5:
+                        moved.setdefault(n, (got[n][0], got[n][2]))
+                distinct = distinct or abs(got["bess"][0] - got["bess2"][0]) > 0.5
+            if set(moved) == set(followers) and (distinct or not grid):
                 break
             await asyncio.sleep(0.5)
-        print("written WSet kW, WSetEna, reported kW per battery:", got)
-        for name, (w, _e, _p) in got.items():
-            assert abs(w) <= BATS[name] + 1e-6, (name, w)  # within each battery's own limit
+        print("first setpoint (written, reported kW) each battery followed:", moved)
     finally:
         for dev in devs.values():
             dev.close()
         for p in (daemon, sim):
             if p is not None and p.poll() is None:
                 p.terminate()
-                p.wait(15)
+                p.wait(60)  # a bound: a loaded machine stops the daemon (safe caps, releases) slowly
