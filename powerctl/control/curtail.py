@@ -13,7 +13,7 @@ a missing kW is a load it cannot serve).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from powerctl.config import PvDevice
 
@@ -24,6 +24,12 @@ CURTAILED_BELOW_KW = 1.0  # plan this far below the forecast = curtailed (solver
 def rating_kw(pv: PvDevice) -> float:
     """What 100 % of the inverter's active power limit is (AC rating, else the array's kWp)."""
     return pv.limits.max_ac_kw if pv.limits.max_ac_kw is not None else pv.limits.kwp
+
+
+def ceiling_kw(pvs: Sequence[PvDevice], pct: Mapping[str, float]) -> float:
+    """The PV power the limits ``pct`` (% of rating per PV; a PV not named is released) allow,
+    summed over ``pvs`` (kW)."""
+    return sum(rating_kw(pv) * min(RELEASED_PCT, max(0.0, pct.get(pv.name, RELEASED_PCT))) / 100.0 for pv in pvs)
 
 
 def limit_pct(pv: PvDevice, planned_kw: float, forecast_kw: float | None, headroom_kw: float) -> float:

@@ -13,7 +13,10 @@ Margin = ``supply_margin_kw`` + ``supply_margin_pct`` of the supply.
 The GPU power the supply allows is (available - margin - other load) / (1 + facility overhead).
 A falling supply is projected ahead by ``lookahead_s`` (the time until a cut shows in GPU power:
 measurement age + guard period + the GPUs' power lag), because GPU power trails a cap by ~0.5 s and a
-cloud edge can take 60 % of the PV in one second.
+cloud edge can take 60 % of the PV in one second. PV that falls to the limit the controller itself
+commanded (``pv_ceiling_kw``, set by powerctl.control.loop: the plan's curtailment or the export
+hold's) is no cloud edge and projects nothing: the trend sees past PV at most at that ceiling, so a
+fall below it still counts. In observe-only no limit is written, so none is assumed.
 Caps are cut at once so that their sum fits it (least important class first); what floors cannot
 absorb is shed (``ShedPolicy``). When any supply signal is stale, caps go to the safe cap and are
 never raised. The guard needs no planner: with the planner dead it works from the safe cap.
@@ -87,6 +90,7 @@ class Guard:
     gpu_lag_s: float = 0.5  # GPU power time constant after a cap change (NVML's power reading is a ~1 s average)
     trend_window_s: float = 0.6
     lookahead_s: float | None = None  # None: guard period + slowest supply poll + gpu_lag_s
+    pv_ceiling_kw: float | None = None  # the PV limit in force, summed (kW); None: none commanded
 
     def __post_init__(self) -> None:
         g = self.cfg.gpu
@@ -102,19 +106,24 @@ class Guard:
         if self.lookahead_s is None:
             polls = [d.poll_period_s for d in self.cfg.devices if d.nature in (Nature.PV, Nature.BATTERY)]
             self.lookahead_s = self.cfg.control.guard_period_s + max(polls, default=1.0) + self.gpu_lag_s
-        self._hist: deque[tuple[float, float]] = deque()
+        self._hist: deque[tuple[float, float, float]] = deque()  # (t_s, available_kw, of which PV kW)
         self._last_cut_s: float | None = None
         self.plausibility = Plausibility(self.cfg)
         self._floor: dict[str, FloorLatch] = {}
         self._lowered_outside = False  # a limit below our cap was seen (logged once per episode)
 
-    def projected_kw(self, available_kw: float, now_s: float) -> float:
-        """Supply projected ``lookahead_s`` ahead when it is falling (never above the supply now)."""
+    def projected_kw(self, available_kw: float, now_s: float, pv_kw: float = 0.0) -> float:
+        """Supply projected ``lookahead_s`` ahead when it is falling (never above the supply now).
+        ``pv_kw``: the part of ``available_kw`` that is PV; the trend takes past PV at most at
+        ``pv_ceiling_kw`` (a commanded curtailment is no loss of supply)."""
         hist = self._hist
-        hist.append((now_s, available_kw))
+        hist.append((now_s, available_kw, pv_kw))
         while hist and now_s - hist[0][0] > self.trend_window_s:
             hist.popleft()
-        t0, a0 = hist[0]
+        t0, a0, pv0_kw = hist[0]
+        ceiling_kw = None if self.cfg.control.observe_only else self.pv_ceiling_kw
+        if ceiling_kw is not None and pv0_kw > ceiling_kw:
+            a0 -= pv0_kw - max(ceiling_kw, 0.0)
         if now_s - t0 <= 0 or available_kw >= a0:
             return available_kw
         rate_kw_per_s = (available_kw - a0) / (now_s - t0)
@@ -263,7 +272,7 @@ class Guard:
             gpu_power_w = in_force_w  # unknown load reads as its maximum
         other_kw = max(0.0, other_load_kw)
         load_kw = gpu_power_w / 1000.0 * self.k_overhead + other_kw
-        projected_kw = self.projected_kw(sv.available_kw, now_s)
+        projected_kw = self.projected_kw(sv.available_kw, now_s, sv.pv_kw)
         if projected_kw < sv.available_kw - 1e-9:
             reasons.append(f"supply falling: {sv.available_kw:.1f} kW now, {projected_kw:.1f} kW projected "
                            f"in {self.lookahead_s:g} s")

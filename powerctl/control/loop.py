@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from powerctl.config import SiteConfig
+from powerctl.config import PvDevice, SiteConfig
 from powerctl.control.core import Commands, DispatchMode, Forecaster, Overrides
-from powerctl.control.curtail import RELEASED_PCT
+from powerctl.control.curtail import RELEASED_PCT, ceiling_kw
 from powerctl.control.export_hold import ExportHold, merged_pct
 from powerctl.control.guard import Guard, GuardDecision
 from powerctl.control.plausibility import supply_nameplate_kw
@@ -189,6 +189,7 @@ class ControlLoop:
         self.surplus_hold = SurplusHold(cfg)  # an island's PV surplus, same hooks (powerctl.control.surplus_hold)
         self._hold_pct: dict[str, float] = {}
         self._plan_pv_pct: dict[str, float] = {}
+        self._pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
 
     # --- clock and freshness --------------------------------------------------------------------
 
@@ -263,6 +264,7 @@ class ControlLoop:
         # no plan: the safe-budget caps still go to the guard (it may raise caps up to them)
         self.requested_caps_w = dict(cmd.gpu_caps_w)
         self.actuators.setpoints(cmd)
+        self._pv_commanded()
         self.last_commands = cmd
         self.stats.dispatches += 1
         return cmd
@@ -331,6 +333,12 @@ class ControlLoop:
             name: self._plan_pv_pct.get(name, RELEASED_PCT) for name in self._hold_pct}
         self._hold_pct = hold
         self.actuators.setpoints(Commands(t_s=wall_s, pv_limit_pct=pct, mode=self.mode, reason=reason))
+        self._pv_commanded()
+
+    def _pv_commanded(self) -> None:
+        """Tell the guard the PV limit now in force (the plan's and the hold's, the lower): PV
+        falling to it is curtailment, not a cloud edge (powerctl.control.guard)."""
+        self.guard.pv_ceiling_kw = ceiling_kw(self._pvs, merged_pct(self._plan_pv_pct, self._hold_pct))
 
     @property
     def mode(self) -> DispatchMode:

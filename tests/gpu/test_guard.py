@@ -222,3 +222,24 @@ def test_forward_clock_step_does_not_release_a_large_rise_at_once() -> None:
     up_w = sum(c - 100.0 for c in d.caps_w.values())
     allowed_w = 2 * cfg.control.guard_period_s * cfg.gpu.ramp_up_kw_per_s * 1000 / (1 + cfg.gpu.facility_overhead)
     assert 0 < up_w <= allowed_w + 1e-6
+
+
+def _fall(guard: Guard) -> list[float]:
+    """PV 18 -> 10 kW over 0.4 s beside 12 kW of other supply: the projection at each sample."""
+    return [guard.projected_kw(12.0 + pv, t, pv) for t, pv in ((0.0, 18.0), (0.2, 14.0), (0.4, 10.0))]
+
+
+def test_pv_falling_to_the_commanded_limit_projects_no_fall_but_below_it_does() -> None:
+    cfg = site()
+    slots = slots_from_pool(cfg.gpu, SimulatedGpus.from_pool(cfg.gpu).list_gpus())
+    free = Guard(cfg, slots)
+    assert free.lookahead_s is not None
+    assert _fall(free)[-1] == pytest.approx(22.0 - 20.0 * free.lookahead_s)  # a cloud edge: 20 kW/s
+    curtailed = Guard(cfg, slots, pv_ceiling_kw=10.0)  # the controller limited PV to 10 kW
+    assert _fall(curtailed)[-1] == pytest.approx(22.0)  # PV went where it was told: nothing projected
+    partly = Guard(cfg, slots, pv_ceiling_kw=14.0)  # limited to 14 kW, and a cloud took 4 kW more
+    assert _fall(partly)[-1] == pytest.approx(22.0 - 10.0 * free.lookahead_s)
+    # observe-only writes no limit: PV falling is a cloud whatever the loop would have commanded
+    watching = site()
+    watching = watching.model_copy(update={"control": watching.control.model_copy(update={"observe_only": True})})
+    assert _fall(Guard(watching, slots, pv_ceiling_kw=10.0))[-1] == pytest.approx(_fall(free)[-1])
