@@ -39,6 +39,7 @@ from powerctl.process_image import ProcessImage
 from powerctl.profiles.library import site_profile
 from powerctl.publish import Publisher
 from powerctl.status import Status
+from powerctl.tasks import halt_all
 from powerctl.telemetry import Telemetry
 from powerctl.watchdog import touch_heartbeat
 from powerctl.web.surfaces import Surfaces
@@ -248,24 +249,25 @@ class Daemon:
         gc.freeze()
         try:
             async with asyncio.TaskGroup() as tg:
-                for name, serve in self.surfaces.tasks():
-                    tg.create_task(serve, name=name)
-                for dev in self.devices.values():
-                    tg.create_task(dev.run(), name=f"poll-{dev.name}")
-                tg.create_task(self.telemetry.run(), name="telemetry")
+                tasks = [tg.create_task(serve, name=name) for name, serve in self.surfaces.tasks()]
+                tasks += [tg.create_task(dev.run(), name=f"poll-{dev.name}") for dev in self.devices.values()]
+                tasks.append(tg.create_task(self.telemetry.run(), name="telemetry"))
                 if self.mqtt is not None:
-                    tg.create_task(self.mqtt.run(), name="mqtt")
+                    tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
                 planner = tg.create_task(self._planner(), name="planner")
-                tg.create_task(
+                tasks += [planner, tg.create_task(
                     run_guard(self.loop, self.gpu, clock=self.clock, planner=planner, wake=self._wake_guard,
                               hooks=self.hooks, on_decision=self._on_guard, on_latency=self._on_guard_latency),
                     name="guard",
-                )
-                tg.create_task(self._dispatcher(), name="dispatcher")
+                )]
+                tasks.append(tg.create_task(self._dispatcher(), name="dispatcher"))
                 await stop.wait()
                 # Safe caps first, before anything is cancelled: a task that is slow to cancel
                 # (a solver thread, a device driver) must not delay the fail-safe.
                 apply_caps(self.gpu, self.guard.safe_caps())
+                # The TaskGroup cancels its children once and waits: a child that lost that cancel
+                # would hold the stop for ever (powerctl/tasks.py); end each one here for sure.
+                await halt_all(tasks)
                 raise _Stop
         except* _Stop:
             pass

@@ -29,6 +29,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 CONTROLLER_NAMES = {
     "ours": "ours: optimizer, live forecast",
@@ -169,6 +170,15 @@ _BARS = [("value_minus_fuel", "value - fuel", "{c}"), ("fuel_cost", "fuel cost",
          ("unserved_kwh", "unserved", "kWh"), ("genset_hours", "genset hours", "h")]
 
 
+def y_floor(ax: Axes, values: list[float], span: float = 1.0) -> None:
+    """Bars all within ``span`` of zero keep an axis ``span`` high: matplotlib would stretch
+    1e-5 kWh of solver dust unserved to full height, and it would read like a real shortfall."""
+    finite = [x for x in values if np.isfinite(x)]
+    if finite and max(abs(x) for x in finite) < span:
+        below, above = min(finite) < 0, max(finite) > 0
+        ax.set_ylim(-span if below else 0.0, 0.0 if below and not above else span)
+
+
 def plot_compare(results: dict[str, dict[str, Any]], series: dict[str, pd.DataFrame], out: Path,
                  currency: str = "currency units") -> list[Path]:
     """Headline KPIs side by side, and daily energy by source per controller."""
@@ -184,6 +194,7 @@ def plot_compare(results: dict[str, dict[str, Any]], series: dict[str, pd.DataFr
         v = [float(results[n].get(key, np.nan)) for n in names]
         b = ax.bar(range(len(names)), v, color=colors)
         ax.bar_label(b, fmt="{:,.1f}", fontsize=8)
+        y_floor(ax, v)
         ax.set_xticks(range(len(names)), labels, fontsize=8)
         ax.set_title(label)
         ax.set_ylabel(u.format(c=currency))

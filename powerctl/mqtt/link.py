@@ -47,6 +47,7 @@ from powerctl.mqtt.commands import CommandLimits, CommandResult, CommandState, p
 from powerctl.mqtt.sources import MqttSources, build_sources, declare_signals
 from powerctl.mqtt.topics import TopicTree, homeassistant_discovery, to_json
 from powerctl.process_image import ProcessImage
+from powerctl.tasks import halt, until_one_ends
 
 log = logging.getLogger("powerctl.mqtt")
 
@@ -128,43 +129,8 @@ def _first_error(eg: BaseExceptionGroup[Any]) -> BaseException:
     return eg
 
 
-async def _halt(task: asyncio.Task[Any], what: str, attempts: int = 30, wait_s: float = 1.0,
-                *, log_error: bool = True) -> None:
-    """Cancel ``task`` until it has ended (a cancel it lost is sent again), at most ``attempts`` times."""
-    for _ in range(attempts):
-        if task.done():
-            break
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):  # a second cancel of ours: we raise anyway
-            await asyncio.wait({task}, timeout=wait_s)
-    if not task.done():
-        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(task.get_stack(limit=8)))
-        log.error("%s: still running after %d cancels (in %s); left to end at its next step", what, attempts, where)
-        return
-    exc = None if task.cancelled() else task.exception()
-    if exc is not None and log_error:
-        log.warning("%s stopped with %s: %s", what, type(exc).__name__, exc)
-
-
-async def _until_one_ends(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
-    """Run the session's tasks until one of them ends (they are meant to run for the session),
-    then end the others, cancelling each until it has ended; re-raise the first one's error.
-
-    Not a TaskGroup: a TaskGroup cancels its children once and then waits for them, catching every
-    further cancel of its own task. A child that lost that one cancel (3.11's ``wait_for`` drops a
-    cancel that races its result, as in aiomqtt's publish) ran on, waiting on its next message,
-    and the session, the link's stop and the daemon's stop waited with it.
-    """
-    tasks = [asyncio.create_task(c, name=n) for n, c in coros.items()]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await asyncio.gather(*(_halt(t, t.get_name(), log_error=False) for t in tasks if not t.done()))
-    for t in tasks:
-        exc = t.exception() if t in done and not t.cancelled() else None
-        if exc is not None:
-            raise exc
-    raise aiomqtt.MqttError(f"MQTT session task {next(iter(done)).get_name()} ended")
+def _session_ended(name: str) -> BaseException:
+    return aiomqtt.MqttError(f"MQTT session task {name} ended")
 
 
 class MqttLink:
@@ -275,7 +241,7 @@ class MqttLink:
             await asyncio.shield(loop_task)
         except asyncio.CancelledError:
             self._stop.set()
-            await _halt(loop_task, what="MQTT link")
+            await halt(loop_task, what="MQTT link")
             raise
 
     async def _reconnect_loop(self) -> None:
@@ -380,7 +346,7 @@ class MqttLink:
                 for k, ka in enumerate(self.sources.keepalives):
                     coros[f"mqtt-keepalive-{k}"] = self._keepalive(client, ka.topic, ka.first_payload, ka.payload,
                                                                    self.keepalive_period_s or ka.period_s)
-                await _until_one_ends(coros)
+                await until_one_ends(coros, _session_ended)
             except asyncio.CancelledError:
                 # clean stop: the will only fires on an unclean disconnect, so say it ourselves
                 with contextlib.suppress(Exception):

@@ -9,7 +9,9 @@ then delivers no more than the limit. When the load comes back the limit is rele
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tomllib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,32 @@ def test_no_plan_releases_every_pv_limit() -> None:
     assert cmd.mode == "safe" and cmd.pv_limit_pct == {"pv1": RELEASED_PCT}
 
 
+Events = list[tuple[str, dict[str, object], str | None]]
+
+
+@contextlib.asynccontextmanager
+async def _polled_der_inverter(*, observe_only: bool = False) -> AsyncIterator[tuple[DeviceSimulator, WriteQueue, Events]]:
+    """A SunSpec DER inverter simulator on loopback, its driver polled once (WMaxLimPct_SF known:
+    only the range can refuse), and a write queue over it that records its events."""
+    profile = load_profile("sunspec/der_inverter")
+    sim = DeviceSimulator(profile)
+    events: Events = []
+    async with served(sim) as srv:
+        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
+        try:
+            assert await dev.poll_once(), dev.stats.last_error
+            yield sim, WriteQueue({"pv1": dev}, on_event=lambda k, f, d: events.append((k, f, d)),
+                                  observe_only=observe_only), events
+        finally:
+            dev.close()
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize(("pct", "why"), [
     (150.0, "WMaxLimPct: 150 % is outside the allowed range [0, 100] %"),
     (-5.0, "WMaxLimPct: -5 % is outside the allowed range [0, 100] %"),
@@ -141,54 +169,30 @@ def test_no_plan_releases_every_pv_limit() -> None:
 async def test_an_out_of_range_limit_through_the_write_queue_puts_nothing_on_the_wire(pct: float, why: str) -> None:
     # p_limit_pct is a five-step sequence (revert timer, revert limit, ..., WMaxLimPct, enable):
     # the WMaxLimPct step's range [0, 100] % is checked before the first step is sent
-    profile = load_profile("sunspec/der_inverter")
-    sim = DeviceSimulator(profile)
-    events: list[tuple[str, dict[str, object], str | None]] = []
-    async with served(sim) as srv:
-        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
-        try:
-            assert await dev.poll_once(), dev.stats.last_error  # WMaxLimPct_SF known: only the range can refuse
-            queue = WriteQueue({"pv1": dev}, on_event=lambda k, f, d: events.append((k, f, d)))
-            before = len(sim.request_log)
-            queue.queue("pv1", "p_limit_pct", pct, deadband=0.0)
-            async with asyncio.timeout(10):
-                while queue.errors == 0:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-            assert [r for r in sim.request_log[before:] if r[3] is not None] == []  # not one write request
-            assert queue.written == {} and sim.writes == []
-            assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
-            assert why in str(events[0][1]["message"])
-            # the queue is not stuck: an in-range limit after it is written
-            queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
-            await _written(queue, "pv1.p_limit_pct", 40.0)
-        finally:
-            dev.close()
+    async with _polled_der_inverter() as (sim, queue, events):
+        before = len(sim.request_log)
+        queue.queue("pv1", "p_limit_pct", pct, deadband=0.0)
+        await _until(lambda: queue.errors > 0)
+        assert [r for r in sim.request_log[before:] if r[3] is not None] == []  # not one write request
+        assert queue.written == {} and sim.writes == []
+        assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
+        assert why in str(events[0][1]["message"])
+        # the queue is not stuck: an in-range limit after it is written
+        queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
+        await _written(queue, "pv1.p_limit_pct", 40.0)
 
 
 async def test_observe_only_shows_what_a_live_daemon_would_refuse_and_writes_nothing() -> None:
     # commissioning: an out-of-range value is a "would refuse" with the reason, not a "would write"
-    profile = load_profile("sunspec/der_inverter")
-    sim = DeviceSimulator(profile)
-    events: list[tuple[str, dict[str, object], str | None]] = []
-    async with served(sim) as srv:
-        dev = make_driver("pv1", profile, srv.port, 1, ProcessImage())
-        try:
-            assert await dev.poll_once(), dev.stats.last_error
-            queue = WriteQueue({"pv1": dev}, on_event=lambda k, f, d: events.append((k, f, d)), observe_only=True)
-            queue.queue("pv1", "p_limit_pct", 150.0, deadband=0.0)
-            async with asyncio.timeout(10):
-                while not events:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-            assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
-            assert "outside the allowed range" in str(events[0][1]["message"])
-            queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
-            async with asyncio.timeout(10):
-                while queue.would_write.get("pv1.p_limit_pct") != 40.0:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-            assert len(events) == 1  # the in-range value is a plain "would write"
-            assert queue.would_refuse == {} and sim.writes == [] and queue.written == {}
-        finally:
-            dev.close()
+    async with _polled_der_inverter(observe_only=True) as (sim, queue, events):
+        queue.queue("pv1", "p_limit_pct", 150.0, deadband=0.0)
+        await _until(lambda: bool(events))
+        assert [(k, d) for k, _f, d in events] == [("write_error", "pv1")]
+        assert "outside the allowed range" in str(events[0][1]["message"])
+        queue.queue("pv1", "p_limit_pct", 40.0, deadband=0.0)
+        await _until(lambda: queue.would_write.get("pv1.p_limit_pct") == 40.0)
+        assert len(events) == 1  # the in-range value is a plain "would write"
+        assert queue.would_refuse == {} and sim.writes == [] and queue.written == {}
 
 
 @pytest.mark.parametrize(("planned_kw", "forecast_kw"), [(float("nan"), 200.0), (50.0, float("nan")), (float("inf"), 200.0)])

@@ -6,10 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 from typer.testing import CliRunner
 
 from powerctl.sim.cli_sim import app
-from powerctl.sim.plots import run_title
+from powerctl.sim.plots import run_title, y_floor
 
 DEMO = Path(__file__).resolve().parents[2] / "examples/demo-site.toml"
 
@@ -34,3 +35,18 @@ def test_compare_writes_comparison_plots_and_one_self_contained_report(tmp_path:
     assert "<link" not in page and "<script" not in page
     kpis = json.loads((out / "compare.json").read_text())
     assert f"{kpis['ours']['fuel_cost']:,.2f}" in page  # the KPI table is in the report
+
+
+def test_a_bar_panel_of_dust_keeps_a_readable_axis() -> None:
+    # 1e-5 kWh unserved (solver tolerance) must not fill the panel like a real shortfall
+    fig, axes = plt.subplots(1, 4)
+    try:
+        for ax, v in zip(axes, ([1e-5, 0.0, 2e-6], [0.0, 0.0], [-3e-6, 0.0], [1e-5, 250.0]), strict=True):
+            ax.bar(range(len(v)), v)
+            y_floor(ax, v)
+        assert axes[0].get_ylim() == (0.0, 1.0)
+        assert axes[1].get_ylim() == (0.0, 1.0)
+        assert axes[2].get_ylim() == (-1.0, 0.0)
+        assert axes[3].get_ylim()[1] >= 250.0  # real figures keep matplotlib's own scale
+    finally:
+        plt.close(fig)
