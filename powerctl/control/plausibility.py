@@ -19,8 +19,8 @@ The checks (README, "Plausibility rules"):
   PV reading found so stays suspect until it moves and agrees again for ``hold_s`` (a stuck lie
   would otherwise be trusted again as soon as the cut caps made the balance close);
 - **cannot deliver**: when the load is not covered by what the sources deliver (by more than the
-  tolerance, for ``hold_s``) while the battery delivers less than its SoC allows, its SoC is
-  suspect until the SoC reading moves (a battery that really delivers moves its SoC) or the
+  tolerance, for ``hold_s``) while the battery delivers less than its SoC allows and no power flows
+  at the meter (the battery, not the grid, balances the site), its SoC is suspect until the SoC reading moves (a battery that really delivers moves its SoC) or the
   balance has stayed closed for ``SOC_RETRUST_S`` (doubling per disowning in a row);
 - **stuck**: a PV reading above zero that does not move beyond ``stuck_noise_kw`` for
   ``stuck_polls`` polls while the balance says PV moved by more than ``STUCK_MOVE_PCT`` of the
@@ -291,9 +291,13 @@ class Plausibility:
             why = (f"PV reads {pv_read:.1f} kW, but the battery is at its {bat_limit_kw:.1f} kW limit "
                    f"under a {load:.1f} kW load")
         short_kw = load - (pv_read + others + bat_kw)
-        if not why and short_kw > tol and bat_limit_kw > bat_kw + tol:
+        if not why and short_kw > tol and bat_limit_kw > bat_kw + tol and grid_in < tol:
             # the load is not covered by what the sources deliver, and the battery holds back
-            # although its SoC allows more: its SoC (or limit) is not what it delivers
+            # although its SoC allows more: its SoC (or limit) is not what it delivers. Not while
+            # power flows at the meter: the grid balances and the battery follows its setpoint, so
+            # a battery below its limit is normal; a balance that does not close then says a load
+            # or source reading is off, not the SoC (a true SoC lie shows as the grid making up
+            # the battery's part, which closes the balance)
             self._soc_bad_since = self._soc_bad_since if self._soc_bad_since is not None else now_s
             self._soc_ok_since = None
         else:

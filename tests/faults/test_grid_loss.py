@@ -157,3 +157,25 @@ def test_battery_at_its_limit_while_the_grid_imports_is_no_evidence_against_pv()
         load_kw = loop.plant.site_load_kw()
         found = found or any("pv1.p_kw" in s for s in loop.guard.supply(loop.img, loop.t, load_kw).suspect)
     assert found
+
+
+def test_a_balance_that_does_not_close_while_the_grid_flows_is_no_evidence_against_the_soc() -> None:
+    """Grid-tied, the battery follows its setpoint (2 of its 30 kW) and the grid balances: a
+    measured load 40 kW above what PV, battery and meter add up to (a load reading that is off: in
+    tests/devices/test_two_battery_processes.py the daemon's GPUs are not the plant's) says nothing
+    about the SoC. It disowned both batteries' SoC there, and the guard went to the safe cap."""
+    cfg = grid_cfg()
+    loop = Loop(cfg)
+    loop.plant.set_battery_kw("bess", 2.0)  # the plan rests the battery: it holds back, as planned
+    loop.run_until(20.0)
+    assert loop.plant.meter_kw("grid") > 5.0  # power flows at the meter
+    findings: set[str] = set()
+    for _ in range(100):  # 100 guard periods, far past the checks' hold time
+        loop.t = round(loop.t + loop.period_s, 6)
+        loop.plant.step(loop.t)
+        loop.poll()
+        sv = loop.guard.supply(loop.img, loop.t, loop.plant.site_load_kw() + 40.0)
+        findings |= set(sv.suspect)
+    assert not any("soc_pct" in f for f in findings), findings
+    assert sv.battery_kw > 0.0
+    # with no meter the same gap is still caught: tests/faults/test_plausibility.py::test_battery_that_cannot_deliver_what_its_soc_claims
