@@ -51,3 +51,27 @@ def on_loopback(site: dict[str, Any], tmp_path: Path) -> None:
     run = tmp_path / "run"
     site["control"].update(mpc_period_s=2.0, horizon=[{"step_s": 60, "count": 30}, {"step_s": 900, "count": 12}],
                            heartbeat_path=str(run / "heartbeat"), state_dir=str(run))
+
+
+def at_any_hour(site: dict[str, Any], tmp_path: Path, *, prices: bool = True) -> None:
+    """Make a grid-tied site dict plan the same at whatever hour the test runs: on the equator at
+    the longitude where it is about noon now (the daemon forecasts PV with pvlib's sun for the real
+    clock: at night it planned idle GPUs), and prices relative to now, a peak for 4 h then the day
+    price, so the batteries have a reason to move now (after the example's evening TOU peak, with
+    the cheap night in the horizon, they rightly waited at 0 kW); ``prices`` False keeps the site's
+    tariff (an island has no grid to price)."""
+    hour_utc = (time.time() % 86400.0) / 3600.0
+    site["site"].update(latitude=0.0, longitude=((12.0 - hour_utc + 12.0) % 24.0 - 12.0) * 15.0)
+    if not prices:
+        return
+    now_s = int(time.time())
+    csv = tmp_path / "prices.csv"
+    csv.write_text("t_s,import_price_per_kwh,export_price_per_kwh\n"
+                   f"{now_s - 600},0.34,0.03\n{now_s + 4 * 3600},0.13,0.03\n{now_s + 8 * 3600},0.13,0.03\n")
+    site["tariff"]["price_csv"] = str(csv)
+
+
+def cheaper_to_wear(battery: dict[str, Any], than: dict[str, Any]) -> None:
+    """Two batteries with equal costs are one degenerate LP: any split of their sum is optimal, and
+    HiGHS may give it all to one; ``battery`` half as dear to wear is used first."""
+    battery["limits"]["wear_cost_per_kwh"] = 0.5 * float(than["limits"].get("wear_cost_per_kwh", 0.02))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from powerctl.config import load_config, parse_config
-from tests.devices.conftest import on_loopback
+from tests.devices.conftest import at_any_hour, cheaper_to_wear, on_loopback
 from tests.faults.harness import FaultRig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,10 @@ def _two_battery_site(tmp_path: Path) -> Any:
     bess2.update(name="bess2", profile="sungrow/sh_hybrid")
     bess2["transport"]["unit_id"] = 1
     bess2["limits"].update(max_charge_kw=8.0, max_discharge_kw=8.0, capacity_kwh=40.0)  # ForcedPower <= 10 kW
+    cheaper_to_wear(bess2, bess)
     d["devices"].append(bess2)
     on_loopback(d, tmp_path)
+    at_any_hour(d, tmp_path)  # the plan moves the batteries whatever the hour (tests/devices/conftest.py)
     d["telemetry"] = {"period_s": 1.0, "file": str(tmp_path / "run" / "telemetry.lp")}
     return parse_config(d, tmp_path / "site.toml")
 

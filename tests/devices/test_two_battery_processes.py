@@ -23,7 +23,7 @@ from powerctl.config import load_config
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
 from powerctl.profiles import load_profile
-from tests.devices.conftest import make_driver, on_loopback
+from tests.devices.conftest import at_any_hour, cheaper_to_wear, make_driver, on_loopback
 from tests.restart.test_kill9 import dump_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -41,26 +41,13 @@ def _site(tmp_path: Path, *, grid: bool) -> Path:
     bess["transport"]["unit_id"] = 1
     bess2 = {**bess, "name": "bess2", "transport": dict(bess["transport"]), "limits": dict(bess["limits"])}
     bess2["limits"].update(max_charge_kw=BATS["bess2"], max_discharge_kw=BATS["bess2"], capacity_kwh=40.0)
-    # two batteries with equal costs are one degenerate LP: any split of their sum is optimal, and
-    # HiGHS may give it all to one (bess2 at 0 kW follows trivially); a cheaper bess2 is used first
-    bess2["limits"]["wear_cost_per_kwh"] = 0.5 * float(bess["limits"].get("wear_cost_per_kwh", 0.02))
+    cheaper_to_wear(bess2, bess)
     d["devices"].append(bess2)
     on_loopback(d, tmp_path)
     d.pop("telemetry", None)
-    # `sim serve` runs its own sun (noon-like, 20x), the daemon forecasts with pvlib's for the real
-    # clock: put the site on the equator at the longitude where it is about noon now, so the
-    # forecast sees day at any hour the test runs (at night it planned unserved load and idle GPUs)
-    hour_utc = (time.time() % 86400.0) / 3600.0
-    d["site"].update(latitude=0.0, longitude=((12.0 - hour_utc + 12.0) % 24.0 - 12.0) * 15.0)
-    if grid:
-        # the example's TOU prices depend on the hour the test runs (after its evening peak, with the
-        # cheap night inside the horizon, bess2 rightly waits at 0 kW): prices relative to now, a
-        # peak for 4 h then the day price, give the batteries a reason to move at any hour
-        now_s = int(time.time())
-        csv = tmp_path / "prices.csv"
-        csv.write_text("t_s,import_price_per_kwh,export_price_per_kwh\n"
-                       f"{now_s - 600},0.34,0.03\n{now_s + 4 * 3600},0.13,0.03\n{now_s + 8 * 3600},0.13,0.03\n")
-        d["tariff"]["price_csv"] = str(csv)
+    # `sim serve` runs its own sun (noon-like, 20x), the daemon forecasts with pvlib's for the
+    # real clock (a site where it is noon now); grid-tied, prices give the batteries a reason to move
+    at_any_hour(d, tmp_path, prices=grid)
     path = tmp_path / "site.toml"
     path.write_text(dump_toml(d))
     path.chmod(0o600)
