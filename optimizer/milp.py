@@ -47,6 +47,7 @@ class MilpResult:
     objective: float  # the MILP's objective (LP part + idle fuel + starts)
     gap: float  # HiGHS's relative MIP gap at the end
     status: str
+    nodes: int = 0  # branch-and-bound nodes HiGHS explored
 
 
 def warmup_loss(gen: GensetParams, steps_s: FloatArray) -> FloatArray:
@@ -131,13 +132,31 @@ class MilpCommitment:
         for k in range(backend.n_x, backend.n_x + self.n_gen * n):
             integ[k] = highspy.HighsVarType.kInteger
         lp.integrality_ = integ
-        self.h: Any = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("threads", 1)
-        self.h.passModel(lp)
+        self.lp = lp
+        # HiGHS options of every solve. No restart after the root: with the last plan's schedule as
+        # the incumbent, HiGHS's presolve restart cost more than the search it saved (it doubled the
+        # bench's p50); pseudo-costs trusted from the first branching instead of strong branching
+        # (about half the LP iterations went there) trim the tail (README, optimizer section).
+        # No `threads` option: HiGHS has one thread scheduler per process, and an instance asking for
+        # another thread count than the one that made it fails its run with an error (the LP's
+        # instances, optimizer.highs_lp, use the default).
+        self.options: dict[str, Any] = {"output_flag": False, "mip_allow_restart": False,
+                                        "mip_pscost_minreliable": 0}
         self.n_rows = A.shape[0]
         self.cols = np.arange(self.n_all, dtype=np.int32)
         self.row_idx = np.arange(self.n_rows, dtype=np.int32)
+
+    def _fresh(self) -> Any:
+        """A new HiGHS instance holding the model (about 0.2 ms). One per solve, because HiGHS's
+        clock runs over an instance's whole life and the LP that completes the warm start is given
+        the time limit less that clock: on a reused instance it timed out at once after the first
+        second of solves, so the warm start was dropped every time. A fresh instance also carries
+        nothing from one solve to the next, so a solve depends only on its inputs."""
+        h = self._hs.Highs()
+        for name, value in self.options.items():
+            h.setOptionValue(name, value)
+        h.passModel(self.lp)
+        return h
 
     def _idx(self, kind: int, i: int) -> np.ndarray:
         """Columns (after the LP's) of u (kind 0), s (1) or z (2) of genset i."""
@@ -185,11 +204,10 @@ class MilpCommitment:
                 corr = self.J[:, i + G * np.arange(T)] @ loss0
                 rl_parts[0] = rl_parts[0] - corr
                 ru_parts[0] = ru_parts[0] - corr
-        h = self.h
+        h = self._fresh()
         h.changeColsCost(self.n_all, self.cols, cost)
         h.changeColsBounds(self.n_all, self.cols, lo, hi)
         h.changeRowsBounds(self.n_rows, self.row_idx, np.concatenate(rl_parts), np.concatenate(ru_parts))
-        # A MIP run's clock starts at its run (unlike the LP's, see optimizer.highs_lp).
         h.setOptionValue("time_limit", max(1e-3, float(time_limit_s)))
         h.setOptionValue("mip_rel_gap", float(gap))
         if warm is not None:
@@ -210,7 +228,8 @@ class MilpCommitment:
         on = np.stack([sol[self._idx(0, i)] > 0.5 for i in range(G)])
         self.stats["solved"] += 1
         return MilpResult(Schedule(on=on, label="milp"), float(info.objective_function_value) + d,
-                          float(info.mip_gap), "optimal" if status == hs.HighsModelStatus.kOptimal else "time_limit")
+                          float(info.mip_gap), "optimal" if status == hs.HighsModelStatus.kOptimal else "time_limit",
+                          int(info.mip_node_count))
 
 
 # Decision blocks of the coarse MILP (`CoarseMilp`): at least NEAR_BLOCK_S long while the block
@@ -288,8 +307,8 @@ class CoarseMilp:
         # bench's coarse MILP solved 4-10x faster to the same gap (README, optimizer section).
         for opt in ("mip_heuristic_run_rins", "mip_heuristic_run_rens", "mip_heuristic_run_root_reduced_cost",
                     "mip_heuristic_run_feasibility_jump"):
-            self.inner.h.setOptionValue(opt, False)
-        self.inner.h.setOptionValue("mip_heuristic_effort", 0.0)
+            self.inner.options[opt] = False
+        self.inner.options["mip_heuristic_effort"] = 0.0
 
     def solve(self, v: ParamValues, x: DispatchInputs, time_limit_s: float, gap: float,
               warm: BoolArray | None = None) -> MilpResult:
@@ -300,7 +319,7 @@ class CoarseMilp:
         warm_c = None if warm is None else _block_pick(np.asarray(warm), self.block, n, "first")
         res = self.inner.solve(vc, xc, time_limit_s, gap, warm=warm_c)
         on = res.sched.on[:, self.block]
-        return MilpResult(Schedule(on=on, label="milp"), res.objective, res.gap, res.status)
+        return MilpResult(Schedule(on=on, label="milp"), res.objective, res.gap, res.status, res.nodes)
 
 
 def make_milp(backend: Any, params: SiteParams) -> MilpCommitment | CoarseMilp:

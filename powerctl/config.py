@@ -385,6 +385,9 @@ class Control(_Model):
     commitment: Literal["milp", "enumeration"] = "enumeration"
     milp_gap: Annotated[float, Field(ge=0, le=0.5)] = 1e-3  # relative MIP gap HiGHS may stop at
     milp_time_limit_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # and at most 60 % of the deadline left
+    # The MILP decides the commitment per block: 5 min in the first hour, then this long (s); the
+    # schedule is priced on the plan's own steps (optimizer.milp.CoarseMilp). 0: per step (exact).
+    milp_block_s: Annotated[float, Field(ge=0, le=86400)] = 3600.0
     supply_margin_kw: NonNegKw = 2.0
     supply_margin_pct: Pct = 5.0
     reserve_load_pct: Pct = 10.0

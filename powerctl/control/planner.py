@@ -119,6 +119,7 @@ def site_params(cfg: SiteConfig, slots: Sequence[GpuSlot] | None = None) -> Site
         commitment=ctl.commitment,
         milp_gap=ctl.milp_gap,
         milp_time_limit_s=ctl.milp_time_limit_s,
+        milp_block_s=ctl.milp_block_s,
     )
 
 

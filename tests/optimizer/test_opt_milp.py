@@ -5,6 +5,7 @@ scipy.optimize.milp: a week with a PV surplus every day, where the genset should
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,14 @@ import scipy.sparse as sp
 from opt_sites import inputs, no_reserve
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from powerctl.optimizer import BatteryParams, DispatchProblem, GensetParams, PvParams, SiteParams
+from powerctl.optimizer import (
+    BatteryParams,
+    DispatchInputs,
+    DispatchProblem,
+    GensetParams,
+    PvParams,
+    SiteParams,
+)
 from powerctl.optimizer.checks import plan_violations
 from powerctl.optimizer.milp import CoarseMilp, coarse_blocks, coarse_inputs
 
@@ -155,3 +163,34 @@ def test_coarse_milp_stops_the_genset_on_sunny_days_on_15_min_steps() -> None:
     assert float((xc.pv_forecast_kw @ problem.milp.p.steps_s)[0]) == pytest.approx(float(pv @ site.steps_s))
     enum = DispatchProblem(dataclasses.replace(site, commitment="enumeration")).solve(x, deadline_s=120.0)
     assert enum.objective > plan.objective + 1.0
+
+
+def test_a_milp_solve_depends_only_on_its_inputs_and_keeps_its_warm_start() -> None:
+    """The same inputs and warm start give the same search after any number of other solves. HiGHS's
+    clock runs over an instance's life and the LP completing a warm start gets the time limit less
+    that clock, so on a reused instance the warm start was dropped once the solves had run longer
+    than the limit (the search then differed); every solve now has its own instance."""
+    n = 96
+    limit_s = 1.0
+    site = dataclasses.replace(week_site(), steps_s=np.full(n, 900.0), milp_time_limit_s=limit_s, milp_gap=1e-3)
+    pv = np.repeat(week_pv_kw()[:24], 4)
+    problem = DispatchProblem(site)
+    milp_c = problem.milp
+    assert isinstance(milp_c, CoarseMilp)
+
+    def x_at(load_kw: float) -> DispatchInputs:
+        return inputs(site, pv=[list(pv)], other=[load_kw] * n, soc=[50.0], on=[True], state_s=[1e6])
+
+    first_cold = milp_c.solve(None, x_at(LOAD_KW), limit_s, 1e-3)  # type: ignore[arg-type]
+    warm = first_cold.sched.on
+    first = milp_c.solve(None, x_at(LOAD_KW), limit_s, 1e-3, warm=warm)  # type: ignore[arg-type]
+    spent_s, k = 0.0, 0
+    while spent_s < 1.5 * limit_s:  # more solving than the limit, whatever this machine's speed
+        t = time.perf_counter()
+        milp_c.solve(None, x_at(LOAD_KW + 5.0 + k % 7), limit_s, 1e-3, warm=warm)  # type: ignore[arg-type]
+        spent_s += time.perf_counter() - t
+        k += 1
+    again = milp_c.solve(None, x_at(LOAD_KW), limit_s, 1e-3, warm=warm)  # type: ignore[arg-type]
+    assert first.status == again.status == "optimal"
+    assert np.array_equal(first.sched.on, again.sched.on)
+    assert again.nodes == first.nodes and again.objective == pytest.approx(first.objective, rel=1e-9)
