@@ -175,6 +175,10 @@ class _DeviceBase(_Model):
     poll_period_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     stale_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
     max_age_s: Annotated[float, Field(gt=0, le=86_400)] | None = None  # default: 3 poll periods
+    # point or setpoint name -> PDU address, for registers whose number depends on the device's own
+    # configuration (a ComAp Cfg Image): a profile's site_address setpoint is written only once named here
+    registers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")], Annotated[int, Field(ge=0, le=65535)]] = Field(
+        default_factory=dict)
 
     @property
     def signal_max_age_s(self) -> float:

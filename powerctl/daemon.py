@@ -36,7 +36,7 @@ from powerctl.guard_task import SiteActuators, run_guard
 from powerctl.hooks import HookRunner
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
-from powerctl.profiles.library import site_profile
+from powerctl.profiles.library import device_profile
 from powerctl.publish import Publisher
 from powerctl.status import Status
 from powerctl.tasks import halt_all
@@ -91,7 +91,7 @@ class Daemon:
         self.hooks = HookRunner(cfg.gpu.shed_hooks, cfg.site.id) if run_hooks else None
         self.devices: dict[str, ModbusDevice] = {}
         for d in cfg.devices:
-            profile = site_profile(d.profile, cfg.control.profiles_dir)
+            profile = device_profile(d, cfg.control.profiles_dir)
             # Declare what the profile actually measures: a signal it cannot provide is absent
             # (consumers know it is optional), not "stale forever".
             for sig in {p.signal for p in profile.points if p.signal}:

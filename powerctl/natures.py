@@ -71,6 +71,9 @@ SIGNALS: dict[Nature, dict[str, SignalSpec]] = {
         SignalSpec("fuel_pct", "%", "fuel tank level", Worst.LOW),
         SignalSpec("run_time_s", "s", "engine run time counter"),
         SignalSpec("start_cmd", "", "1 = start, 0 = stop", writable=True),
+        # base load: the genset holds this output while another source takes the balance
+        # (powerctl/control/genset_output.py)
+        SignalSpec("p_set_kw", "kW", "output (base-load) setpoint, + = generation", writable=True),
     ),
     Nature.METER: _specs(
         SignalSpec("p_kw", "kW", "active power, + = import into the site", Worst.HIGH),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from powerctl.config import ModbusRtu, ModbusTcp, SiteConfig
 from powerctl.io.modbus import ModbusDevice
 from powerctl.process_image import ProcessImage
-from powerctl.profiles.library import site_profile
+from powerctl.profiles.library import device_profile
 from powerctl.profiles.values import Reading
 
 
@@ -43,7 +43,7 @@ async def _probe_one(cfg: SiteConfig, i: int) -> DeviceProbe:
     where = _where(d.transport)
     if not isinstance(d.transport, ModbusTcp | ModbusRtu):
         return DeviceProbe(d.name, d.profile, where, True, "not a Modbus device: not probed (watch its MQTT topics)", probed=False)
-    profile = site_profile(d.profile, cfg.control.profiles_dir)
+    profile = device_profile(d, cfg.control.profiles_dir)
     image = ProcessImage()
     for sig in {p.signal for p in profile.points if p.signal}:
         image.declare(d.name, d.nature, sig, d.signal_max_age_s)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 RESEND_S = 10.0
 BATTERY_DEADBAND_KW = 0.5
 PV_LIMIT_DEADBAND_PCT = 0.5
+GENSET_DEADBAND_KW = 1.0
 RELEASE_TIMEOUT_S = 5.0
 
 # (kind, fields, device) -> None: where write events go (telemetry)
@@ -50,11 +51,13 @@ class WriteQueue:
         self._commanded: set[tuple[str, str]] = set()  # (device, signal) a write was sent for
 
     def commands(self, cmd: Commands) -> None:
-        """Queue one dispatch cycle's battery setpoints, genset start/stop and PV limits."""
+        """Queue one dispatch cycle's battery setpoints, genset start/stop and base load, PV limits."""
         for name, p_kw in cmd.battery_kw.items():
             self.queue(name, "p_set_kw", p_kw, deadband=BATTERY_DEADBAND_KW)
         for name, run in cmd.genset_run.items():
             self.queue(name, "start_cmd", 1.0 if run else 0.0, deadband=0.0)
+        for name, p_kw in cmd.genset_kw.items():
+            self.queue(name, "p_set_kw", p_kw, deadband=GENSET_DEADBAND_KW)
         for name, pct in cmd.pv_limit_pct.items():
             self.queue(name, "p_limit_pct", pct, deadband=PV_LIMIT_DEADBAND_PCT)
 

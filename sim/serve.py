@@ -19,7 +19,7 @@ from pymodbus.server import ModbusTcpServer
 
 from powerctl.config import ModbusTcp, SiteConfig
 from powerctl.natures import Nature
-from powerctl.profiles.library import site_profile
+from powerctl.profiles.library import device_profile
 from powerctl.scada import bind_problem
 from powerctl.sim.devices import DeviceSimulator
 from powerctl.sim.plant.port import PlantGpus, apply_write, measurements
@@ -42,7 +42,7 @@ class SimSite:
         for d in cfg.devices:
             if not isinstance(d.transport, ModbusTcp):
                 continue
-            prof = site_profile(d.profile, cfg.control.profiles_dir)
+            prof = device_profile(d, cfg.control.profiles_dir)
             self.sims[d.name] = DeviceSimulator(
                 prof, unit_id=d.transport.unit_id, on_write=self._writer(d.name, d.nature)
             )

@@ -25,6 +25,7 @@ import numpy as np
 from powerctl.config import PvDevice, SiteConfig
 from powerctl.control.battery import clamp_battery_kw
 from powerctl.control.curtail import RELEASED_PCT, pv_limits_pct
+from powerctl.control.genset_output import balance_bounds_kw, base_load_gensets, fit_to_balance, setpoint_kw
 from powerctl.control.planner import (
     build_inputs,
     genset_running,
@@ -94,6 +95,7 @@ class Commands:
     t_s: float
     battery_kw: dict[str, float] = field(default_factory=dict)  # + = discharge
     genset_run: dict[str, bool] = field(default_factory=dict)
+    genset_kw: dict[str, float] = field(default_factory=dict)  # base-load setpoints (genset_output.py)
     gpu_budget_kw: dict[str, float] = field(default_factory=dict)  # per class, GPU power
     gpu_caps_w: dict[int, float] = field(default_factory=dict)
     released: tuple[int, ...] = ()  # parked at their minimum cap (idled only if their class is shed)
@@ -126,6 +128,7 @@ class ControllerCore:
             [c.gpus * cfg.gpu.safe_cap_w / 1000.0 for c in cfg.gpu.classes], dtype=float
         )
         self.gensets = [d.name for d in cfg.by_nature(Nature.GENSET)]
+        self.base_load_gensets = base_load_gensets(cfg)  # their controllers take the plan's kW
         self.pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
         self.pv_forecast_kw: np.ndarray | None = None  # (n_pv, T) the last plan was made with
         self.pvs_by_nature = [d.name for d in cfg.by_nature(Nature.PV)]
@@ -277,7 +280,8 @@ class ControllerCore:
             battery_kw = {n: self._clamp_battery(n, p, image.value(n, "soc_pct", now_s), ov.battery_reserve_pct)
                           for n, p in held.battery_kw.items()}
             return Commands(
-                t_s=now_s, battery_kw=battery_kw, genset_run=dict(held.genset_run), pv_limit_pct=dict(held.pv_limit_pct),
+                t_s=now_s, battery_kw=battery_kw, genset_run=dict(held.genset_run),
+                genset_kw=dict(held.genset_kw), pv_limit_pct=dict(held.pv_limit_pct),
                 gpu_budget_kw=dict(held.gpu_budget_kw), gpu_caps_w=dict(held.gpu_caps_w),
                 released=held.released, mode=DispatchMode.HOLD, reason="operator hold",
             )
@@ -312,6 +316,14 @@ class ControllerCore:
                 elif not run:
                     self._gen_start_s.pop(name, None)
                 self._gen_run_cmd[name] = run
+                if run and name in self.base_load_gensets and (image.value(name, "running", now_s) or 0.0) >= 0.5:
+                    # the minimum load the plan counts on is what the genset is asked to carry
+                    cmd.genset_kw[name] = setpoint_kw(float(plan.genset_kw[i, idx]), self.cfg.device(name))
+            if cmd.genset_kw:  # into what the battery (or grid) can balance now (genset_output.py)
+                planned_kw = float(sum(cmd.battery_kw.values()) + plan.genset_kw[:, idx].sum()
+                                   + (plan.grid_import_kw[idx] if plan.grid_import_kw.size > idx else 0.0))
+                cmd.genset_kw = fit_to_balance(cmd.genset_kw, {n: self.cfg.device(n) for n in cmd.genset_kw},
+                                               balance_bounds_kw(self.cfg, image, now_s, planned_kw))
             fc_pv = self.pv_forecast_kw
             cmd.pv_limit_pct = pv_limits_pct(
                 self.pvs,
@@ -324,6 +336,7 @@ class ControllerCore:
             cmd.mode, cmd.reason = DispatchMode.MANUAL, "operator manual mode"
             cmd.battery_kw = {}
             cmd.genset_run = {}
+            cmd.genset_kw = {}
             cmd.pv_limit_pct = {}
             if ov.gpu_budget_max_kw is None:
                 budget = {c: sum(self.caps_w_of(c)) / 1000.0 for c in self.class_names}

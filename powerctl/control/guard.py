@@ -4,7 +4,8 @@ supply that is actually available, and hold every outgoing cap to its device lim
 Supply available (kW) = PV now (at most its nameplate, and at most what the power balance allows
 when a PV reading is suspect) + battery discharge limit tapered over the last ``TAPER_BAND_PCT`` above
 the SoC floor (zero at the floor until it is ``REARM_PCT`` above it again; powerctl.control.battery)
-+ genset rating (only while it runs and reads GOOD and plausible) + grid import limit (only while the
++ genset rating (only while it runs and reads GOOD and plausible; a genset held at a base load
+counts at that load, powerctl/control/genset_output.py) + grid import limit (only while the
 meter reads GOOD and shows the grid present). Stale means worst case (``ProcessImage.worst``): a
 stale supply reads 0, a stale SoC reads the floor; so does a reading that fails a plausibility check
 (powerctl.control.plausibility), and caps then go to the safe cap and do not rise.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from powerctl.control.battery import FloorLatch
+from powerctl.control.genset_output import counted_kw
 from powerctl.control.plausibility import Plausibility, is_reading, pv_nameplate_kw
 from powerctl.control.shed import ShedAction, ShedPolicy
 from powerctl.control.slew import SlewLimiter
@@ -91,6 +93,9 @@ class Guard:
     trend_window_s: float = 0.6
     lookahead_s: float | None = None  # None: guard period + slowest supply poll + gpu_lag_s
     pv_ceiling_kw: float | None = None  # the PV limit in force, summed (kW); None: none commanded
+    # base loads sent to gensets (kW, set by powerctl.control.loop): such a genset counts at its
+    # setpoint, not its rating (powerctl/control/genset_output.py)
+    genset_base_kw: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         g = self.cfg.gpu
@@ -170,10 +175,14 @@ class Guard:
         gen = 0.0
         for d in self.cfg.by_nature(Nature.GENSET):
             running = read(d.name, "running")
-            read(d.name, "p_kw")
+            p_kw = read(d.name, "p_kw")
             key = f"{d.name}.p_kw"
             if running and running >= 0.5 and key not in stale and key not in bad:
-                gen += d.limits.rating_kw  # output + headroom: never more than its rating
+                # output + headroom: never more than its rating; a base-loaded one has no headroom
+                base_kw = None if self.cfg.control.observe_only else self.genset_base_kw.get(d.name)
+                ramp = d.limits.ramp_kw_per_s
+                rise_kw = math.inf if ramp is None else ramp * self.cfg.control.guard_period_s
+                gen += counted_kw(d.limits.rating_kw, base_kw, p_kw, rise_kw)
         grid = 0.0
         for d in self.cfg.by_nature(Nature.METER):
             if d.limits.max_import_kw > 0:

@@ -265,6 +265,8 @@ class ControlLoop:
         self.requested_caps_w = dict(cmd.gpu_caps_w)
         self.actuators.setpoints(cmd)
         self._pv_commanded()
+        # a base load stays on the device until the next one: the guard counts the last sent
+        self.guard.genset_base_kw.update(cmd.genset_kw)
         self.last_commands = cmd
         self.stats.dispatches += 1
         return cmd

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from powerctl.config import _DeviceBase
 from powerctl.profiles.model import PROFILE_ROOT, Profile, list_profiles, load_profile, profile_path
 
 
@@ -27,6 +28,12 @@ def site_profile(key: str, profiles_dir: str | Path | None) -> Profile:
     if profiles_dir is not None and profile_path(key, Path(profiles_dir)).is_file():
         return load_profile(key, Path(profiles_dir))
     return load_profile(key)
+
+
+def device_profile(device: _DeviceBase, profiles_dir: str | Path | None) -> Profile:
+    """The profile of one configured device: ``site_profile`` with the device's own register
+    numbers (``registers``) applied; a ``site_address`` setpoint it does not name is not there."""
+    return site_profile(device.profile, profiles_dir).for_site(device.registers, f"devices.{device.name}")
 
 
 def available(profiles_dir: str | Path | None) -> list[Available]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -101,6 +102,7 @@ class Setpoint:
     unsourced: bool = False
     after_write_refs: tuple[str | None, ...] = ()  # SunSpec references of after_writes, for relocation
     unit_id: int | None = None  # another unit behind the same gateway (Victron VE.Bus); None = the device's
+    site_address: bool = False  # the address depends on the device's configuration: the site names it
 
     @property
     def count(self) -> int:
@@ -149,6 +151,39 @@ class Profile:
 
     def signal_points(self) -> list[Point]:
         return [p for p in self.points if p.signal]
+
+    def site_addressed(self) -> list[str]:
+        """Setpoints whose register number the site must give (``site_address``)."""
+        return [s.name for s in self.setpoints if s.site_address]
+
+    def for_site(self, registers: Mapping[str, int], where: str) -> Profile:
+        """This profile at one site: ``registers`` (point or setpoint name -> PDU address, the
+        device entry's ``registers``) moves those registers; a ``site_address`` setpoint the site
+        does not name is dropped, with any sequence that writes it, so it is never written at a
+        guessed address. ProfileError names ``where`` and the unknown name."""
+        from dataclasses import replace
+
+        known = {p.name for p in self.points} | {s.name for s in self.setpoints}
+        for name, address in registers.items():
+            if name not in known:
+                raise ProfileError(f"{where}: registers.{name}: profile {self.key} has no point or setpoint {name!r}"
+                                   f" (it has: {', '.join(sorted(known))})")
+            if not 0 <= int(address) <= 65535:
+                raise ProfileError(f"{where}: registers.{name}: address {address} is not 0..65535")
+        points = tuple(replace(p, address=int(registers[p.name])) if p.name in registers else p for p in self.points)
+        setpoints = tuple(
+            replace(s, address=int(registers[s.name])) if s.name in registers else s
+            for s in self.setpoints
+            if not s.site_address or s.name in registers
+        )
+        kept = {s.name for s in setpoints}
+        sequences = {
+            sig: seq for sig, seq in self.sequences.items()
+            if all(st.setpoint in kept for st in seq.steps) and all(name in kept for name, _ in seq.release)
+        }
+        if not registers and len(setpoints) == len(self.setpoints):
+            return self
+        return replace(self, points=points, setpoints=setpoints, sequences=sequences)
 
     def relocated(self, model_bases: dict[int, int]) -> Profile:
         """This profile with SunSpec points moved to where discovery found their models.
@@ -371,6 +406,7 @@ def _setpoint(s: dict[str, Any], default_words: WordOrder) -> Setpoint:
         unsourced=bool(s.get("unsourced", False)),
         after_write_refs=tuple(w.get("sunspec") for w in s.get("after_writes", [])),
         unit_id=s.get("unit_id"),
+        site_address=bool(s.get("site_address", False)),
     )
 
 

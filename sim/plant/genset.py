@@ -56,6 +56,7 @@ class Genset:
     refill_below_pct: float | None = None  # a fuel delivery refills the tank below this level
     status: GensetStatus = GensetStatus.STOPPED
     run_cmd: bool = False
+    setpoint_kw: float | None = None  # base load (the controller's p_set_kw); None: it follows the load
     p_kw: float = 0.0
     # counters
     run_time_s: float = 0.0

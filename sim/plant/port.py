@@ -76,6 +76,8 @@ def apply_write(plant: Plant, nature: Nature, name: str, signal: str, value: flo
         plant.set_battery_kw(name, value)
     elif nature is Nature.GENSET and signal == "start_cmd":
         plant.set_genset_run(name, value >= 0.5)
+    elif nature is Nature.GENSET and signal == "p_set_kw":
+        plant.set_genset_kw(name, value)
     elif nature is Nature.PV and signal == "p_limit_pct":
         plant.set_pv_limit_pct(name, value)
     else:
@@ -120,6 +122,8 @@ class PlantPort:
             apply_write(self.plant, Nature.BATTERY, name, "p_set_kw", p_kw)
         for name, run in cmd.genset_run.items():
             apply_write(self.plant, Nature.GENSET, name, "start_cmd", 1.0 if run else 0.0)
+        for name, p_kw in cmd.genset_kw.items():
+            apply_write(self.plant, Nature.GENSET, name, "p_set_kw", p_kw)
         for name, pct in cmd.pv_limit_pct.items():
             apply_write(self.plant, Nature.PV, name, "p_limit_pct", pct)
 

@@ -13,7 +13,9 @@ the *preference* that steers the other sources:
 1. load = GPU power x (1 + facility overhead) + other load;
 2. every genset that is running (status 3) follows ``load - PV available - battery setpoints``
    (so a charge setpoint makes the genset pick up more), clamped to ``[min load, rating]`` and its
-   ramp, shared between running gensets by rating;
+   ramp, shared between running gensets by rating; a genset given a base-load setpoint
+   (``set_genset_kw``) holds it instead, as long as a battery or the grid takes the balance, and
+   does not pick up a load step by itself;
 3. the batteries deliver the rest, ``load - PV - gensets``, clamped to what the BMS allows now
    (limits taper near the SoC ends and one step cannot cross the window), shared by their limits;
    With more than one battery, only the **first battery of the site** (config order,
@@ -174,6 +176,11 @@ class Plant:
         b.setpoint_kw = b.clamp_kw(float(p_kw))
         return b.setpoint_kw
 
+    def set_genset_kw(self, name: str, p_kw: float) -> None:
+        """Base-load setpoint: a running genset holds it (clamped to [min load, rating] and its ramp)
+        while a battery or the grid takes the balance (module doc, step 2)."""
+        self.gensets[name].setpoint_kw = max(0.0, float(p_kw)) if math.isfinite(p_kw) else None
+
     def set_genset_run(self, name: str, run: bool) -> None:
         """Start (pre-start delay, then warm-up, then running) or stop (cool-down, then stopped)."""
         self.gensets[name].command(run)
@@ -216,7 +223,7 @@ class Plant:
 
         grid_forming_grid = self.grid_present(t_s) and (self.grid_import_max_kw > 0 or self.grid_export_max_kw > 0)
         bat_pref = sum(b.setpoint_kw for b in self.batteries.values())
-        gen_kw = self._dispatch_gensets(load - pv_head_total - bat_pref, dt)
+        gen_kw = self._dispatch_gensets(load - pv_head_total - bat_pref, dt, bool(self.batteries) or grid_forming_grid)
         gen_total = sum(gen_kw.values())
 
         need = load - pv_head_total - gen_total  # what batteries (+ grid) must supply
@@ -249,12 +256,20 @@ class Plant:
         self._book(dt, pv_total, gpu_kw, load, bat_kw, gen_total, grid, unserved, spill)
         self.t_s = float(t_s)
 
-    def _dispatch_gensets(self, want_kw: float, dt: float) -> dict[str, float]:
+    def _dispatch_gensets(self, want_kw: float, dt: float, balanced: bool) -> dict[str, float]:
+        """Running gensets' output: a base-loaded one holds its setpoint where something else
+        (``balanced``: a battery or the grid) takes the balance; the others share the rest."""
         running = {n: g for n, g in self.gensets.items() if g.running}
         out = dict.fromkeys(self.gensets, 0.0)
-        total_rating = sum(g.rating_kw for g in running.values())
+        based = {n for n, g in running.items() if balanced and g.setpoint_kw is not None}
+        for n in based:
+            g = running[n]
+            out[n] = g.clamp_kw(g.setpoint_kw if g.setpoint_kw is not None else 0.0, dt)
+        rest_kw = want_kw - sum(out[n] for n in based)
+        total_rating = sum(g.rating_kw for n, g in running.items() if n not in based)
         for n, g in running.items():
-            out[n] = g.clamp_kw(want_kw * g.rating_kw / total_rating, dt)
+            if n not in based:
+                out[n] = g.clamp_kw(rest_kw * g.rating_kw / total_rating, dt)
         return out
 
     def _island_batteries(self, need_kw: float, dt: float) -> dict[str, float]:

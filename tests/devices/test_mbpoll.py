@@ -49,6 +49,9 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
     [
         ("sunspec/inverter_103", "W", -12340.0),  # int16 with scale factor 10^1
         ("sunspec/der_inverter", "TotWhInj", 12_345_678_901.0),  # uint64, big-endian words
+        ("sunspec/der_inverter", "W", -24_500.0),  # 701 int16 x 10^W_SF (0 here), signed
+        ("sunspec/der_inverter", "WMaxLimPct", 62.5),  # 704 uint16 x 10^WMaxLimPct_SF (the PV limit)
+        ("sunspec/der_inverter", "WMaxLimPctRvrtTms", 120.0),  # 704 uint32 revert timer
         ("sungrow/sh_hybrid", "BatteryPower", -70000.0),  # int32, LSW first (halves differ)
         ("huawei/sun2000_luna", "StoragePower", 65538.0),  # int32 0x00010002, MSW first
         ("victron/gx_modbus", "BatteryVoltage", 52.3),  # uint16 x 0.1
@@ -76,6 +79,13 @@ async def mbpoll_read(port: int, unit: int, table: str, address: int, count: int
         ("comap/intelisys_nt", "ActivePower", -1250.0),  # paralleling genset: int16 kW (reverse power)
         ("comap/intelisys_nt", "RunHours", 70_001.0),  # uint32, MSW first
         ("comap/intelisys_nt", "GenFreq", 50.1),  # uint16 x 0.1
+        ("fenecon/byd_container", "Soc", 63.0),  # containerised BESS: uint16 %
+        ("fenecon/byd_container", "ActivePower", -350.5),  # int16 x 0.1 kW (charging)
+        ("fenecon/byd_container", "AllowedChargePower", 480.0),  # int16 kW, read negated: raw -480
+        ("woodward/easygen_3000xt", "GenFreq", 50.02),  # Protocol 5010: uint16 x 0.01 Hz
+        ("woodward/easygen_3000xt", "GenP", 1_234_500.0),  # int16 W x 10^PowerExp (2)
+        ("woodward/easygen_3000xt", "GenVL12", 415.0),  # uint16 V x 10^VoltageExp (0)
+        ("woodward/easygen_3000xt", "PowerExp", 2.0),  # the telegram's own exponent
         ("huawei/sun2000_pv", "ActivePower", 65538.0),  # PV: int32 0x00010002, MSW first
         ("huawei/sun2000_pv", "ActivePowerDerating", 37.5),  # int16 x 0.1 (the PV limit)
         ("sungrow/sg_string", "ActivePower", 65538.0),  # PV: uint32 LSW first (halves differ)

@@ -21,7 +21,8 @@ ALL = list_profiles()
 MODBUS_LIBRARY = {
     "sunspec/inverter_103", "sunspec/der_inverter", "sunspec/storage", "victron/gx_modbus", "sma/sunny_island",
     "huawei/sun2000_luna", "sungrow/sh_hybrid", "dse/gencomm", "comap/intelilite4",
-    "huawei/sun2000_pv", "sungrow/sg_string",
+    "huawei/sun2000_pv", "sungrow/sg_string", "fenecon/byd_container", "woodward/easygen_3000xt",
+    "comap/intelisys_nt", "janitza/umg604",
 }
 
 
@@ -94,6 +95,15 @@ REFERENCE: dict[str, dict[str, tuple[int, str, str, str, float, str]]] = {
                             "MaxChargingPower": (47075, "holding", "uint32", "big", 1, "W")},
     "sma/sunny_island": {"GridMs_TotW": (30775, "input", "int32", "big", 1, "W"),
                          "Bat_ChaStt": (30845, "holding", "uint32", "big", 1, "%")},
+    # OpenEMS EssFeneconBydContainerImpl.defineModbus2Protocol: 0x38A2 kW (SCALE_FACTOR_3 to W),
+    # 0x38A6 0.1 kW (SCALE_FACTOR_2), 0x38A8 SoC %
+    "fenecon/byd_container": {"AllowedDischargePower": (0x38A2, "holding", "int16", "big", 1, "kW"),
+                              "ActivePower": (0x38A6, "holding", "int16", "big", 0.1, "kW"),
+                              "Soc": (0x38A8, "holding", "uint16", "big", 1, "%")},
+    # Woodward B37574 Protocol 5010: Modicon 450010 / 450011 / 450014 = PDU 50009 / 50010 / 50013
+    "woodward/easygen_3000xt": {"GenFreq": (450010 - 400001, "holding", "uint16", "big", 0.01, "Hz"),
+                                "GenP": (450011 - 400001, "holding", "int16", "big", 1, "W"),
+                                "GenVL12": (450014 - 400001, "holding", "uint16", "big", 1, "V")},
     "comap/intelilite4": {"TotalPower": (1020, "holding", "int16", "big", 1, "kW"),
                           "RunHours": (1013, "holding", "uint32", "big", 0.1, "h"),
                           "Identification": (1307, "holding", "string", "big", 1, "")},

@@ -45,6 +45,9 @@ CASES = [
     # WChaMax 10000 W (SF 0), InOutWRte_SF -1: 5 kW = 50.0 % = raw 500
     ("sunspec/storage", 1, 5.0, [(16, 40085, [60]), (16, 40082, [500]), (16, 40083, [(-500) & 0xFFFF]), (16, 40075, [3])]),
     ("sunspec/storage", 1, -2.5, [(16, 40085, [60]), (16, 40082, [(-250) & 0xFFFF]), (16, 40083, [250]), (16, 40075, [3])]),
+    # containerised BESS (OpenEMS' FENECON/BYD driver): RUN (6) to 0x0500, then P in kW to 0x0501, fc16
+    ("fenecon/byd_container", 100, 95.0, [(16, 0x0500, [6]), (16, 0x0501, [95])]),
+    ("fenecon/byd_container", 100, -80.0, [(16, 0x0500, [6]), (16, 0x0501, [(-80) & 0xFFFF])]),
     # MW-class 700-series PCS: revert timer 60 s (uint32), revert to 0 W, released, WATTS mode, WSet (int32 W, SF 0), enable
     (
         "sunspec/der_storage",
