@@ -88,14 +88,19 @@ def _logging(verbose: bool, json_lines: bool = False) -> None:
 def _profile_problems(config: Path, cfg: SiteConfig) -> list[str]:
     """One line per device whose profile is missing, broken or of another nature."""
     from powerctl.profiles import ProfileError
-    from powerctl.profiles.library import device_profile
+    from powerctl.profiles.library import site_profile
 
     problems = []
     for i, d in enumerate(cfg.devices):
         try:
-            prof = device_profile(d, cfg.control.profiles_dir)
+            prof = site_profile(d.profile, cfg.control.profiles_dir)
         except ProfileError as exc:
-            problems.append(f"{config}: devices[{i}]: {exc}")
+            problems.append(f"{config}: devices[{i}].profile: {exc}")
+            continue
+        try:
+            prof = prof.for_site(d.registers, f"devices[{i}]")  # as the daemon will (device_profile)
+        except ProfileError as exc:
+            problems.append(f"{config}: {exc}")
             continue
         if prof.nature != d.nature:
             problems.append(

@@ -160,16 +160,16 @@ class Profile:
         """This profile at one site: ``registers`` (point or setpoint name -> PDU address, the
         device entry's ``registers``) moves those registers; a ``site_address`` setpoint the site
         does not name is dropped, with any sequence that writes it, so it is never written at a
-        guessed address. ProfileError names ``where`` and the unknown name."""
+        guessed address. ProfileError names ``where`` (the device's field path) and the unknown name."""
         from dataclasses import replace
 
         known = {p.name for p in self.points} | {s.name for s in self.setpoints}
         for name, address in registers.items():
             if name not in known:
-                raise ProfileError(f"{where}: registers.{name}: profile {self.key} has no point or setpoint {name!r}"
+                raise ProfileError(f"{where}.registers.{name}: profile {self.key} has no point or setpoint {name!r}"
                                    f" (it has: {', '.join(sorted(known))})")
             if not 0 <= int(address) <= 65535:
-                raise ProfileError(f"{where}: registers.{name}: address {address} is not 0..65535")
+                raise ProfileError(f"{where}.registers.{name}: address {address} is not 0..65535")
         points = tuple(replace(p, address=int(registers[p.name])) if p.name in registers else p for p in self.points)
         setpoints = tuple(
             replace(s, address=int(registers[s.name])) if s.name in registers else s
