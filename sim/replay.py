@@ -228,7 +228,7 @@ def simulate(
         row["mode"] = str(cmd.mode)
         row["genset_cmd"] = int(any(cmd.genset_run.values()))
         # base loads held by running gensets (where the profile takes one, powerctl/control/genset_output.py)
-        row["genset_set_kw"] = sum(g.setpoint_kw or 0.0 for g in plant.gensets.values() if g.running and g.setpoint_kw is not None)
+        row["genset_set_kw"] = sum(g.setpoint_kw for g in plant.gensets.values() if g.running and g.setpoint_kw is not None)
         row["gpus_released"] = len(loop.released)
         row["gpu_caps_changed"] = int(np.sum(np.abs(plant.gpu.caps_w - last_caps) > 1.0))
         last_caps = plant.gpu.caps_w.copy()

@@ -32,6 +32,16 @@ def clamp_battery_kw(p_kw: float, lim: BatteryLimits, soc_pct: float | None,
     return p
 
 
+def device_limited_kw(limit_kw: float, device_kw: float | None) -> float:
+    """A configured power limit, lowered to what the device allows now where it reports that."""
+    return limit_kw if device_kw is None else min(limit_kw, max(0.0, device_kw))
+
+
+def charge_taper_fraction(soc_pct: float, soc_max_pct: float, band_pct: float = TAPER_BAND_PCT) -> float:
+    """Share of the charge limit counted at ``soc_pct``: 0 at the top, 1 from top - band."""
+    return taper_fraction(-soc_pct, -soc_max_pct, band_pct)
+
+
 def taper_fraction(soc_pct: float, soc_min_pct: float, band_pct: float = TAPER_BAND_PCT) -> float:
     """Share of the discharge limit counted at ``soc_pct``: 0 at the floor, 1 from floor + band."""
     if band_pct <= 0:

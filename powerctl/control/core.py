@@ -128,7 +128,7 @@ class ControllerCore:
             [c.gpus * cfg.gpu.safe_cap_w / 1000.0 for c in cfg.gpu.classes], dtype=float
         )
         self.gensets = [d.name for d in cfg.by_nature(Nature.GENSET)]
-        self.base_load_gensets = base_load_gensets(cfg)  # their controllers take the plan's kW
+        self.base_load_gensets = base_load_gensets(cfg)  # name -> device: their controllers take the plan's kW
         self.pvs = [d for d in cfg.devices if isinstance(d, PvDevice)]
         self.pv_forecast_kw: np.ndarray | None = None  # (n_pv, T) the last plan was made with
         self.pvs_by_nature = [d.name for d in cfg.by_nature(Nature.PV)]
@@ -318,11 +318,11 @@ class ControllerCore:
                 self._gen_run_cmd[name] = run
                 if run and name in self.base_load_gensets and (image.value(name, "running", now_s) or 0.0) >= 0.5:
                     # the minimum load the plan counts on is what the genset is asked to carry
-                    cmd.genset_kw[name] = setpoint_kw(float(plan.genset_kw[i, idx]), self.cfg.device(name))
+                    cmd.genset_kw[name] = setpoint_kw(float(plan.genset_kw[i, idx]), self.base_load_gensets[name])
             if cmd.genset_kw:  # into what the battery (or grid) can balance now (genset_output.py)
                 planned_kw = float(sum(cmd.battery_kw.values()) + plan.genset_kw[:, idx].sum()
                                    + (plan.grid_import_kw[idx] if plan.grid_import_kw.size > idx else 0.0))
-                cmd.genset_kw = fit_to_balance(cmd.genset_kw, {n: self.cfg.device(n) for n in cmd.genset_kw},
+                cmd.genset_kw = fit_to_balance(cmd.genset_kw, self.base_load_gensets,
                                                balance_bounds_kw(self.cfg, image, now_s, planned_kw))
             fc_pv = self.pv_forecast_kw
             cmd.pv_limit_pct = pv_limits_pct(

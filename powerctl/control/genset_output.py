@@ -27,8 +27,8 @@ import math
 from collections.abc import Mapping
 
 from powerctl.config import GensetDevice, SiteConfig
-from powerctl.control.battery import TAPER_BAND_PCT, taper_fraction
-from powerctl.control.plausibility import _declared, _value, grid_shown_present
+from powerctl.control.battery import charge_taper_fraction, device_limited_kw, taper_fraction
+from powerctl.control.plausibility import _value, meter_shows_grid
 from powerctl.natures import Nature
 from powerctl.process_image import ProcessImage
 from powerctl.profiles import ProfileError
@@ -36,11 +36,12 @@ from powerctl.profiles import ProfileError
 SETPOINT_SIGNAL = "p_set_kw"
 
 
-def base_load_gensets(cfg: SiteConfig) -> frozenset[str]:
-    """Names of the site's gensets whose profile maps ``p_set_kw`` (a base-load setpoint)."""
+def base_load_gensets(cfg: SiteConfig) -> dict[str, GensetDevice]:
+    """The site's gensets whose profile maps ``p_set_kw`` (a base-load setpoint), by name (once, at
+    start-up: it reads their profiles)."""
     from powerctl.profiles.library import device_profile
 
-    names: set[str] = set()
+    found: dict[str, GensetDevice] = {}
     for d in cfg.devices:
         if not isinstance(d, GensetDevice):
             continue
@@ -48,9 +49,9 @@ def base_load_gensets(cfg: SiteConfig) -> frozenset[str]:
             prof = device_profile(d, cfg.control.profiles_dir)
         except ProfileError:
             continue  # `powerctl check` and the daemon's start report the profile itself
-        if SETPOINT_SIGNAL in prof.sequences or any(s.signal == SETPOINT_SIGNAL for s in prof.setpoints):
-            names.add(d.name)
-    return frozenset(names)
+        if prof.supports(SETPOINT_SIGNAL):
+            found[d.name] = d
+    return found
 
 
 def setpoint_kw(plan_kw: float, genset: GensetDevice) -> float:
@@ -94,17 +95,13 @@ def balance_bounds_kw(cfg: SiteConfig, image: ProcessImage, now_s: float,
         soc = _value(image, b.name, "soc_pct", now_s)
         if soc is None:
             continue  # unknown SoC: it can deliver and absorb nothing (stale means worst case)
-        dev_dis = _value(image, b.name, "max_discharge_kw", now_s)
-        dev_chg = _value(image, b.name, "max_charge_kw", now_s)
         # tapered over the last TAPER_BAND_PCT at either end, as the guard counts it (BMSs derate there)
-        dis_kw = lim.max_discharge_kw if dev_dis is None else min(lim.max_discharge_kw, max(0.0, dev_dis))
-        chg_kw = lim.max_charge_kw if dev_chg is None else min(lim.max_charge_kw, max(0.0, dev_chg))
-        deliver_kw += dis_kw * taper_fraction(soc, lim.soc_min_pct)
-        absorb_kw += chg_kw * min(1.0, max(0.0, (lim.soc_max_pct - soc) / TAPER_BAND_PCT))
+        deliver_kw += (device_limited_kw(lim.max_discharge_kw, _value(image, b.name, "max_discharge_kw", now_s))
+                       * taper_fraction(soc, lim.soc_min_pct))
+        absorb_kw += (device_limited_kw(lim.max_charge_kw, _value(image, b.name, "max_charge_kw", now_s))
+                      * charge_taper_fraction(soc, lim.soc_max_pct))
     for m in cfg.by_nature(Nature.METER):
-        p = _value(image, m.name, "p_kw", now_s)
-        if grid_shown_present(p, _value(image, m.name, "v_v", now_s), _value(image, m.name, "f_hz", now_s),
-                              _declared(image, m.name, "v_v", now_s), _declared(image, m.name, "f_hz", now_s)):
+        if meter_shows_grid(image, m.name, now_s):
             deliver_kw += m.limits.max_import_kw
             absorb_kw += m.limits.max_export_kw
     margin_kw = cfg.control.supply_margin_kw

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from powerctl.control.battery import FloorLatch
+from powerctl.control.battery import FloorLatch, device_limited_kw
 from powerctl.control.genset_output import counted_kw
 from powerctl.control.plausibility import Plausibility, is_reading, pv_nameplate_kw
 from powerctl.control.shed import ShedAction, ShedPolicy
@@ -169,7 +169,7 @@ class Guard:
             lim = d.limits
             soc = read(d.name, "soc_pct", low=lim.soc_min_pct, high=lim.soc_max_pct)
             dev_max = read(d.name, "max_discharge_kw", required=False)
-            p = lim.max_discharge_kw if dev_max is None else min(lim.max_discharge_kw, max(0.0, dev_max))
+            p = device_limited_kw(lim.max_discharge_kw, dev_max)
             latch = self._floor.setdefault(d.name, FloorLatch())
             batt += p * latch.fraction(soc if soc is not None else lim.soc_min_pct, lim.soc_min_pct)
         gen = 0.0

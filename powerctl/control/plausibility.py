@@ -123,6 +123,17 @@ def grid_shown_present(p_kw: float | None, v_v: float | None, f_hz: float | None
     return abs(p_kw) >= GRID_FLOW_KW
 
 
+def meter_shows_grid(image: ProcessImage, name: str, now_s: float) -> bool:
+    """Whether meter ``name``'s GOOD readings show a live grid (``grid_shown_present``)."""
+    has_v, has_f = _declared(image, name, "v_v", now_s), _declared(image, name, "f_hz", now_s)
+    return grid_shown_present(
+        _value(image, name, "p_kw", now_s),
+        _value(image, name, "v_v", now_s) if has_v else None,
+        _value(image, name, "f_hz", now_s) if has_f else None,
+        has_v, has_f,
+    )
+
+
 @dataclass
 class Plausibility:
     cfg: SiteConfig
@@ -170,7 +181,7 @@ class Plausibility:
             why = self._check_soc(image, d, now_s, dt_s)
             if why:
                 found[f"{d.name}.soc_pct"] = why
-        present = {d.name: self._grid_present(image, d.name, now_s) for d in self.cfg.by_nature(Nature.METER)}
+        present = {d.name: meter_shows_grid(image, d.name, now_s) for d in self.cfg.by_nature(Nature.METER)}
         for d in self.cfg.by_nature(Nature.METER):
             # only a meter that answers can say the grid is down (a stale one is stale: worst case)
             if d.limits.max_import_kw > 0 and not present[d.name] and _value(image, d.name, "p_kw", now_s) is not None:
@@ -218,17 +229,6 @@ class Plausibility:
             return ""
         return (f"reads {soc:.1f} %, but its power since the last trusted reading gives "
                 f"{tr.est_pct:.1f} +- {tol:.1f} %")
-
-    # --- grid ---------------------------------------------------------------------------------
-
-    def _grid_present(self, image: ProcessImage, name: str, now_s: float) -> bool:
-        has_v, has_f = _declared(image, name, "v_v", now_s), _declared(image, name, "f_hz", now_s)
-        return grid_shown_present(
-            _value(image, name, "p_kw", now_s),
-            _value(image, name, "v_v", now_s) if has_v else None,
-            _value(image, name, "f_hz", now_s) if has_f else None,
-            has_v, has_f,
-        )
 
     # --- balance and stuck --------------------------------------------------------------------
 

@@ -360,7 +360,7 @@ class ModbusDevice:
 
     def supports(self, signal: str) -> bool:
         """Whether the profile can take ``signal``: a setpoint feeds it or a sequence maps it."""
-        return signal in self.profile.sequences or any(sp.signal == signal for sp in self.profile.setpoints)
+        return self.profile.supports(signal)
 
     async def write_signal(self, signal: str, value: float) -> WriteResult:
         """Write a setpoint (by signal or setpoint name) in its signal's unit: range-checked,

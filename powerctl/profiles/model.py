@@ -152,9 +152,9 @@ class Profile:
     def signal_points(self) -> list[Point]:
         return [p for p in self.points if p.signal]
 
-    def site_addressed(self) -> list[str]:
-        """Setpoints whose register number the site must give (``site_address``)."""
-        return [s.name for s in self.setpoints if s.site_address]
+    def supports(self, signal: str) -> bool:
+        """Whether the profile can take ``signal``: a setpoint feeds it or a sequence maps it."""
+        return signal in self.sequences or any(sp.signal == signal for sp in self.setpoints)
 
     def for_site(self, registers: Mapping[str, int], where: str) -> Profile:
         """This profile at one site: ``registers`` (point or setpoint name -> PDU address, the
@@ -163,6 +163,8 @@ class Profile:
         guessed address. ProfileError names ``where`` (the device's field path) and the unknown name."""
         from dataclasses import replace
 
+        if not registers and not any(s.site_address for s in self.setpoints):
+            return self
         known = {p.name for p in self.points} | {s.name for s in self.setpoints}
         for name, address in registers.items():
             if name not in known:
@@ -181,8 +183,6 @@ class Profile:
             sig: seq for sig, seq in self.sequences.items()
             if all(st.setpoint in kept for st in seq.steps) and all(name in kept for name, _ in seq.release)
         }
-        if not registers and len(setpoints) == len(self.setpoints):
-            return self
         return replace(self, points=points, setpoints=setpoints, sequences=sequences)
 
     def relocated(self, model_bases: dict[int, int]) -> Profile:

@@ -261,10 +261,9 @@ class Plant:
         (``balanced``: a battery or the grid) takes the balance; the others share the rest."""
         running = {n: g for n, g in self.gensets.items() if g.running}
         out = dict.fromkeys(self.gensets, 0.0)
-        based = {n for n, g in running.items() if balanced and g.setpoint_kw is not None}
-        for n in based:
-            g = running[n]
-            out[n] = g.clamp_kw(g.setpoint_kw if g.setpoint_kw is not None else 0.0, dt)
+        based = {n: g.setpoint_kw for n, g in running.items() if balanced and g.setpoint_kw is not None}
+        for n, set_kw in based.items():
+            out[n] = running[n].clamp_kw(set_kw, dt)
         rest_kw = want_kw - sum(out[n] for n in based)
         total_rating = sum(g.rating_kw for n, g in running.items() if n not in based)
         for n, g in running.items():

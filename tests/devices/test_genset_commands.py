@@ -81,7 +81,7 @@ async def test_comap_base_load_goes_to_the_site_s_extvalue1_and_the_genset_holds
 
 async def test_without_the_site_s_register_number_no_base_load_is_written() -> None:
     shipped = load_profile("comap/intelisys_nt")
-    assert shipped.site_addressed() == ["ExtValue1"]
+    assert [s.name for s in shipped.setpoints if s.site_address] == ["ExtValue1"]
     profile = shipped.for_site({}, "devices.gen1")  # the site did not name it
     sim = DeviceSimulator(shipped, unit_id=1)  # a device that would take a write at 391
     image = ProcessImage()
